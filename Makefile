@@ -1,0 +1,47 @@
+# Everything from nothing: a venv, CPU torch first (pip takes the local CPU build
+# instead of a multi-GB CUDA one), then the project; redis-server from apt if absent.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+DATA   ?= data/default
+BUNDLE ?= bundles/default
+BIND   ?= 127.0.0.1:8000
+REDIS_URL ?= redis://127.0.0.1:6379/0
+WORKERS ?= 2
+
+.PHONY: install redis-server run serve test bench clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/activate
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed redis-server
+
+redis-server:
+	@command -v redis-server >/dev/null || { \
+		echo "installing redis-server"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
+
+$(DATA)/holdout.jsonl: | $(VENV)/.installed
+	$(BIN)/recguard generate --out $(DATA)
+
+$(BUNDLE)/manifest.json: $(DATA)/holdout.jsonl
+	$(BIN)/recguard train --data $(DATA) --out $(BUNDLE)
+
+run: install $(BUNDLE)/manifest.json
+	@$(BIN)/python -c "import redis,sys; redis.Redis.from_url('$(REDIS_URL)').ping()" 2>/dev/null || { \
+		echo "no Redis at $(REDIS_URL): starting a local redis-server"; \
+		mkdir -p var && redis-server --daemonize yes --bind 127.0.0.1 --port 6379 \
+			--dir $(CURDIR)/var --appendonly yes --logfile $(CURDIR)/var/redis.log; }
+	$(BIN)/recguard serve --bundle $(BUNDLE) --bind $(BIND) --workers $(WORKERS) --redis $(REDIS_URL)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) data bundles var

@@ -1,0 +1,170 @@
+"""The model bundle: one directory with everything serving needs, and a manifest that vouches for it.
+
+Layout (see docs/bundle.md for the contract of each file)::
+
+    BUNDLE/
+      manifest.json   versions, created_at, model_version, sha256 of every other file
+      profile.json    the training profile the guard checks requests against
+      popularity.json global and per-segment top-N, for the fallback
+      scoring.json    how a request becomes the user-tower input (feature order, scaling, vocabularies)
+      scoring.npz     exported numpy arrays: item ids and embeddings, user-tower weights
+      model.pt        the torch state_dict, for inspection and retraining; serving never reads it
+
+This module is imported by serving, so it imports neither torch nor torch_geometric.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from model.errors import RecguardError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+REQUIRED_FILES = ("profile.json", "popularity.json", "scoring.json", "scoring.npz", "model.pt")
+_LIBRARIES = ("recguard", "torch", "torch_geometric", "numpy")
+
+
+class BundleError(RecguardError):
+    """A bundle is missing, incomplete or altered; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle loaded into memory."""
+
+    path: Path
+    manifest: dict[str, Any]
+    profile: dict[str, Any]
+    popularity: dict[str, Any]
+    scoring: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+
+    @property
+    def model_version(self) -> str:
+        return self.manifest["model_version"]
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _library_versions() -> dict[str, str]:
+    versions = {}
+    for name in _LIBRARIES:
+        try:
+            versions[name] = metadata.version(name.replace("_", "-"))
+        except metadata.PackageNotFoundError:
+            versions[name] = "unknown"
+    return versions
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
+
+
+def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def write_bundle(
+    out: str | os.PathLike,
+    *,
+    profile: Mapping[str, Any],
+    popularity: Mapping[str, Any],
+    scoring: Mapping[str, Any],
+    arrays: Mapping[str, np.ndarray],
+    model_state: bytes,
+    created_at: datetime | None = None,
+) -> Path:
+    """Write a complete bundle to `out` atomically (a half-written bundle is never visible) and return its path."""
+    files = {
+        "profile.json": _json_bytes(profile),
+        "popularity.json": _json_bytes(popularity),
+        "scoring.json": _json_bytes(scoring),
+        "scoring.npz": _npz_bytes(arrays),
+        "model.pt": model_state,
+    }
+    checksums = {name: _sha256(data) for name, data in files.items()}
+    created = (created_at or datetime.now(timezone.utc)).replace(microsecond=0)
+    stamp = created.strftime("%Y-%m-%dT%H:%M:%SZ")
+    content_hash = _sha256("".join(checksums[n] for n in sorted(checksums)).encode())
+    manifest = {
+        "format": FORMAT_VERSION,
+        "created_at": stamp,
+        "model_version": f"{stamp}-{content_hash[:4]}",
+        "libraries": _library_versions(),
+        "files": checksums,
+    }
+    files[MANIFEST] = _json_bytes(manifest)
+
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    for name, data in files.items():
+        (staging / name).write_bytes(data)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(staging, target)
+    return target
+
+
+def _read_verified(path: Path, name: str, expected: str) -> bytes:
+    file = path / name
+    if not file.is_file():
+        raise BundleError(f"{name}: missing from bundle {path}")
+    data = file.read_bytes()
+    if _sha256(data) != expected:
+        raise BundleError(f"{name}: checksum does not match the manifest (file altered or corrupt)")
+    return data
+
+
+def _parse_json(name: str, data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise BundleError(f"{name}: not valid JSON ({exc})") from None
+
+
+def load_bundle(path: str | os.PathLike) -> Bundle:
+    """Load and verify a bundle; raise BundleError naming the first missing or altered file."""
+    root = Path(path)
+    manifest_file = root / MANIFEST
+    if not manifest_file.is_file():
+        raise BundleError(f"{MANIFEST}: missing; {root} is not a recguard bundle")
+    manifest = _parse_json(MANIFEST, manifest_file.read_bytes())
+    checksums = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(checksums, dict) or manifest.get("format") != FORMAT_VERSION:
+        raise BundleError(f"{MANIFEST}: unsupported or malformed manifest (expected format {FORMAT_VERSION})")
+    for name in REQUIRED_FILES:
+        if name not in checksums:
+            raise BundleError(f"{name}: not listed in the manifest")
+
+    blobs = {name: _read_verified(root, name, checksums[name]) for name in REQUIRED_FILES}
+    try:
+        with np.load(io.BytesIO(blobs["scoring.npz"]), allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except (ValueError, OSError) as exc:
+        raise BundleError(f"scoring.npz: unreadable ({exc})") from None
+    return Bundle(
+        path=root,
+        manifest=manifest,
+        profile=_parse_json("profile.json", blobs["profile.json"]),
+        popularity=_parse_json("popularity.json", blobs["popularity.json"]),
+        scoring=_parse_json("scoring.json", blobs["scoring.json"]),
+        arrays=arrays,
+    )
