@@ -1,0 +1,116 @@
+"""The guard, driven by a small hand-written profile: each anomaly kind, its detail and its routing."""
+
+import math
+
+import pytest
+
+from proxy.guard import Guard, routes_to_fallback
+from proxy.request import PredictRequest
+
+PROFILE = {
+    "schema_version": 1,
+    "segment_field": "country",
+    "fields": {
+        "user_id": {"role": "identifier", "type": "string", "personal": False, "presence": 1.0},
+        "email": {"role": "identifier", "type": "string", "personal": True, "presence": 1.0},
+        "first_name": {"role": "contract", "type": "string", "personal": True, "presence": 1.0},
+        "nickname": {"role": "contract", "type": "string", "personal": True, "presence": 0.4},
+        "country": {"role": "feature", "type": "string", "personal": False, "presence": 1.0,
+                    "domain": {"DE": 0.5, "FR": 0.5}},
+        "weight_kg": {"role": "feature", "type": "number", "personal": False, "presence": 1.0,
+                      "min": 40.0, "max": 140.0, "mean": 75.0, "std": 15.0},
+        "age": {"role": "feature", "type": "integer", "personal": False, "presence": 1.0,
+                "min": 18, "max": 80, "mean": 40.0, "std": 12.0},
+    },
+}
+CATALOGUE = ["item_00001", "item_00002"]
+CLEAN = {"user_id": "u1", "email": "ana.lopez@example.com", "first_name": "Ana", "country": "DE",
+         "weight_kg": 70.0, "age": 30}
+
+
+@pytest.fixture
+def guard():
+    return Guard(PROFILE, CATALOGUE, range_tolerance=0.05, required_presence=0.99)
+
+
+def check(guard, history=(), **changes):
+    fields = {**CLEAN, **changes}
+    fields = {key: value for key, value in fields.items() if value is not ...}
+    return guard.check(PredictRequest(fields=fields, history=list(history), k=10))
+
+
+def kinds(anomalies):
+    return [(a.field, a.kind) for a in anomalies]
+
+
+def test_clean_request_has_no_anomaly(guard):
+    assert check(guard, history=["item_00001"]) == []
+
+
+def test_optional_field_may_be_absent(guard):
+    assert check(guard, nickname=...) == []
+
+
+def test_renamed_identifier_is_reported_but_the_model_still_answers(guard):
+    anomalies = check(guard, email=..., user_email="ana.lopez@example.com")
+    assert kinds(anomalies) == [("email", "missing_field"), ("user_email", "unexpected_field")]
+    assert not routes_to_fallback(anomalies)
+
+
+def test_merged_names_are_reported_without_routing(guard):
+    anomalies = check(guard, first_name=..., name="Ana Lopez")
+    assert kinds(anomalies) == [("first_name", "missing_field"), ("name", "unexpected_field")]
+    assert not routes_to_fallback(anomalies)
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"weight_kg": ...}, ("weight_kg", "missing_field")),
+    ({"weight_kg": None}, ("weight_kg", "missing_field")),
+    ({"weight_kg": "70.5"}, ("weight_kg", "type_mismatch")),
+    ({"weight_kg": "heavy"}, ("weight_kg", "type_mismatch")),
+    ({"weight_kg": True}, ("weight_kg", "type_mismatch")),
+    ({"weight_kg": [70]}, ("weight_kg", "type_mismatch")),
+    ({"age": 30.5}, ("age", "type_mismatch")),
+    ({"weight_kg": 160.0}, ("weight_kg", "out_of_range")),
+    ({"weight_kg": 30.0}, ("weight_kg", "out_of_range")),
+    ({"weight_kg": math.nan}, ("weight_kg", "non_finite")),
+    ({"weight_kg": math.inf}, ("weight_kg", "non_finite")),
+    ({"weight_kg": 10 ** 400}, ("weight_kg", "non_finite")),
+    ({"country": "MX"}, ("country", "unknown_category")),
+    ({"country": 49}, ("country", "type_mismatch")),
+])
+def test_feature_anomalies_route_to_the_fallback(guard, changes, expected):
+    anomalies = check(guard, **changes)
+    assert kinds(anomalies) == [expected]
+    assert routes_to_fallback(anomalies)
+
+
+def test_tolerance_admits_values_just_outside_the_training_range(guard):
+    assert check(guard, weight_kg=144.0) == []
+    assert check(guard, age=18.0) == []
+
+
+def test_unknown_history_items_are_reported_only(guard):
+    anomalies = check(guard, history=["item_00001", "item_99999", "nope"])
+    assert kinds(anomalies) == [("history", "unknown_item")]
+    assert "2 of 3" in anomalies[0].detail
+    assert not routes_to_fallback(anomalies)
+
+
+def test_details_never_echo_personal_values(guard):
+    anomalies = check(guard, email=12345, first_name=["Ana"], user_email="ana.lopez@example.com",
+                      **{"ana.lopez@example.com": "x"})
+    text = " ".join(f"{a.field} {a.detail}" for a in anomalies)
+    assert "ana" not in text.lower() and "12345" not in text
+    assert ("_other", "unexpected_field") in kinds(anomalies)
+
+
+def test_numeric_details_say_what_training_saw(guard):
+    [anomaly] = check(guard, weight_kg=300.0)
+    assert anomaly.detail == "300 outside the training range [40, 140]"
+
+
+def test_unexpected_fields_are_capped(guard):
+    anomalies = check(guard, **{f"extra_{i}": i for i in range(100)})
+    assert len(anomalies) == 17
+    assert anomalies[-1].field == "_other" and "84 more" in anomalies[-1].detail

@@ -1,0 +1,38 @@
+"""Settings fail fast: a typo or a malformed value stops the start with a message naming the variable."""
+
+from pathlib import Path
+
+import pytest
+
+from proxy.settings import Settings, SettingsError
+
+
+def test_environment_then_flags():
+    settings = Settings.from_env({"RECGUARD_WORKERS": "3", "RECGUARD_GUARD": "false", "PATH": "/bin"},
+                                 workers=5, bundle=None)
+    assert settings.workers == 5 and settings.guard is False and settings.bundle == Path("bundles/default")
+
+
+def test_round_trip_through_the_environment():
+    settings = Settings.from_env({}, model_timeout_ms=12.5, guard=False, admin_token="secret")
+    assert Settings.from_env(settings.to_env()) == settings
+
+
+def test_admin_token_is_not_in_the_repr():
+    assert "secret" not in repr(Settings.from_env({}, admin_token="secret"))
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"RECGUARD_WORKERZ": "3"}, "RECGUARD_WORKERZ: unknown setting"),
+    ({"RECGUARD_WORKERS": "three"}, "RECGUARD_WORKERS: expected an integer, got 'three'"),
+    ({"RECGUARD_WORKERS": "0"}, "RECGUARD_WORKERS: expected at least 1"),
+    ({"RECGUARD_GUARD": "maybe"}, "RECGUARD_GUARD: expected a boolean"),
+    ({"RECGUARD_MODEL_TIMEOUT_MS": "nan"}, "RECGUARD_MODEL_TIMEOUT_MS: expected positive"),
+    ({"RECGUARD_REDIS_URL": "localhost:6379"}, "RECGUARD_REDIS_URL: expected a redis://"),
+    ({"RECGUARD_BIND": "8000"}, "RECGUARD_BIND: expected HOST:PORT"),
+    ({"RECGUARD_DEFAULT_K": "500"}, "RECGUARD_DEFAULT_K: expected in 1..max_k"),
+])
+def test_bad_values_stop_the_start(env, message):
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(env)
+    assert message in str(caught.value)
