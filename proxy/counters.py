@@ -1,0 +1,340 @@
+"""Anomaly counters: gathered in memory on the request path, written to Redis by a background thread.
+
+Layout: one Redis hash per minute, `<prefix>:m:<epoch minute>`, with the fields `requests`,
+`source:<source>`, `anomalous`, `anomaly:<field>:<kind>` and whatever `Counters.add` is given,
+expiring `ttl_seconds` after its last write. Every worker of every replica writes the same keys.
+
+Exactly once: each `Counters` (one per worker process) has a random writer id and numbers its
+batches 1, 2, 3, ... A small Lua script applies one batch to one bucket and records the number in
+the bucket's field `batch:<writer id>`; a batch whose number is not above the recorded one was
+applied already and is skipped. So a flush retried after a lost reply (Redis applied it, we could
+not know) is not counted twice. A writer sends batch n+1 only once batch n is written everywhere,
+which is what makes one high-water mark per writer and bucket enough, instead of one marker per
+flush. Readers ignore the `batch:` fields. Each script touches one key, and the pipeline is not a
+transaction, so the layout works on Redis Cluster.
+
+While Redis is down, new increments keep merging into the in-memory buckets (memory grows with
+distinct minute x field pairs, not with traffic), bounded by `max_pending` fields: past it the
+oldest are dropped and counted. When Redis answers again, the unsent batch and then the rest are
+written, once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from itertools import chain
+from typing import Callable, Iterable
+
+import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import (
+    AskError, ClusterDownError, NoScriptError, OutOfMemoryError, ReadOnlyError, RedisError, ResponseError, TryAgainError,
+)
+from redis.retry import Retry
+
+log = logging.getLogger("recguard.counters")
+
+MARKER_PREFIX = "batch:"
+
+# KEYS[1]: the bucket. ARGV: writer id, batch number, ttl, then field/amount pairs.
+_APPLY_BATCH = """
+local mark = "batch:" .. ARGV[1]
+local number = tonumber(ARGV[2])
+local applied = 0
+if tonumber(redis.call("HGET", KEYS[1], mark) or "0") < number then
+  for i = 4, #ARGV, 2 do
+    local field, amount = ARGV[i], ARGV[i + 1]
+    if string.find(amount, "[.eE]") then
+      redis.call("HINCRBYFLOAT", KEYS[1], field, amount)
+    else
+      local reply = redis.pcall("HINCRBY", KEYS[1], field, amount)
+      -- a sum fed both ints and floats already holds a float: HINCRBY refuses it, HINCRBYFLOAT does not
+      if type(reply) == "table" and reply.err then
+        redis.call("HINCRBYFLOAT", KEYS[1], field, amount)
+      end
+    end
+  end
+  redis.call("HSET", KEYS[1], mark, number)
+  applied = 1
+end
+redis.call("EXPIRE", KEYS[1], ARGV[3])
+return applied
+"""
+
+# Server replies that say "not now" rather than "never": the bucket is kept and retried.
+# (LOADING, after a restart, arrives as BusyLoadingError, a ConnectionError: Redis counts as down.)
+_TRANSIENT_ERRORS = (OutOfMemoryError, ReadOnlyError, TryAgainError, ClusterDownError, AskError)
+_TRANSIENT_PREFIXES = ("BUSY", "NOREPLICAS")
+
+Number = int | float
+
+
+def make_redis_client(url: str, timeout: float = 0.25) -> redis.Redis:
+    """A client for the counter and query paths: fails fast, never retries on its own.
+
+    Counter flushes are idempotent and retried by the flusher at the next interval, so a
+    library-level retry with backoff would only hold the flusher (or a /healthz call) longer.
+    """
+    # No health_check_interval: the pool already replaces a connection the server closed (it
+    # checks readability at checkout), and a PING before each flush would double its round trips.
+    return redis.Redis.from_url(
+        url, socket_timeout=timeout, socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0), decode_responses=True,
+    )
+
+
+def bucket_key(prefix: str, minute: int) -> str:
+    """The Redis key of the bucket of one epoch minute."""
+    return f"{prefix}:m:{minute}"
+
+
+@dataclass(frozen=True)
+class CounterStatus:
+    """What /healthz reports about the counters of this worker."""
+
+    redis_up: bool
+    """False since a write failed, until one succeeds (True before the first write)."""
+    pending: int
+    """Counter fields (minute x field) held in memory, not yet known to be in Redis."""
+    dropped: int
+    """Counter fields discarded because the buffer was full or Redis refused them for good."""
+    last_error: str | None
+    """The most recent write error, kept after Redis recovers."""
+    last_flush_at: float | None
+    """Clock time of the last write Redis accepted in full."""
+
+
+@dataclass
+class _Batch:
+    number: int
+    buckets: dict[int, dict[str, Number]]
+
+
+class Counters:
+    """Per-minute counters of requests and anomalies, shared through Redis by all workers.
+
+    Create and `start()` it inside the worker process (after gunicorn forks): the writer id must
+    differ between workers and the flusher thread does not survive a fork.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = "recguard",
+        ttl_seconds: int = 7 * 86400,
+        flush_interval: float = 0.5,
+        max_pending: int = 200_000,
+        clock: Callable[[], float] = time.time,
+    ):
+        self._client = client
+        self._prefix = prefix
+        self._ttl = ttl_seconds
+        self._interval = flush_interval
+        self._max_pending = max_pending
+        self._clock = clock
+        self._script = client.register_script(_APPLY_BATCH)
+        self._writer = uuid.uuid4().hex
+
+        self._lock = threading.Lock()
+        self._current: dict[int, defaultdict[str, Number]] = {}
+
+        # Everything below belongs to whoever holds _flush_lock (the flusher, or close()).
+        self._flush_lock = threading.Lock()
+        self._unsent: _Batch | None = None
+        self._unsent_size = 0
+        self._next_number = 1
+        self._redis_up = True
+        self._dropped = 0
+        self._drop_logged = False
+        self._last_error: str | None = None
+        self._last_flush_at: float | None = None
+
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def record_request(self, source: str, anomalies: Iterable[tuple[str, str]]) -> None:
+        """Count one request: `requests`, `source:<source>`, and when it had anomalies, `anomalous`
+        and `anomaly:<field>:<kind>` once per distinct pair. Memory only; never touches Redis."""
+        names = {f"anomaly:{field}:{kind}" for field, kind in anomalies}
+        source_field = "source:" + source
+        minute = int(self._clock() // 60)
+        with self._lock:
+            bucket = self._current.get(minute)
+            if bucket is None:
+                bucket = self._current[minute] = defaultdict(int)
+            bucket["requests"] += 1
+            bucket[source_field] += 1
+            if names:
+                bucket["anomalous"] += 1
+                for name in names:
+                    bucket[name] += 1
+
+    def add(self, field: str, amount: Number = 1) -> None:
+        """Add `amount` to `field` of the current minute's bucket (ints stay exact, floats are sums)."""
+        if isinstance(amount, float) and not math.isfinite(amount):
+            raise ValueError(f"counter {field!r}: amount must be finite, got {amount}")
+        if field.startswith(MARKER_PREFIX):
+            raise ValueError(f"counter {field!r}: the prefix {MARKER_PREFIX!r} is reserved")
+        minute = int(self._clock() // 60)
+        with self._lock:
+            bucket = self._current.get(minute)
+            if bucket is None:
+                bucket = self._current[minute] = defaultdict(int)
+            bucket[field] += amount
+
+    def flush(self) -> bool:
+        """Write everything pending to Redis; True when Redis took it all.
+
+        In steady state this is one pipeline. After a failure, the unsent batch is retried first
+        (same number, so never applied twice) and newer counts wait in memory until it is in.
+        """
+        with self._flush_lock:
+            self._trim()
+            if self._unsent is not None and not self._write_unsent():
+                return False
+            with self._lock:
+                if not self._current:
+                    return True
+                self._unsent = _Batch(self._next_number, self._current)
+                self._unsent_size = sum(len(fields) for fields in self._current.values())
+                self._current = {}
+            self._next_number += 1
+            return self._write_unsent()
+
+    def start(self) -> None:
+        """Start the background flusher (a daemon thread), one flush per flush_interval.
+
+        Call it in the worker process, after the fork."""
+        if self._thread is not None:
+            raise RuntimeError("counters already started")
+        self._thread = threading.Thread(target=self._run, name="recguard-counters", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the flusher (waiting up to `timeout` for a flush in progress) and make a final flush
+        attempt, itself bounded by the client's timeouts (graceful shutdown, SIGTERM)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if not self.flush():
+            log.warning("counts not written at shutdown", extra={"pending": self.status().pending})
+
+    def status(self) -> CounterStatus:
+        """Redis reachability as the flusher last saw it, and what waits in memory."""
+        with self._lock:
+            current = sum(len(fields) for fields in self._current.values())
+        return CounterStatus(
+            redis_up=self._redis_up, pending=current + self._unsent_size, dropped=self._dropped,
+            last_error=self._last_error, last_flush_at=self._last_flush_at,
+        )
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.flush()
+            except Exception:  # the flusher must outlive any bug; the next interval tries again
+                log.exception("counter flush raised")
+
+    def _write_unsent(self) -> bool:
+        """Send the unsent batch, one script call per bucket; forget each bucket Redis applied."""
+        batch = self._unsent
+        minutes = list(batch.buckets)
+        try:
+            replies = dict(zip(minutes, self._send(batch, minutes)))
+            missing = [minute for minute, reply in replies.items() if isinstance(reply, NoScriptError)]
+            if missing:
+                # a restarted (or different) server: load the script once and resend those buckets
+                self._client.script_load(_APPLY_BATCH)
+                replies.update(zip(missing, self._send(batch, missing)))
+        except RedisError as exc:
+            self._mark_down(exc)
+            return False
+
+        retry_error: ResponseError | None = None
+        for minute, reply in replies.items():
+            if not isinstance(reply, ResponseError):
+                self._unsent_size -= len(batch.buckets.pop(minute))
+            elif _is_transient(reply):
+                retry_error = reply
+            else:
+                fields = batch.buckets.pop(minute)
+                self._unsent_size -= len(fields)
+                self._dropped += len(fields)
+                log.error("redis refused a counter bucket; its counts are dropped",
+                          extra={"key": bucket_key(self._prefix, minute), "fields": len(fields), "error": str(reply)})
+        if retry_error is not None:
+            self._mark_down(retry_error)
+            return False
+        self._unsent = None
+        self._last_flush_at = self._clock()
+        if not self._redis_up:
+            self._redis_up = True
+            self._drop_logged = False
+            log.info("redis reachable again: buffered counts written", extra={"dropped": self._dropped})
+        return True
+
+    def _send(self, batch: _Batch, minutes: list[int]) -> list:
+        pipe = self._client.pipeline(transaction=False)
+        for minute in minutes:
+            fields = batch.buckets[minute]
+            pipe.evalsha(self._script.sha, 1, bucket_key(self._prefix, minute),
+                         self._writer, batch.number, self._ttl,
+                         *chain.from_iterable((field, _wire(value)) for field, value in fields.items()))
+        return pipe.execute(raise_on_error=False)
+
+    def _mark_down(self, exc: RedisError) -> None:
+        self._last_error = f"{type(exc).__name__}: {exc}"
+        if self._redis_up:
+            self._redis_up = False
+            log.warning("redis unreachable: counts wait in memory", extra={"error": self._last_error})
+
+    def _trim(self) -> None:
+        """Drop the oldest fields past max_pending: the unsent batch first, then older minutes."""
+        with self._lock:
+            excess = self._unsent_size + sum(len(fields) for fields in self._current.values()) - self._max_pending
+            if excess <= 0:
+                return
+            dropped = excess
+            if self._unsent is not None:
+                excess = self._drop_oldest(self._unsent.buckets, excess)
+                self._unsent_size -= dropped - excess
+                if not self._unsent.buckets:
+                    self._unsent = None
+            self._drop_oldest(self._current, excess)
+        self._dropped += dropped
+        if not self._drop_logged:
+            self._drop_logged = True
+            log.warning("counter buffer full: dropping the oldest counts",
+                        extra={"max_pending": self._max_pending, "dropped": self._dropped})
+
+    @staticmethod
+    def _drop_oldest(buckets: dict[int, dict[str, Number]], excess: int) -> int:
+        """Remove up to `excess` fields, oldest minute first; return how many are still to remove."""
+        for minute in sorted(buckets):
+            if excess <= 0:
+                break
+            fields = buckets[minute]
+            if len(fields) <= excess:
+                excess -= len(fields)
+                del buckets[minute]
+            else:
+                for field in list(fields)[:excess]:
+                    del fields[field]
+                excess = 0
+        return excess
+
+
+def _wire(value: Number) -> str:
+    # The script picks HINCRBYFLOAT when the text has a '.' or an exponent: repr(float) always does.
+    return str(value) if isinstance(value, int) else repr(float(value))
+
+
+def _is_transient(error: ResponseError) -> bool:
+    return isinstance(error, _TRANSIENT_ERRORS) or str(error).startswith(_TRANSIENT_PREFIXES)

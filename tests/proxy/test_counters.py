@@ -1,0 +1,250 @@
+"""Counters against a real redis-server: exact counts, TTL, retries applied once, outages survived."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from datetime import datetime, timezone
+
+import pytest
+
+from proxy.anomaly_query import AnomalyReport, query_anomalies
+from proxy.counters import Counters, make_redis_client
+from tests.conftest import RedisServer, free_port
+
+PREFIX = "recguard"
+T0 = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc).timestamp()
+MINUTE0 = int(T0 // 60)
+
+
+class FakeClock:
+    """Time that moves only when the test says so."""
+
+    def __init__(self, now: float = T0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class ReplyDroppingRelay:
+    """A TCP relay to Redis that can swallow the replies: Redis runs the commands, the client never hears back."""
+
+    def __init__(self, upstream_port: int):
+        self.upstream_port = upstream_port
+        self.drop_replies = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.05)
+        self.port = self.listener.getsockname()[1]
+        self.closed = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except socket.timeout:
+                continue
+            client.settimeout(None)
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+        self.listener.close()
+
+    def _pump(self, source: socket.socket, target: socket.socket, replies: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if not (replies and self.drop_replies.is_set()):
+                    target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, target):
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                end.close()
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+def report_around(client, moment: float) -> AnomalyReport:
+    """The counts of the hour either side of `moment`."""
+    return query_anomalies(client, PREFIX, datetime.fromtimestamp(moment - 3600, timezone.utc),
+                           datetime.fromtimestamp(moment + 3600, timezone.utc))
+
+
+def hammer(counters: Counters, threads: int, per_thread: int) -> None:
+    """Record from several threads at once, every third request anomalous."""
+    def run() -> None:
+        for i in range(per_thread):
+            if i % 3 == 0:
+                counters.record_request("fallback", [("country", "unknown_category"), ("country", "unknown_category")])
+            else:
+                counters.record_request("model", [])
+
+    workers = [threading.Thread(target=run) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+
+def test_burst_from_threads_and_two_workers_is_counted_exactly(redis_server, redis_client):
+    workers = [Counters(make_redis_client(redis_server.url), flush_interval=0.01) for _ in range(2)]
+    for counters in workers:
+        counters.start()
+    bursts = [threading.Thread(target=hammer, args=(counters, 4, 5_000)) for counters in workers]
+    for burst in bursts:
+        burst.start()
+    for burst in bursts:
+        burst.join()
+    for counters in workers:
+        counters.close()
+
+    report = report_around(redis_client, time.time())
+    anomalous = 2 * 4 * len(range(0, 5_000, 3))
+    assert report.requests == 2 * 4 * 5_000
+    assert report.anomalous_requests == report.fallback_requests == anomalous
+    assert report.by_field_kind == {"country": {"unknown_category": anomalous}}
+    assert all(counters.status().pending == 0 for counters in workers)
+
+
+def test_bucket_layout_ttl_number_types_and_script_reload(redis_server, redis_client):
+    clock = FakeClock(T0 + 30)
+    counters = Counters(make_redis_client(redis_server.url), ttl_seconds=3600, clock=clock)
+    counters.record_request("model", [("email", "missing_field"), ("user_email", "unexpected_field")])
+    counters.record_request("fallback", [("weight_kg", "out_of_range")])
+    counters.add("drift:weight_kg:sum", 70)
+    counters.add("drift:height_cm:sum", 1.5)
+    assert counters.flush()
+    redis_client.script_flush()
+    counters.add("drift:weight_kg:sum", 0.25)
+    counters.add("drift:height_cm:sum", 2)
+    assert counters.flush()
+
+    key = f"{PREFIX}:m:{MINUTE0}"
+    assert redis_client.keys("*") == [key]
+    stored = redis_client.hgetall(key)
+    marker = next(name for name in stored if name.startswith("batch:"))
+    assert stored.pop(marker) == "2"
+    assert stored == {
+        "requests": "2", "source:model": "1", "source:fallback": "1", "anomalous": "2",
+        "anomaly:email:missing_field": "1", "anomaly:user_email:unexpected_field": "1",
+        "anomaly:weight_kg:out_of_range": "1",
+        "drift:weight_kg:sum": "70.25", "drift:height_cm:sum": "3.5",
+    }
+    assert 3590 < redis_client.ttl(key) <= 3600
+
+
+def test_add_refuses_what_redis_could_not_store(redis_server):
+    counters = Counters(make_redis_client(redis_server.url))
+    with pytest.raises(ValueError, match="finite"):
+        counters.add("drift:x:sum", float("nan"))
+    with pytest.raises(ValueError, match="reserved"):
+        counters.add("batch:abc", 1)
+
+
+def test_flush_retried_after_a_lost_reply_is_applied_once(redis_server, redis_client):
+    relay = ReplyDroppingRelay(redis_server.port)
+    counters = Counters(make_redis_client(f"redis://127.0.0.1:{relay.port}/0"), clock=FakeClock())
+    try:
+        counters.record_request("model", [])
+        assert counters.flush()
+        for _ in range(99):
+            counters.record_request("model", [])
+
+        relay.drop_replies.set()
+        assert not counters.flush()
+        assert report_around(redis_client, T0).requests == 100, "Redis ran the flush; only its reply was lost"
+        assert counters.status().pending > 0 and not counters.status().redis_up
+
+        relay.drop_replies.clear()
+        counters.record_request("model", [])
+        assert counters.flush()
+        assert report_around(redis_client, T0).requests == 101
+        assert counters.status().pending == 0 and counters.status().redis_up
+    finally:
+        relay.close()
+
+
+def test_redis_restart_loses_and_doubles_nothing(tmp_path, caplog):
+    server = RedisServer(tmp_path, appendonly=True).start()
+    counters = Counters(make_redis_client(server.url), clock=FakeClock())
+    try:
+        for _ in range(50):
+            counters.record_request("model", [])
+        assert counters.flush()
+        server.stop()
+
+        caplog.set_level(logging.INFO, logger="recguard.counters")
+        started = time.perf_counter()
+        for i in range(10_000):
+            counters.record_request("fallback", [("country", "unknown_category")] if i % 2 else [])
+        per_call = (time.perf_counter() - started) / 10_000
+        assert per_call < 50e-6, f"record_request took {per_call * 1e6:.1f} µs with Redis down"
+        for _ in range(3):
+            assert not counters.flush()
+        status = counters.status()
+        assert not status.redis_up and status.pending == 4 and status.last_error
+        assert [record.message for record in caplog.records] == ["redis unreachable: counts wait in memory"]
+
+        server.start()
+        assert counters.flush()
+        report = report_around(server.client(), T0)
+        assert report.requests == 10_050
+        assert report.fallback_requests == 10_000 and report.by_kind == {"unknown_category": 5_000}
+        assert counters.status().redis_up and counters.status().pending == 0
+        assert caplog.records[-1].message == "redis reachable again: buffered counts written"
+    finally:
+        server.stop()
+
+
+def test_buffer_bound_drops_the_oldest_and_counts_them(tmp_path):
+    port = free_port()
+    clock = FakeClock()
+    counters = Counters(make_redis_client(f"redis://127.0.0.1:{port}/0"), max_pending=10, clock=clock)
+    for minute in range(20):
+        clock.now = T0 + 60 * minute
+        counters.record_request("model", [])
+    assert counters.status().pending == 40
+
+    assert not counters.flush()
+    assert counters.status().pending == 10 and counters.status().dropped == 30
+
+    server = RedisServer(tmp_path, port=port).start()
+    try:
+        assert counters.flush()
+        client = server.client()
+        assert sorted(int(key.rsplit(":", 1)[1]) - MINUTE0 for key in client.keys("*")) == [15, 16, 17, 18, 19]
+        assert report_around(client, T0).requests == 5
+        assert counters.status().dropped == 30
+    finally:
+        server.stop()
+
+
+def test_flusher_catches_up_when_redis_appears_after_start(tmp_path):
+    port = free_port()
+    counters = Counters(make_redis_client(f"redis://127.0.0.1:{port}/0"), flush_interval=0.05, clock=FakeClock())
+    counters.start()
+    server = RedisServer(tmp_path, port=port)
+    try:
+        for _ in range(100):
+            counters.record_request("model", [])
+        time.sleep(0.2)
+        assert not counters.status().redis_up
+
+        server.start()
+        client = server.client()
+        deadline = time.monotonic() + 5
+        while report_around(client, T0).requests < 100 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert report_around(client, T0).requests == 100
+        assert counters.status().redis_up
+    finally:
+        counters.close()
+        server.stop()
