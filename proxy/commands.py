@@ -3,7 +3,85 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
+import tempfile
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the serving-side subcommands to the `recguard` parser."""
+    serve = sub.add_parser("serve", help="serve a bundle behind the guard with gunicorn",
+                           description="Serve a bundle with gunicorn. Flags override RECGUARD_* variables.")
+    serve.add_argument("--bundle", help="bundle directory (RECGUARD_BUNDLE)")
+    serve.add_argument("--bind", help="HOST:PORT (RECGUARD_BIND, default 127.0.0.1:8000)")
+    serve.add_argument("--workers", type=int, help="worker processes (RECGUARD_WORKERS)")
+    serve.add_argument("--threads", type=int, help="threads per worker (RECGUARD_THREADS)")
+    serve.add_argument("--redis", dest="redis_url", help="Redis URL (RECGUARD_REDIS_URL)")
+    serve.add_argument("--redis-prefix", help="Redis key prefix (RECGUARD_REDIS_PREFIX)")
+    serve.add_argument("--model-timeout-ms", type=float, help="model budget per request (RECGUARD_MODEL_TIMEOUT_MS)")
+    serve.add_argument("--flush-interval", type=float, help="seconds between counter flushes (RECGUARD_FLUSH_INTERVAL)")
+    serve.add_argument("--no-guard", dest="guard", action="store_const", const=False,
+                       help="serve the bare model: no checks, no counters (the baseline)")
+    serve.set_defaults(handler=serve_command)
+
+    anomalies = sub.add_parser("anomalies", help="what went wrong since a time, from the counters in Redis")
+    anomalies.add_argument("--since", default="1h", help="90s, 15m, 1h, 2d or an ISO-8601 time (default 1h)")
+    anomalies.add_argument("--until", help="like --since (default now)")
+    anomalies.add_argument("--field", help="only anomalies of this field")
+    anomalies.add_argument("--kind", help="only anomalies of this kind")
+    anomalies.add_argument("--redis", dest="redis_url", help="Redis URL (RECGUARD_REDIS_URL)")
+    anomalies.add_argument("--redis-prefix", help="Redis key prefix (RECGUARD_REDIS_PREFIX)")
+    anomalies.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    anomalies.set_defaults(handler=anomalies_command)
+
+
+def _settings(args: argparse.Namespace, names: tuple[str, ...]):
+    from proxy.settings import Settings
+
+    return Settings.from_env(**{name: getattr(args, name, None) for name in names})
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    """Validate settings and the bundle here, then replace this process with gunicorn."""
+    from model.bundle import load_bundle
+
+    settings = _settings(args, ("bundle", "bind", "workers", "threads", "redis_url", "redis_prefix",
+                                "model_timeout_ms", "flush_interval", "guard"))
+    bundle = load_bundle(settings.bundle)
+    print(f"recguard: serving {bundle.model_version} on {settings.bind} "
+          f"({settings.workers} workers, guard {'on' if settings.guard else 'off'})", file=sys.stderr)
+    env = dict(os.environ)
+    env.update(settings.to_env())
+    env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="recguard-metrics-")
+    # One BLAS thread per worker: workers are the parallelism, oversubscription only adds latency.
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(name, "1")
+    command = [sys.executable, "-m", "gunicorn", "-c", "python:proxy.gunicorn_config", "proxy.wsgi:app"]
+    os.execvpe(command[0], command, env)
+    return 0
+
+
+def anomalies_command(args: argparse.Namespace) -> int:
+    """Print the anomaly counts of a time range, read straight from Redis."""
+    from datetime import datetime, timezone
+
+    import redis
+
+    from model.errors import RecguardError
+    from proxy.anomaly_query import format_table, parse_time, query_anomalies
+    from proxy.counters import make_redis_client
+
+    settings = _settings(args, ("redis_url", "redis_prefix"))
+    now = datetime.now(timezone.utc)
+    try:
+        since = parse_time(args.since, now)
+        until = parse_time(args.until, now) if args.until else now
+        report = query_anomalies(make_redis_client(settings.redis_url, timeout=2.0), settings.redis_prefix,
+                                 since, until, field=args.field, kind=args.kind)
+    except ValueError as exc:
+        raise RecguardError(str(exc)) from None
+    except redis.RedisError as exc:
+        raise RecguardError(f"cannot read counters from {settings.redis_url}: {exc}") from None
+    print(json.dumps(report.to_json(), indent=2) if args.json else format_table(report))
+    return 0

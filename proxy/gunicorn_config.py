@@ -1,0 +1,57 @@
+"""gunicorn configuration for `recguard serve` (and for a plain `gunicorn proxy.wsgi:app` in the repo root).
+
+Workers are gthread: scoring is a few hundred microseconds of numpy that releases the GIL,
+and the threads let a slow client or a model call past its budget not block the worker.
+The bundle is loaded in each worker after the fork (no preload): nothing torch-like runs in
+the master, and each worker's counter-flush thread is started where it will live.
+"""
+
+import os
+import shutil
+
+from proxy.settings import Settings
+
+_settings = Settings.from_env()
+
+bind = _settings.bind
+workers = _settings.workers
+threads = _settings.threads
+worker_class = "gthread"
+timeout = 30
+graceful_timeout = 10
+keepalive = 5
+preload_app = False
+accesslog = None
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "proxy.logs.JsonFormatter"}},
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json"}},
+    "root": {"handlers": ["stderr"], "level": _settings.log_level.upper()},
+    "loggers": {
+        "gunicorn.error": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+        "gunicorn.access": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
+    },
+}
+
+
+def on_starting(server):
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        shutil.rmtree(directory, ignore_errors=True)
+        os.makedirs(directory, exist_ok=True)
+
+
+def worker_exit(server, worker):
+    # SIGTERM and max-requests restarts end here: flush the worker's pending counts before it goes.
+    app = getattr(worker, "wsgi", None)
+    runtime = getattr(app, "extensions", {}).get("recguard") if app is not None else None
+    if runtime is not None:
+        runtime.close()
+
+
+def child_exit(server, worker):
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

@@ -1,0 +1,57 @@
+"""The /healthz body: is this worker serving, is Redis there, how does recent traffic look."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import redis
+
+from proxy.anomaly_query import query_anomalies
+from proxy.runtime import Runtime
+
+RATE_WINDOW = timedelta(minutes=5)
+
+
+def health_report(runtime: Runtime, client: redis.Redis | None, prefix: str) -> dict[str, Any]:
+    """Status `ok` or `degraded` with the reasons, model version, Redis state, 5-minute rates and alarms."""
+    reasons = []
+    loaded = runtime.loaded
+    if loaded is None:
+        reasons.append("bundle not loaded" if runtime.error is None else "bundle failed to load")
+
+    counters = runtime.counters.status() if runtime.counters is not None else None
+    rates = None
+    redis_state = "disabled"
+    if client is not None:
+        now = datetime.now(timezone.utc)
+        try:
+            report = query_anomalies(client, prefix, now - RATE_WINDOW, now)
+        except redis.RedisError:
+            redis_state = "down"
+        else:
+            redis_state = "up"
+            seconds = RATE_WINDOW.total_seconds()
+            rates = {
+                "window_seconds": int(seconds),
+                "requests_per_second": round(report.requests / seconds, 3),
+                "fallback_rate": round(report.fallback_requests / report.requests, 4) if report.requests else 0.0,
+                "anomaly_rate": round(report.anomalous_requests / report.requests, 4) if report.requests else 0.0,
+            }
+    if redis_state == "down":
+        reasons.append("redis down: counts wait in memory")
+    if counters is not None and counters.dropped:
+        reasons.append(f"{counters.dropped} counts dropped while redis was down")
+
+    return {
+        "status": "degraded" if reasons else "ok",
+        "reasons": reasons,
+        "model_version": loaded.model_version if loaded else None,
+        "guard": runtime.settings.guard,
+        "redis": redis_state,
+        "counters": None if counters is None else {
+            "pending": counters.pending, "dropped": counters.dropped, "last_error": counters.last_error,
+        },
+        "rates": rates,
+        "alarms": [],
+    }

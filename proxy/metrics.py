@@ -1,0 +1,61 @@
+"""Prometheus metrics of the prediction path (health and metrics requests are not counted).
+
+Under gunicorn, `recguard serve` sets PROMETHEUS_MULTIPROC_DIR before any worker starts, so
+every worker writes its samples to shared files and /metrics adds them up, whichever
+worker answers the scrape.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable, Sequence
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess
+
+# Label values come from the profile; any other field name a client sends shares one label,
+# so a hostile client cannot grow the number of series.
+UNEXPECTED_LABEL = "_unexpected"
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+def multiprocess_enabled() -> bool:
+    """True under gunicorn, where samples are shared through PROMETHEUS_MULTIPROC_DIR."""
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+class Metrics:
+    """The proxy's counters and histograms, in a registry of its own (one per app)."""
+
+    def __init__(self, known_fields: Iterable[str]):
+        self.known_fields = frozenset(known_fields) | {"model", "history"}
+        self.registry = CollectorRegistry()
+        self.requests = Counter("recguard_requests", "Prediction requests answered, by source.",
+                                ["source"], registry=self.registry)
+        self.anomalous = Counter("recguard_anomalous_requests", "Prediction requests with at least one anomaly.",
+                                 registry=self.registry)
+        self.anomalies = Counter("recguard_anomalies", "Anomalies seen, by field and kind.",
+                                 ["field", "kind"], registry=self.registry)
+        self.rejected = Counter("recguard_rejected_requests", "Requests refused with a 4xx, by status.",
+                                ["status"], registry=self.registry)
+        self.latency = Histogram("recguard_request_duration_seconds", "Time to answer a prediction request.",
+                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.alarms = Gauge("recguard_active_alarms", "Drift alarms active, as last seen by a worker.",
+                            registry=self.registry, multiprocess_mode="max")
+
+    def record_request(self, source: str, anomalies: Sequence[tuple[str, str]]) -> None:
+        """Count one answered prediction request."""
+        self.requests.labels(source).inc()
+        if anomalies:
+            self.anomalous.inc()
+            for field, kind in anomalies:
+                label = field if field in self.known_fields else UNEXPECTED_LABEL
+                self.anomalies.labels(label, kind).inc()
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text for /metrics and its content type."""
+        if multiprocess_enabled():
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

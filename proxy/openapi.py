@@ -1,0 +1,110 @@
+"""The OpenAPI 3.1 document of the proxy's HTTP API, served at /openapi.json."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from proxy.guard import (DRIFT_QUARANTINE, MISSING_FIELD, MODEL_ERROR, MODEL_TIMEOUT, NON_FINITE, OUT_OF_RANGE,
+                         TYPE_MISMATCH, UNEXPECTED_FIELD, UNKNOWN_CATEGORY, UNKNOWN_ITEM)
+
+ANOMALY_KINDS = [MISSING_FIELD, UNEXPECTED_FIELD, TYPE_MISMATCH, OUT_OF_RANGE, UNKNOWN_CATEGORY, NON_FINITE,
+                 UNKNOWN_ITEM, MODEL_ERROR, MODEL_TIMEOUT, DRIFT_QUARANTINE]
+
+
+def _json(schema_ref: str, description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema_ref}"}}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json("Error", description)
+
+
+_PREDICT = {
+    "summary": "Recommend items for a signup request",
+    "description": "Checks the request against the training profile; answers from the model, or from the "
+                   "popularity fallback when the model cannot be trusted with it.",
+    "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}}},
+    "responses": {
+        "200": {**_json("Prediction", "Recommended items"),
+                "headers": {"X-Recguard-Source": {"schema": {"type": "string", "enum": ["model", "fallback"]}}}},
+        "400": _error("Not JSON, not an object, bad k or bad history"),
+        "413": _error("Body over the size limit"),
+        "415": _error("Content-Type is not JSON"),
+        "503": _error("Bundle not loaded yet"),
+    },
+}
+
+
+def _get(summary: str, response: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"get": {"summary": summary, "responses": {"200": response, **extra.pop("responses", {})}, **extra}}
+
+
+@lru_cache(maxsize=1)
+def openapi_document() -> dict[str, Any]:
+    """The whole document; built once per process."""
+    ready = {"200": _json("Status", "Ready"), "503": _json("Status", "Loading or failed")}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "recguard", "version": "1", "description": "A guarded drop-in endpoint for a recommender."},
+        "paths": {
+            "/predict": {"post": {**_PREDICT, "operationId": "predict"}},
+            "/invocations": {"post": {**_PREDICT, "operationId": "invocations", "summary": "SageMaker alias of /predict"}},
+            "/livez": _get("Process alive (never depends on Redis)", _json("Status", "Alive")),
+            "/readyz": {"get": {"summary": "Ready once the bundle is loaded", "responses": ready}},
+            "/ping": {"get": {"summary": "SageMaker alias of /readyz", "responses": ready}},
+            "/healthz": _get("Health for load balancers and monitors", _json("Health", "Health report")),
+            "/anomalies": _get(
+                "Anomaly counts over a time range", _json("AnomalyReport", "Counts"),
+                parameters=[
+                    {"name": "since", "in": "query", "schema": {"type": "string", "default": "15m"},
+                     "description": "A duration back from now (90s, 15m, 1h, 2d) or an ISO-8601 time"},
+                    {"name": "until", "in": "query", "schema": {"type": "string"}, "description": "Like since; default now"},
+                    {"name": "field", "in": "query", "schema": {"type": "string"}},
+                    {"name": "kind", "in": "query", "schema": {"type": "string", "enum": ANOMALY_KINDS}},
+                ],
+                responses={"400": _error("Bad time range"), "503": _error("Redis unavailable")},
+            ),
+            "/metrics": _get("Prometheus metrics", {"description": "Prometheus text format",
+                                                     "content": {"text/plain": {"schema": {"type": "string"}}}}),
+            "/openapi.json": _get("This document", {"description": "OpenAPI 3.1",
+                                                    "content": {"application/json": {"schema": {"type": "object"}}}}),
+        },
+        "components": {"schemas": {
+            "PredictRequest": {
+                "type": "object",
+                "description": "The signup fields of the training profile, plus history and k.",
+                "properties": {
+                    "history": {"type": "array", "items": {"type": "string"}, "description": "Item ids, most recent last"},
+                    "k": {"type": "integer", "minimum": 1, "maximum": 100, "default": 10},
+                },
+                "additionalProperties": True,
+            },
+            "Anomaly": {"type": "object", "required": ["field", "kind", "detail"], "properties": {
+                "field": {"type": "string"}, "kind": {"type": "string", "enum": ANOMALY_KINDS}, "detail": {"type": "string"}}},
+            "Prediction": {"type": "object", "required": ["items", "scores", "source", "model_version", "anomalies"],
+                           "properties": {
+                               "items": {"type": "array", "items": {"type": "string"}},
+                               "scores": {"type": "array", "items": {"type": "number"}},
+                               "source": {"type": "string", "enum": ["model", "fallback"]},
+                               "model_version": {"type": "string"},
+                               "anomalies": {"type": "array", "items": {"$ref": "#/components/schemas/Anomaly"}}}},
+            "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+            "Status": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
+            "Health": {"type": "object", "required": ["status", "redis", "alarms"], "properties": {
+                "status": {"type": "string", "enum": ["ok", "degraded"]},
+                "reasons": {"type": "array", "items": {"type": "string"}},
+                "model_version": {"type": ["string", "null"]},
+                "redis": {"type": "string", "enum": ["up", "down", "disabled"]},
+                "rates": {"type": ["object", "null"]},
+                "alarms": {"type": "array", "items": {"type": "object"}}}},
+            "AnomalyReport": {"type": "object", "required": ["requests", "anomalous_requests", "fallback_requests"],
+                              "properties": {
+                                  "requests": {"type": "integer"}, "anomalous_requests": {"type": "integer"},
+                                  "fallback_requests": {"type": "integer"},
+                                  "by_field": {"type": "object"}, "by_kind": {"type": "object"},
+                                  "series": {"type": "array", "items": {"type": "object"}},
+                                  "alarms": {"type": "array", "items": {"type": "object"}}}},
+        }},
+    }

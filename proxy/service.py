@@ -1,0 +1,105 @@
+"""The business of one request, free of HTTP: guard, route, score or fall back, count.
+
+The Flask layer parses the body into a PredictRequest and turns a Prediction into JSON;
+everything between lives here and is unit tested without a server.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
+
+from proxy.guard import MODEL_ERROR, MODEL_TIMEOUT, Anomaly, Guard
+from proxy.request import PredictRequest
+from proxy.scoring import ModelError, Recommendation
+
+log = logging.getLogger("recguard.service")
+
+MODEL = "model"
+FALLBACK = "fallback"
+
+
+class Recommender(Protocol):
+    def recommend(self, fields: dict, history: Sequence[str], k: int) -> Recommendation: ...
+
+
+class RequestRecorder(Protocol):
+    def record_request(self, source: str, anomalies: Sequence[tuple[str, str]]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """The answer to one request and how it was reached."""
+
+    items: list[str]
+    scores: list[float]
+    source: str
+    anomalies: list[Anomaly] = field(default_factory=list)
+
+
+class PredictionService:
+    """Routes each request to the model or the fallback and records what happened."""
+
+    def __init__(
+        self,
+        model: Recommender,
+        fallback: Recommender,
+        guard: Guard | None,
+        *,
+        model_timeout: float | None,
+        recorders: Sequence[RequestRecorder] = (),
+        executor_threads: int = 4,
+    ):
+        self.model = model
+        self.fallback = fallback
+        self.guard = guard
+        self.model_timeout = model_timeout
+        self.recorders = list(recorders)
+        # A hung model call can only be abandoned, not interrupted: it runs on a pool thread
+        # while the request thread waits at most model_timeout, then answers from the fallback.
+        self._executor = ThreadPoolExecutor(max_workers=executor_threads, thread_name_prefix="model") if model_timeout else None
+
+    def predict(self, request: PredictRequest) -> Prediction:
+        """Answer one request; never raises for anything the model does."""
+        anomalies = self.guard.check(request) if self.guard is not None else []
+        if any(anomaly.routes for anomaly in anomalies):
+            prediction = self._fallback(request, anomalies)
+        else:
+            failure, recommendation = self._run_model(request)
+            if failure is not None:
+                prediction = self._fallback(request, [*anomalies, failure])
+            else:
+                prediction = Prediction(recommendation.items, recommendation.scores, MODEL, anomalies)
+        if self.recorders:
+            pairs = [(anomaly.field, anomaly.kind) for anomaly in prediction.anomalies]
+            for recorder in self.recorders:
+                recorder.record_request(prediction.source, pairs)
+        return prediction
+
+    def _run_model(self, request: PredictRequest) -> tuple[Anomaly | None, Recommendation | None]:
+        call: Callable[[], Recommendation] = lambda: self.model.recommend(request.fields, request.history, request.k)
+        try:
+            if self._executor is None:
+                return None, call()
+            future = self._executor.submit(call)
+            try:
+                return None, future.result(timeout=self.model_timeout)
+            except FutureTimeout:
+                future.cancel()
+                return Anomaly("model", MODEL_TIMEOUT, f"model ran past its budget of {self.model_timeout * 1000:g} ms", True), None
+        except ModelError as exc:
+            return Anomaly("model", MODEL_ERROR, str(exc), True), None
+        except Exception as exc:  # the model is third-party code: whatever it raises, the fallback answers
+            log.error("model raised", extra={"error": type(exc).__name__})
+            return Anomaly("model", MODEL_ERROR, f"model raised {type(exc).__name__}", True), None
+
+    def _fallback(self, request: PredictRequest, anomalies: list[Anomaly]) -> Prediction:
+        recommendation = self.fallback.recommend(request.fields, request.history, request.k)
+        return Prediction(recommendation.items, recommendation.scores, FALLBACK, anomalies)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
