@@ -21,6 +21,9 @@ timeout = 30
 graceful_timeout = 10
 keepalive = 5
 preload_app = False
+# gunicorn's runtime control socket sits at one fixed path per user: two instances on one
+# host (replicas, tests) would fight over it, and we do not use it.
+control_socket_disable = True
 accesslog = None
 logconfig_dict = {
     "version": 1,
