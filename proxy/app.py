@@ -27,6 +27,7 @@ log = logging.getLogger("recguard.app")
 JSON_TYPES = ("application/json",)
 SOURCE_HEADER = "X-Recguard-Source"
 DEFAULT_SINCE = "15m"
+STARTUP_WAIT_SECONDS = 5.0
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -82,6 +83,10 @@ def create_app(
     def predict() -> Response:
         started = time.perf_counter()
         loaded = runtime.loaded
+        # A worker that just booted takes connections while its bundle loads (a fraction of a
+        # second): waiting briefly beats failing a request another worker would have answered.
+        if loaded is None and runtime.settled.wait(STARTUP_WAIT_SECONDS):
+            loaded = runtime.loaded
         if loaded is None:
             return error_response("model not loaded yet", 503)
         if not _is_json(request.mimetype):

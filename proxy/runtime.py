@@ -1,6 +1,7 @@
 """What a worker holds once its bundle is loaded, and the loading itself (in the background).
 
-/readyz answers 503 until `Runtime.ready` is set; requests that arrive before get a 503 too.
+/readyz answers 503 until the bundle is loaded; `Runtime.settled` is set once loading ended,
+loaded or failed, so early requests can wait for it instead of failing.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class Runtime:
         self.model = model
         self.loaded: Loaded | None = None
         self.error: str | None = None
-        self.ready = threading.Event()
+        self.settled = threading.Event()
 
     def install(self, bundle: Bundle) -> None:
         """Build the guard, scorer, fallback and service from a loaded bundle, then mark ready."""
@@ -65,7 +66,7 @@ class Runtime:
             recorders=recorders, executor_threads=settings.threads,
         )
         self.loaded = Loaded(bundle, service, metrics)
-        self.ready.set()
+        self.settled.set()
         log.info("bundle loaded", extra={"model_version": bundle.model_version, "guard": settings.guard})
 
     def load_in_background(self, loader: Callable[[str], Bundle]) -> threading.Thread:
@@ -76,6 +77,7 @@ class Runtime:
             except Exception as exc:  # reported by /readyz; the worker stays alive and not ready
                 self.error = f"{type(exc).__name__}: {exc}"
                 log.error("bundle failed to load", extra={"error": self.error})
+                self.settled.set()
 
         thread = threading.Thread(target=run, name="bundle-loader", daemon=True)
         thread.start()

@@ -75,3 +75,23 @@ def redis_client(redis_server):
     client.flushall()
     yield client
     client.flushall()
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A small generated shop (a few hundred users), the same for every test of the session."""
+    from proxy.cli import main
+
+    out = tmp_path_factory.mktemp("data") / "tiny"
+    assert main(["generate", "--out", str(out), "--users", "400", "--items", "150", "--seed", "7"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_data, tmp_path_factory) -> Path:
+    """A bundle trained on tiny_data in a few seconds."""
+    from proxy.cli import main
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    assert main(["train", "--data", str(tiny_data), "--out", str(out), "--epochs", "5", "--seed", "7"]) == 0
+    return out

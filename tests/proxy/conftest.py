@@ -1,0 +1,106 @@
+"""Serving fixtures: the proxy in-process (Flask test client) and as a real gunicorn process over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from model.bundle import load_bundle
+from proxy.app import create_app
+from proxy.settings import Settings
+from tests.conftest import free_port
+
+
+def holdout_requests(data_dir: Path) -> list[dict]:
+    """The held-out request bodies of a generated data set."""
+    with open(data_dir / "holdout.jsonl") as lines:
+        return [json.loads(line)["request"] for line in lines]
+
+
+class ProxyProcess:
+    """`recguard serve` in a child process: real gunicorn, real HTTP."""
+
+    def __init__(self, bundle: Path, redis_url: str, *args: str, workers: int = 2, env: dict | None = None,
+                 log_path: Path | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.command = [sys.executable, "-m", "proxy.cli", "serve", "--bundle", str(bundle),
+                        "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers), "--redis", redis_url, *args]
+        self.env = {**os.environ, "RECGUARD_FLUSH_INTERVAL": "0.1", **(env or {})}
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    def start(self, wait_ready: bool = True, timeout: float = 30.0) -> "ProxyProcess":
+        log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
+        self.process = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=log, start_new_session=True)
+        if wait_ready:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"recguard serve exited with {self.process.returncode}")
+            try:
+                if requests.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("proxy did not become ready")
+
+    def predict(self, body: dict, **kwargs) -> requests.Response:
+        return requests.post(self.url + "/predict", json=body, timeout=10, **kwargs)
+
+    def get(self, path: str, **kwargs) -> requests.Response:
+        return requests.get(self.url + path, timeout=10, **kwargs)
+
+    def worker_pids(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout
+        return [int(pid) for pid in out.split()]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            return self.process.wait()
+
+
+@pytest.fixture(scope="session")
+def tiny_holdout(tiny_data) -> list[dict]:
+    return holdout_requests(tiny_data)
+
+
+@pytest.fixture(scope="session")
+def loaded_bundle(tiny_bundle):
+    return load_bundle(tiny_bundle)
+
+
+@pytest.fixture
+def settings(tiny_bundle, redis_server) -> Settings:
+    return Settings.from_env({}, bundle=tiny_bundle, redis_url=redis_server.url, flush_interval=0.05)
+
+
+@pytest.fixture
+def app(settings, loaded_bundle, redis_client):
+    application = create_app(settings, loaded_bundle)
+    yield application
+    application.extensions["recguard"].close()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
