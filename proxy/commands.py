@@ -71,6 +71,7 @@ def anomalies_command(args: argparse.Namespace) -> int:
     from model.errors import RecguardError
     from proxy.anomaly_query import format_table, parse_time, query_anomalies
     from proxy.counters import make_redis_client
+    from proxy.settings import redact_url
 
     settings = _settings(args, ("redis_url", "redis_prefix"))
     now = datetime.now(timezone.utc)
@@ -82,6 +83,7 @@ def anomalies_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise RecguardError(str(exc)) from None
     except redis.RedisError as exc:
-        raise RecguardError(f"cannot read counters from {settings.redis_url}: {exc}") from None
+        reason = str(exc).replace(settings.redis_url, redact_url(settings.redis_url))
+        raise RecguardError(f"cannot read counters from {redact_url(settings.redis_url)}: {reason}") from None
     print(json.dumps(report.to_json(), indent=2) if args.json else format_table(report))
     return 0

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlsplit, urlunsplit
 
 from model.errors import RecguardError
 
@@ -116,7 +117,17 @@ class Settings:
         ]
         for ok, name, expected in checks:
             if not ok:
-                raise SettingsError(f"{ENV_PREFIX}{name.upper()}: expected {expected}, got {getattr(self, name)!r}")
+                shown = redact_url(self.redis_url) if name == "redis_url" else getattr(self, name)
+                raise SettingsError(f"{ENV_PREFIX}{name.upper()}: expected {expected}, got {shown!r}")
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, safe to print or log."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _valid_bind(bind: str) -> bool:

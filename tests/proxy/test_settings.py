@@ -36,3 +36,14 @@ def test_bad_values_stop_the_start(env, message):
     with pytest.raises(SettingsError) as caught:
         Settings.from_env(env)
     assert message in str(caught.value)
+
+
+def test_redis_password_never_shown():
+    from proxy.settings import redact_url
+
+    assert redact_url("redis://:hunter2@db:6379/0") == "redis://:***@db:6379/0"
+    assert redact_url("redis://user:hunter2@db/0") == "redis://user:***@db/0"
+    assert redact_url("redis://db:6379/0") == "redis://db:6379/0"
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"RECGUARD_REDIS_URL": "http://:hunter2@db"})
+    assert "hunter2" not in str(caught.value)

@@ -1,0 +1,48 @@
+"""`recguard anomalies`: the counters as a table or JSON, and clear one-line errors."""
+
+import json
+import subprocess
+import sys
+
+from proxy.counters import Counters
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "proxy.cli", *args], capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin"})
+
+
+def record_traffic(client) -> None:
+    counters = Counters(client)
+    for _ in range(3):
+        counters.record_request("model", [])
+    counters.record_request("fallback", [("country", "unknown_category")])
+    counters.record_request("model", [("email", "missing_field"), ("user_email", "unexpected_field")])
+    assert counters.flush()
+
+
+def test_table_shows_totals_and_counts(redis_server, redis_client):
+    record_traffic(redis_client)
+    result = run("anomalies", "--since", "10m", "--redis", redis_server.url)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.split()[:2] == ["requests", "5"] for line in lines)
+    assert any(line.split() == ["country", "unknown_category", "1"] for line in lines)
+    assert any(line.split() == ["user_email", "unexpected_field", "1"] for line in lines)
+
+
+def test_json_with_a_kind_filter(redis_server, redis_client):
+    record_traffic(redis_client)
+    result = run("anomalies", "--since", "1h", "--kind", "missing_field", "--json", "--redis", redis_server.url)
+    report = json.loads(result.stdout)
+    assert report["requests"] == 5 and report["fallback_requests"] == 1
+    assert report["by_field"] == {"email": 1}
+
+
+def test_bad_time_and_unreachable_redis_are_one_line_errors(redis_server):
+    bad_time = run("anomalies", "--since", "yesterday", "--redis", redis_server.url)
+    assert bad_time.returncode == 2 and len(bad_time.stderr.strip().splitlines()) == 1
+    assert bad_time.stderr.startswith("recguard anomalies: ")
+    down = run("anomalies", "--redis", "redis://:hunter2@127.0.0.1:1/0")
+    assert down.returncode == 2 and "cannot read counters" in down.stderr
+    assert "hunter2" not in down.stderr and "Traceback" not in down.stderr
