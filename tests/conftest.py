@@ -95,3 +95,22 @@ def tiny_bundle(tiny_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "tiny"
     assert main(["train", "--data", str(tiny_data), "--out", str(out), "--epochs", "5", "--seed", "7"]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A small generated data directory (400 training users, 200 items, 40 held-out requests), seed 1."""
+    from model.synthetic import generate
+
+    out = tmp_path_factory.mktemp("data") / "tiny"
+    generate(out, users=400, items=200, seed=1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_data, tmp_path_factory) -> Path:
+    """A real bundle trained on tiny_data in a few seconds (one torch thread: no spinning against other workers)."""
+    from model.train import TrainConfig, train
+
+    config = TrainConfig(epochs=8, batch_size=512, threads=1, validation_users=40)
+    return train(tiny_data, tmp_path_factory.mktemp("bundles") / "tiny", config)

@@ -1,0 +1,112 @@
+"""The training profile (profile.json): what every signup field looked like in training.
+
+The guard checks each request against it and the drift detector takes its per-segment
+statistics as the baseline; docs/bundle.md is the contract for every key.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+
+from model.dataset import Dataset
+from model.features import FEATURES
+
+SCHEMA_VERSION = 1
+SEGMENT_FIELD = "country"
+HISTORY_FIELD = "history"
+IDENTIFIERS = ("user_id", "email")
+PERSONAL = ("email", "first_name", "last_name")
+QUANTILES = (0.001, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 0.999)
+# A string field with at most this many distinct values is categorical and gets a domain.
+MAX_DOMAIN = 100
+_DIGITS = 6
+
+
+def _json_type(values: list[Any]) -> str:
+    if all(isinstance(v, int) for v in values):
+        return "integer"
+    if all(isinstance(v, (int, float)) for v in values):
+        return "number"
+    return "string"
+
+
+def _role(field: str) -> str:
+    if field in FEATURES:
+        return "feature"
+    return "identifier" if field in IDENTIFIERS else "contract"
+
+
+def _stats(values: np.ndarray) -> dict[str, float]:
+    return {"count": int(values.size), "mean": round(float(values.mean()), _DIGITS), "std": round(float(values.std()), _DIGITS)}
+
+
+def _numeric(values: list[float], segments: list[Any] | None) -> dict[str, Any]:
+    array = np.array(values, dtype=np.float64)
+    entry: dict[str, Any] = {
+        "min": float(array.min()),
+        "max": float(array.max()),
+        "mean": round(float(array.mean()), _DIGITS),
+        "std": round(float(array.std()), _DIGITS),
+        "quantiles": {str(q): round(float(v), _DIGITS) for q, v in zip(QUANTILES, np.quantile(array, QUANTILES))},
+    }
+    if segments is not None:
+        keys = np.array([str(s) for s in segments])
+        entry["segments"] = {key: _stats(array[keys == key]) for key in sorted(set(keys.tolist()))}
+    return entry
+
+
+def _domain(values: list[str]) -> dict[str, float] | None:
+    counts: dict[str, int] = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    if len(counts) > MAX_DOMAIN:
+        return None
+    return {value: round(counts[value] / len(values), _DIGITS) for value in sorted(counts)}
+
+
+def item_id_pattern(item_ids: list[str]) -> str:
+    """A regular expression every catalogue id matches: prefix plus fixed-width digits when they share one."""
+    parts = [re.fullmatch(r"(.*?)([0-9]+)", item) for item in item_ids]
+    if all(parts):
+        prefixes = {p.group(1) for p in parts}
+        widths = {len(p.group(2)) for p in parts}
+        if len(prefixes) == 1 and len(widths) == 1:
+            return f"^{re.escape(prefixes.pop())}[0-9]{{{widths.pop()}}}$"
+    return "^.+$"
+
+
+def build_profile(data: Dataset) -> dict[str, Any]:
+    """The profile of the users in `data`: role, type, presence and statistics of every signup field."""
+    rows = len(data.users)
+    fields: dict[str, Any] = {}
+    for field in data.user_fields:
+        column = data.column(field)
+        present = [v for v in column if v is not None]
+        json_type = _json_type(present)
+        entry: dict[str, Any] = {
+            "role": _role(field),
+            "type": json_type,
+            "personal": field in PERSONAL,
+            "presence": round(len(present) / rows, _DIGITS),
+        }
+        if present and json_type != "string":
+            with_segments = entry["role"] == "feature" and field != SEGMENT_FIELD
+            segments = [u[SEGMENT_FIELD] for u in data.users if u[field] is not None] if with_segments else None
+            entry |= _numeric(present, segments)
+        elif present and not entry["personal"] and entry["role"] != "identifier":
+            domain = _domain([str(v) for v in present])
+            if domain is not None:
+                entry["domain"] = domain
+        fields[field] = entry
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "data_sha256": data.sha256,
+        "rows": rows,
+        "segment_field": SEGMENT_FIELD,
+        "history_field": HISTORY_FIELD,
+        "fields": fields,
+        "catalogue": {"item_id_pattern": item_id_pattern(data.item_ids), "count": len(data.item_ids)},
+    }

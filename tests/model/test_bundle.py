@@ -1,0 +1,54 @@
+"""The bundle a real training run writes: complete, loadable, and refused once altered."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from model.bundle import REQUIRED_FILES, BundleError, load_bundle
+
+
+def test_trained_bundle_loads_with_every_contract_array(tiny_bundle):
+    bundle = load_bundle(tiny_bundle)
+    layers = bundle.scoring["layers"]
+    expected = {"item_ids", "item_embeddings", "item_bias", "history_embeddings"}
+    expected |= {f"{name}_{part}" for name in layers for part in ("weight", "bias")}
+    assert set(bundle.arrays) == expected
+    n_items = bundle.profile["catalogue"]["count"]
+    assert bundle.arrays["item_embeddings"].shape[0] == n_items == bundle.arrays["history_embeddings"].shape[0]
+    assert bundle.arrays["item_ids"].dtype.kind == "U"
+    assert all(bundle.arrays[key].dtype.name == "float32" for key in expected - {"item_ids"})
+    assert set(bundle.manifest["files"]) == set(REQUIRED_FILES)
+
+
+@pytest.mark.parametrize("name", REQUIRED_FILES)
+def test_a_flipped_byte_is_refused_naming_the_file(tiny_bundle, tmp_path, name):
+    copy = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    data = bytearray((copy / name).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (copy / name).write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=f"^{name}: checksum does not match"):
+        load_bundle(copy)
+
+
+def test_a_missing_file_is_refused(tiny_bundle, tmp_path):
+    copy = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    (copy / "scoring.npz").unlink()
+    with pytest.raises(BundleError, match="^scoring.npz: missing"):
+        load_bundle(copy)
+
+
+def test_cli_refuses_an_altered_bundle_in_one_line(tiny_bundle, tiny_data, tmp_path):
+    copy = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    with (copy / "profile.json").open("a") as handle:
+        handle.write(" ")
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy.cli", "evaluate", "--bundle", str(copy), "--data", str(tiny_data)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip() == "recguard evaluate: profile.json: checksum does not match the manifest (file altered or corrupt)"
