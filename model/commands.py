@@ -31,11 +31,16 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from model.dataset import load_dataset
+
+    # Bad data fails here, before the seconds it takes to import torch.
+    data = load_dataset(args.data)
+    _say(f"loaded {len(data.users)} users, {len(data.item_ids)} items, {data.interactions} interactions")
     from model.train import TrainConfig, train
 
     overrides = {"epochs": args.epochs, "seed": args.seed, "threads": args.threads}
     config = TrainConfig(**{name: value for name, value in overrides.items() if value is not None})
-    path = train(args.data, args.out, config, progress=_say)
+    path = train(data, args.out, config, progress=_say)
     _say(f"bundle written to {path}")
     return 0
 
@@ -64,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--out", required=True, help="bundle directory to write")
     train.add_argument("--epochs", type=_positive, help="training epochs (default: TrainConfig.epochs)")
     train.add_argument("--seed", type=int, help="random seed (default 0)")
-    train.add_argument("--threads", type=_positive, help="torch CPU threads (default 2)")
+    train.add_argument("--threads", type=_positive, help="torch CPU threads (default 1)")
     train.set_defaults(handler=_train)
 
     evaluate = sub.add_parser("evaluate", help="hit rate and NDCG of a bundle's model and its popularity fallback")

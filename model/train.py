@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from model.bundle import write_bundle
-from model.dataset import Dataset, load_dataset
+from model.dataset import Dataset
 from model.evaluate import ranking_metrics
-from model.features import encode, fit_inputs, input_width
+from model.features import encode, fit_inputs
 from model.popularity import build_popularity
 from model.profile import build_profile
 from model.recommender import NO_ITEM, GraphRecommender, ItemEncoder, UserTower
@@ -42,12 +42,15 @@ class TrainConfig:
     dim: int = 64
     hidden: int = 128
     num_layers: int = 2
-    batch_size: int = 8192
-    lr: float = 0.01
+    # Every step re-propagates the whole graph, so few large batches beat many small ones.
+    batch_size: int = 32768
+    lr: float = 0.02
     negatives: int = 8
     history_window: int = 3
     validation_users: int = 1000
-    threads: int = 2
+    # One thread: with two, OpenMP spin-waiting against any other busy process (a test
+    # server, a second training run) made epochs up to 50x slower on a 2-core machine.
+    threads: int = 1
 
 
 @dataclass(frozen=True)
@@ -219,15 +222,13 @@ def export_arrays(model: GraphRecommender, prepared: Prepared, item_ids: list[st
 
 
 def train(
-    data_dir: str | os.PathLike,
+    data: Dataset,
     out: str | os.PathLike,
     config: TrainConfig = TrainConfig(),
     progress: Callable[[str], None] = lambda message: None,
 ) -> Path:
-    """Train on `data_dir` and write the bundle to `out`; return the bundle path."""
+    """Train on `data` (see model.dataset.load_dataset) and write the bundle to `out`; return the bundle path."""
     torch.set_num_threads(config.threads)
-    data = load_dataset(data_dir)
-    progress(f"loaded {len(data.users)} users, {len(data.item_ids)} items, {data.interactions} interactions")
     inputs = fit_inputs(data.users)
     prepared = prepare(data, inputs, config)
     progress(

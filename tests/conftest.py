@@ -79,38 +79,19 @@ def redis_client(redis_server):
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
-    """A small generated shop (a few hundred users), the same for every test of the session."""
-    from proxy.cli import main
-
-    out = tmp_path_factory.mktemp("data") / "tiny"
-    assert main(["generate", "--out", str(out), "--users", "400", "--items", "150", "--seed", "7"]) == 0
-    return out
-
-
-@pytest.fixture(scope="session")
-def tiny_bundle(tiny_data, tmp_path_factory) -> Path:
-    """A bundle trained on tiny_data in a few seconds."""
-    from proxy.cli import main
-
-    out = tmp_path_factory.mktemp("bundles") / "tiny"
-    assert main(["train", "--data", str(tiny_data), "--out", str(out), "--epochs", "5", "--seed", "7"]) == 0
-    return out
-
-
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory) -> Path:
-    """A small generated data directory (400 training users, 200 items, 40 held-out requests), seed 1."""
+    """A small generated data directory (400 training users, 200 items, 100 held-out requests), seed 1."""
     from model.synthetic import generate
 
     out = tmp_path_factory.mktemp("data") / "tiny"
-    generate(out, users=400, items=200, seed=1)
+    generate(out, users=400, items=200, holdout=100, seed=1)
     return out
 
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_data, tmp_path_factory) -> Path:
     """A real bundle trained on tiny_data in a few seconds (one torch thread: no spinning against other workers)."""
+    from model.dataset import load_dataset
     from model.train import TrainConfig, train
 
     config = TrainConfig(epochs=8, batch_size=512, threads=1, validation_users=40)
-    return train(tiny_data, tmp_path_factory.mktemp("bundles") / "tiny", config)
+    return train(load_dataset(tiny_data), tmp_path_factory.mktemp("bundles") / "tiny", config)

@@ -1,0 +1,99 @@
+"""The training-side CLI: a user's mistake is one clear line on stderr and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from proxy.cli import main
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def broken_data(tiny_data, tmp_path):
+    """A writable copy of tiny_data to damage."""
+    return shutil.copytree(tiny_data, tmp_path / "data")
+
+
+def _rewrite(path, old: str, new: str) -> None:
+    path.write_text(path.read_text().replace(old, new))
+
+
+def test_generate_shows_progress_and_writes_every_file(capsys, tmp_path):
+    code, _, err = run(capsys, "generate", "--out", str(tmp_path / "d"), "--users", "50", "--items", "40", "--seed", "2")
+    assert code == 0
+    assert "sampled interactions for 55/55 users" in err
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["holdout.jsonl", "interactions.csv", "items.csv", "users.csv"]
+
+
+def test_evaluate_prints_the_figures_as_json(capsys, tiny_bundle, tiny_data):
+    code, out, _ = run(capsys, "evaluate", "--bundle", str(tiny_bundle), "--data", str(tiny_data))
+    figures = json.loads(out)
+    assert code == 0 and set(figures) == {"model", "popularity"}
+    assert set(figures["model"]) == {"hit_rate@10", "ndcg@10"}
+
+
+def test_missing_data_directory(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "b"))
+    assert code == 2
+    assert err == f"recguard train: data directory {tmp_path / 'nope'} does not exist (run `recguard generate --out {tmp_path / 'nope'}`)\n"
+
+
+@pytest.mark.parametrize(
+    ("file", "old", "new", "message"),
+    [
+        ("users.csv", "weight_kg", "weight_lbs", "users.csv: missing column 'weight_kg' (found: user_id, email"),
+        ("users.csv", ",DE,", ",DE,heavy", "users.csv: column 'weight_kg' must be numeric, line"),
+        ("interactions.csv", "item_000", "item_900", "interactions.csv: line 2 refers to 'item_900"),
+        ("items.csv", "item_id,", "id,", "items.csv: missing column 'item_id'"),
+    ],
+)
+def test_bad_training_data_is_named(capsys, broken_data, tmp_path, file, old, new, message):
+    _rewrite(broken_data / file, old, new)
+    code, _, err = run(capsys, "train", "--data", str(broken_data), "--out", str(tmp_path / "b"))
+    assert code == 2 and err.startswith(f"recguard train: {message}") and err.count("\n") == 1
+    assert not (tmp_path / "b").exists()
+
+
+def test_missing_training_file(capsys, broken_data, tmp_path):
+    (broken_data / "items.csv").unlink()
+    code, _, err = run(capsys, "train", "--data", str(broken_data), "--out", str(tmp_path / "b"))
+    assert (code, err) == (2, f"recguard train: items.csv: not found in {broken_data}\n")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--corrupt", "weight_kg:stone"], "--corrupt 'weight_kg:stone': expected FIELD:KIND with KIND one of lbs, inches"),
+        (["--corrupt", "shoe_size:lbs"], "--corrupt shoe_size:lbs: the held-out requests have no numeric field 'shoe_size'"),
+    ],
+)
+def test_bad_corruption(capsys, tiny_bundle, tiny_data, argv, message):
+    code, _, err = run(capsys, "evaluate", "--bundle", str(tiny_bundle), "--data", str(tiny_data), *argv)
+    assert (code, err) == (2, f"recguard evaluate: {message}\n")
+
+
+def test_evaluate_without_holdout_or_bundle(capsys, tiny_bundle, broken_data, tmp_path):
+    (broken_data / "holdout.jsonl").unlink()
+    code, _, err = run(capsys, "evaluate", "--bundle", str(tiny_bundle), "--data", str(broken_data))
+    assert (code, err) == (2, f"recguard evaluate: holdout.jsonl: not found in {broken_data}\n")
+    code, _, err = run(capsys, "evaluate", "--bundle", str(tmp_path), "--data", str(broken_data))
+    assert (code, err) == (2, f"recguard evaluate: manifest.json: missing; {tmp_path} is not a recguard bundle\n")
+
+
+def test_the_installed_command_reports_bad_data_without_a_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy.cli", "train", "--data", str(tmp_path), "--out", str(tmp_path / "b")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr == f"recguard train: users.csv: not found in {tmp_path}\n"

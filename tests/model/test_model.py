@@ -1,0 +1,103 @@
+"""The trained model: exported faithfully, deterministic, better than popularity, and dependent on its inputs."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from model.bundle import load_bundle
+from model.dataset import load_dataset
+from model.evaluate import NumpyScorer, corrupt, evaluate, read_holdout
+from model.features import encode
+from model.recommender import NO_ITEM
+from model.synthetic import SIZES, fitting_size
+from model.train import TrainConfig, build_model, prepare, train
+
+QUICK = TrainConfig(epochs=2, batch_size=512, validation_users=40)
+
+
+@pytest.fixture(scope="module")
+def quick_bundle(tiny_data, tmp_path_factory):
+    return train(load_dataset(tiny_data), tmp_path_factory.mktemp("quick") / "bundle", QUICK)
+
+
+def _odd_requests(requests):
+    """Requests off the beaten path: no history, unknown and repeated items, an unseen country, a missing weight."""
+    first = requests[0]
+    return [
+        {k: v for k, v in first.items() if k != "history"},
+        first | {"history": ["item_99999", first["history"][0], first["history"][0]]},
+        first | {"country": "ZZ"},
+        {k: v for k, v in first.items() if k != "weight_kg"},
+    ]
+
+
+def test_numpy_scores_from_the_loaded_bundle_equal_the_torch_model(tiny_data, quick_bundle):
+    bundle = load_bundle(quick_bundle)
+    prepared = prepare(load_dataset(tiny_data), bundle.scoring["inputs"], QUICK)
+    model = build_model(prepared, QUICK)
+    model.load_state_dict(torch.load(quick_bundle / "model.pt"))
+    model.eval()
+    requests, _ = read_holdout(tiny_data)
+    requests = requests + _odd_requests(requests)
+
+    scorer = NumpyScorer(bundle.scoring, bundle.arrays)
+    width = max(len(r.get("history", [])) for r in requests)
+    history = torch.full((len(requests), width), NO_ITEM)
+    for row, request in enumerate(requests):
+        known = scorer.history_indices(request)
+        history[row, : len(known)] = torch.tensor(known, dtype=torch.long)
+    with torch.no_grad():
+        items = model.item_embeddings(prepared.user_x[prepared.train_users], prepared.edge_index)
+        users = model.user_vectors(torch.from_numpy(encode(bundle.scoring["inputs"], requests)), history,
+                                   model.history_embeddings(items))
+        expected = model.scores(users, items).numpy()
+    np.testing.assert_allclose(scorer.scores(requests), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_encoding_follows_the_contract():
+    inputs = [{"field": "country", "encoding": "one_hot", "vocab": ["DE", "FR"]},
+              {"field": "weight_kg", "encoding": "standard", "mean": 70.0, "std": 10.0}]
+    rows = encode(inputs, [{"country": "FR", "weight_kg": 90.0}, {"country": "XX"}, {"country": None, "weight_kg": "80"}])
+    np.testing.assert_allclose(rows, [[0, 1, 2.0], [0, 0, -7.0], [0, 0, -7.0]])
+
+
+def test_training_is_deterministic_for_a_seed(tiny_data, quick_bundle, tmp_path):
+    again = load_bundle(train(load_dataset(tiny_data), tmp_path / "again", QUICK))
+    first = load_bundle(quick_bundle)
+    for key, array in first.arrays.items():
+        np.testing.assert_array_equal(array, again.arrays[key], err_msg=key)
+
+
+def test_the_model_beats_popularity(tiny_bundle, tiny_data):
+    figures = evaluate(tiny_bundle, tiny_data)
+    assert figures["model"]["hit_rate@10"] >= 1.3 * figures["popularity"]["hit_rate@10"]
+    assert figures["model"]["ndcg@10"] > figures["popularity"]["ndcg@10"]
+
+
+@pytest.mark.parametrize("corruption", ["weight_kg:lbs", "height_cm:inches"])
+def test_a_unit_mistake_hurts_the_model_and_not_popularity(tiny_bundle, tiny_data, corruption):
+    clean = evaluate(tiny_bundle, tiny_data)
+    broken = evaluate(tiny_bundle, tiny_data, [corruption])
+    assert broken["model"]["hit_rate@10"] <= 0.75 * clean["model"]["hit_rate@10"]
+    assert broken["popularity"] == clean["popularity"]
+
+
+def test_weight_in_pounds_recommends_the_wrong_sizes(tiny_bundle, tiny_data):
+    with (tiny_data / "items.csv").open(newline="") as handle:
+        size_of = {row["item_id"]: SIZES.index(row["size"]) for row in csv.DictReader(handle)}
+    bundle = load_bundle(tiny_bundle)
+    scorer = NumpyScorer(bundle.scoring, bundle.arrays)
+    requests, _ = read_holdout(tiny_data)
+
+    def fitting_share(sent):
+        fits = 0
+        for true, request in zip(requests, sent):
+            size = fitting_size(np.array([true["weight_kg"]]), np.array([true["height_cm"]]))[0]
+            fits += sum(size_of[scorer.item_ids[i]] == size for i in scorer.top_k(request))
+        return fits / (10 * len(requests))
+
+    assert fitting_share(requests) > 2 * fitting_share(corrupt(requests, "weight_kg", "lbs"))

@@ -1,0 +1,86 @@
+"""profile.json and popularity.json on a data set small enough to check by hand."""
+
+from __future__ import annotations
+
+import hashlib
+from statistics import pstdev
+
+import pytest
+
+from model.dataset import load_dataset
+from model.popularity import build_popularity, recommend
+from model.profile import build_profile
+
+USERS = """user_id,email,first_name,last_name,country,weight_kg,height_cm,age
+u1,ann@example.com,Ann,Lee,DE,60.0,170,30
+u2,bob@example.com,Bob,Ray,DE,80.0,180,40
+u3,,Cid,Roe,FR,70.5,175,50
+u4,dee@example.com,Dee,Fox,FR,90.0,165,20
+"""
+ITEMS = """item_id,category,size,price
+item_00000,tops,M,19.00
+item_00001,jeans,L,59.90
+item_00002,coats,S,129.00
+"""
+INTERACTIONS = """user_id,item_id,timestamp,event
+u1,item_00001,2026-03-02T10:00:00Z,view
+u1,item_00000,2026-03-01T10:00:00Z,view
+u2,item_00000,2026-03-01T11:00:00Z,purchase
+u3,item_00002,2026-03-01T12:00:00Z,view
+u3,item_00000,2026-03-03T12:00:00Z,add_to_cart
+u4,item_00002,2026-03-04T12:00:00Z,view
+"""
+
+
+@pytest.fixture
+def data(tmp_path):
+    for name, text in (("users.csv", USERS), ("items.csv", ITEMS), ("interactions.csv", INTERACTIONS)):
+        (tmp_path / name).write_text(text)
+    return load_dataset(tmp_path)
+
+
+def test_sequences_are_in_time_order(data):
+    assert [s.tolist() for s in data.sequences] == [[0, 1], [0], [2, 0], [2]]
+
+
+def test_profile_by_hand(data, tmp_path):
+    profile = build_profile(data)
+    expected_hash = hashlib.sha256((USERS + ITEMS + INTERACTIONS).encode()).hexdigest()
+    assert profile["schema_version"] == 1 and profile["data_sha256"] == expected_hash
+    assert profile["rows"] == 4
+    assert (profile["segment_field"], profile["history_field"]) == ("country", "history")
+    assert profile["catalogue"] == {"item_id_pattern": "^item_[0-9]{5}$", "count": 3}
+
+    fields = profile["fields"]
+    assert list(fields) == ["user_id", "email", "first_name", "last_name", "country", "weight_kg", "height_cm", "age"]
+    assert fields["user_id"] == {"role": "identifier", "type": "string", "personal": False, "presence": 1.0}
+    assert fields["email"] == {"role": "identifier", "type": "string", "personal": True, "presence": 0.75}
+    assert fields["first_name"] == {"role": "contract", "type": "string", "personal": True, "presence": 1.0}
+    assert fields["country"] == {"role": "feature", "type": "string", "personal": False, "presence": 1.0,
+                                 "domain": {"DE": 0.5, "FR": 0.5}}
+
+    weight = fields["weight_kg"]
+    assert (weight["role"], weight["type"], weight["min"], weight["max"]) == ("feature", "number", 60.0, 90.0)
+    assert weight["mean"] == pytest.approx(75.125)
+    assert weight["std"] == pytest.approx(pstdev([60.0, 80.0, 70.5, 90.0]), abs=1e-6)
+    assert weight["quantiles"]["0.5"] == pytest.approx(75.25)
+    assert weight["quantiles"]["0.001"] == pytest.approx(60.0 + 0.003 * 10.5)
+    assert weight["segments"] == {"DE": {"count": 2, "mean": 70.0, "std": 10.0},
+                                  "FR": {"count": 2, "mean": 80.25, "std": 9.75}}
+    assert fields["height_cm"]["type"] == "integer" and fields["age"]["type"] == "integer"
+    assert fields["age"]["segments"]["FR"] == {"count": 2, "mean": 35.0, "std": 15.0}
+
+
+def test_popularity_by_hand(data):
+    popularity = build_popularity(data, top_n=2)
+    assert popularity["segment_field"] == "country" and popularity["top_n"] == 2
+    assert popularity["global"] == {"items": ["item_00000", "item_00002"], "scores": [0.5, pytest.approx(2 / 6)]}
+    assert popularity["segments"]["DE"] == {"items": ["item_00000", "item_00001"], "scores": [pytest.approx(2 / 3), pytest.approx(1 / 3)]}
+    assert popularity["segments"]["FR"]["items"] == ["item_00002", "item_00000"]
+
+
+def test_popularity_recommends_from_the_segment_and_falls_back_to_global(data):
+    popularity = build_popularity(data)
+    assert recommend(popularity, {"country": "FR"}, 2, exclude={"item_00002"}) == ["item_00000"]
+    assert recommend(popularity, {"country": "XX"}, 1) == ["item_00000"]
+    assert recommend(popularity, {}, 3) == ["item_00000", "item_00002", "item_00001"]
