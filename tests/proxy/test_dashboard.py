@@ -46,8 +46,10 @@ class PageServer:
 
 
 def dashboard_app(settings: Settings, bundle):
+    """create_app with the dashboard, registering the blueprint here only if create_app does not (yet)."""
     app = create_app(settings, bundle)
-    app.register_blueprint(dashboard_blueprint())
+    if "dashboard" not in app.blueprints:
+        app.register_blueprint(dashboard_blueprint())
     return app
 
 
