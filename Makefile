@@ -9,7 +9,7 @@ BIND   ?= 127.0.0.1:8000
 REDIS_URL ?= redis://127.0.0.1:6379/0
 WORKERS ?= 2
 
-.PHONY: install redis-server run serve test bench clean
+.PHONY: install redis-server chromium run test clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,13 @@ run: install $(BUNDLE)/manifest.json
 			--dir $(CURDIR)/var --appendonly yes --logfile $(CURDIR)/var/redis.log; }
 	$(BIN)/recguard serve --bundle $(BUNDLE) --bind $(BIND) --workers $(WORKERS) --redis $(REDIS_URL)
 
-test: install
+# The dashboard test renders the page in a real headless browser.
+chromium:
+	@command -v chromium >/dev/null || { \
+		echo "installing chromium"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+
+test: install chromium
 	$(BIN)/python -m pytest -q
 
 clean:

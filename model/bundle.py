@@ -117,6 +117,9 @@ def write_bundle(
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     for name, data in files.items():
         (staging / name).write_bytes(data)
+    # mkdtemp makes the directory private (0700); a bundle is read by other users too (the
+    # container's non-root user, a mounted volume), so it gets ordinary permissions.
+    os.chmod(staging, 0o755)
     if target.exists():
         shutil.rmtree(target)
     os.replace(staging, target)

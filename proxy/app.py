@@ -15,6 +15,7 @@ from werkzeug.exceptions import HTTPException
 from model.bundle import Bundle, load_bundle
 from proxy.anomaly_query import parse_time, query_anomalies
 from proxy.counters import Counters, make_redis_client
+from proxy.dashboard import dashboard_blueprint
 from proxy.health import health_report
 from proxy.openapi import openapi_document
 from proxy.request import BadRequest, parse_predict_body
@@ -163,4 +164,5 @@ def create_app(
         log.exception("unexpected error", extra={"path": request.path})
         return error_response("internal error", 500)
 
+    app.register_blueprint(dashboard_blueprint())
     return app

@@ -12,6 +12,7 @@ import sys
 from model import commands as model_commands
 from model.errors import RecguardError
 from proxy import commands as proxy_commands
+from proxy import contract_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     model_commands.register(sub)
     proxy_commands.register(sub)
+    contract_commands.register(sub)
     return parser
 
 

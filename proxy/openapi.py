@@ -68,6 +68,8 @@ def openapi_document() -> dict[str, Any]:
             ),
             "/metrics": _get("Prometheus metrics", {"description": "Prometheus text format",
                                                      "content": {"text/plain": {"schema": {"type": "string"}}}}),
+            "/dashboard": _get("The anomaly dashboard (a self-contained HTML page)",
+                               {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}),
             "/openapi.json": _get("This document", {"description": "OpenAPI 3.1",
                                                     "content": {"application/json": {"schema": {"type": "object"}}}}),
         },
