@@ -5,18 +5,12 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import threading
 import time
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from werkzeug.serving import make_server
 
-from proxy.app import create_app
-from proxy.dashboard import dashboard_blueprint
-from proxy.settings import Settings
-from tests.conftest import free_port
 from tests.proxy.conftest import ProxyProcess
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -24,33 +18,6 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--hide-scrollbars", "--window-size=1200,1500"]
 # Virtual time stands still while a fetch is in flight, so this budget covers the first refresh whatever the machine.
 VIRTUAL_TIME_MS = 3000
-
-
-class PageServer:
-    """An app with the dashboard blueprint, served over real HTTP from a thread."""
-
-    def __init__(self, app):
-        self.app = app
-        self.server = make_server("127.0.0.1", free_port(), app, threaded=True)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> "PageServer":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.thread.join(timeout=5)
-        self.app.extensions["recguard"].close()
-
-
-def dashboard_app(settings: Settings, bundle):
-    """create_app with the dashboard, registering the blueprint here only if create_app does not (yet)."""
-    app = create_app(settings, bundle)
-    if "dashboard" not in app.blueprints:
-        app.register_blueprint(dashboard_blueprint())
-    return app
 
 
 class RenderedDashboard(HTMLParser):
@@ -122,12 +89,8 @@ def proxy(tiny_bundle, redis_server, redis_client, tmp_path):
     process.stop()
 
 
-def test_the_page_is_self_contained(settings, loaded_bundle, redis_client):
-    app = dashboard_app(settings, loaded_bundle)
-    try:
-        response = app.test_client().get("/dashboard")
-    finally:
-        app.extensions["recguard"].close()
+def test_the_page_is_self_contained(client):
+    response = client.get("/dashboard")
     assert response.status_code == 200 and response.mimetype == "text/html"
     page = response.get_data(as_text=True)
     urls = set(re.findall(r"https?://[^\s\"'<>)]+", page))
@@ -136,8 +99,7 @@ def test_the_page_is_self_contained(settings, loaded_bundle, redis_client):
     assert "default-src 'none'" in response.headers["Content-Security-Policy"]
 
 
-def test_anomalies_and_model_version_appear_in_the_rendered_page(proxy, settings, loaded_bundle, tiny_holdout,
-                                                                 tmp_path):
+def test_anomalies_and_model_version_appear_in_the_rendered_page(proxy, loaded_bundle, tiny_holdout, tmp_path):
     clean = tiny_holdout[:20]
     out_of_range = [{**body, "weight_kg": 400.0} for body in tiny_holdout[20:27]]
     renamed = [{**{k: v for k, v in body.items() if k != "email"}, "user_email": body["email"]}
@@ -148,10 +110,9 @@ def test_anomalies_and_model_version_appear_in_the_rendered_page(proxy, settings
         assert proxy.predict(body).status_code == 200
     assert wait_for_requests(proxy, len(traffic))["requests"] == len(traffic)
 
-    with PageServer(dashboard_app(settings, loaded_bundle)) as page:
-        dashboard = render(page.url + "/dashboard", tmp_path)
-        screenshot = tmp_path / "dashboard.png"
-        result = chromium(page.url + "/dashboard", tmp_path / "profile-shot", f"--screenshot={screenshot}")
+    dashboard = render(proxy.url + "/dashboard", tmp_path)
+    screenshot = tmp_path / "dashboard.png"
+    result = chromium(proxy.url + "/dashboard", tmp_path / "profile-shot", f"--screenshot={screenshot}")
 
     assert dashboard.body_state == "ready", dashboard.texts.get("error")
     assert dashboard.texts["model-version"] == loaded_bundle.model_version
@@ -164,10 +125,12 @@ def test_anomalies_and_model_version_appear_in_the_rendered_page(proxy, settings
     assert result.returncode == 0 and screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_the_page_says_why_when_counts_are_off(settings, loaded_bundle, tmp_path):
-    bare = Settings.from_env(settings.to_env(), guard=False)
-    with PageServer(dashboard_app(bare, loaded_bundle)) as page:
-        dashboard = render(page.url + "/dashboard", tmp_path)
+def test_the_page_says_why_when_counts_are_off(tiny_bundle, redis_server, loaded_bundle, tmp_path):
+    bare = ProxyProcess(tiny_bundle, redis_server.url, "--no-guard", workers=1).start()
+    try:
+        dashboard = render(bare.url + "/dashboard", tmp_path)
+    finally:
+        bare.stop()
     assert dashboard.body_state == "error"
     assert "anomaly counting is off" in dashboard.texts["error"]
     assert dashboard.texts["model-version"] == loaded_bundle.model_version
