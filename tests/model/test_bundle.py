@@ -52,3 +52,10 @@ def test_cli_refuses_an_altered_bundle_in_one_line(tiny_bundle, tiny_data, tmp_p
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip() == "recguard evaluate: profile.json: checksum does not match the manifest (file altered or corrupt)"
+
+
+def test_a_written_bundle_is_readable_by_other_users(tiny_bundle):
+    # The container's non-root user reads a bundle mounted from the host as it came from training.
+    assert tiny_bundle.stat().st_mode & 0o755 == 0o755
+    for file in tiny_bundle.iterdir():
+        assert file.stat().st_mode & 0o044 == 0o044, file.name
