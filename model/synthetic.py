@@ -22,9 +22,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
+
+from model.errors import RecguardError
 
 SIZES = ("XS", "S", "M", "L", "XL", "XXL")
 CATEGORIES = (
@@ -223,6 +225,26 @@ def _write(path: Path, lines: list[str]) -> None:
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
 
 
+def _timestamps(rng: np.random.Generator, lengths: np.ndarray) -> list[str]:
+    """Per user, `lengths[u]` increasing UTC times: a first visit in the first half of 2026, then minutes to days apart."""
+    starts = rng.integers(0, 180 * 86400, len(lengths))
+    gaps = rng.exponential(0.75 * 86400.0, int(lengths.sum())).astype(np.int64) + 60
+    first = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    gaps[first] = starts
+    running = np.cumsum(gaps)
+    # Restart the running sum at each user's first row.
+    elapsed = running - np.repeat(running[first] - gaps[first], lengths)
+    return [f"{stamp}Z" for stamp in np.datetime_as_string(_START + elapsed.astype("timedelta64[s]"), unit="s").tolist()]
+
+
+def _signup(people: Shoppers, user_ids: list[str], u: int) -> dict[str, Any]:
+    return {
+        "user_id": user_ids[u], "email": people.email[u], "first_name": people.first_name[u],
+        "last_name": people.last_name[u], "country": MARKETS[people.country[u]].code,
+        "weight_kg": float(people.weight_kg[u]), "height_cm": int(people.height_cm[u]), "age": int(people.age[u]),
+    }
+
+
 def generate(
     out: Path,
     *,
@@ -237,8 +259,9 @@ def generate(
     `users` shoppers go to the training files and `holdout` more (default users // 10) to
     holdout.jsonl only, each with a history of 1-3 items and the item picked next.
     """
-    if holdout is None:
-        holdout = users // 10
+    holdout = users // 10 if holdout is None else holdout
+    if users < 1 or items < 4 or holdout < 0:
+        raise RecguardError("generate needs at least 1 user, 4 items and a holdout of 0 or more users")
     rng = np.random.default_rng(seed)
     total = users + holdout
     cat = _catalogue(rng, items)
@@ -261,13 +284,6 @@ def generate(
         + [f"{item_ids[i]},{CATEGORIES[cat.category[i]]},{SIZES[cat.size[i]]},{cat.price[i]:.2f}" for i in range(items)],
     )
 
-    def signup(u: int) -> dict:
-        return {
-            "user_id": user_ids[u], "email": people.email[u], "first_name": people.first_name[u],
-            "last_name": people.last_name[u], "country": MARKETS[people.country[u]].code,
-            "weight_kg": float(people.weight_kg[u]), "height_cm": int(people.height_cm[u]), "age": int(people.age[u]),
-        }
-
     train_users = np.flatnonzero(~is_holdout)
     _write(
         out / "users.csv",
@@ -275,35 +291,25 @@ def generate(
         + [
             f"{s['user_id']},{s['email']},{s['first_name']},{s['last_name']},{s['country']},"
             f"{s['weight_kg']:.1f},{s['height_cm']},{s['age']}"
-            for s in map(signup, train_users)
+            for s in (_signup(people, user_ids, u) for u in train_users)
         ],
     )
 
-    n_rows = int(lengths[train_users].sum())
-    owner = np.repeat(train_users, lengths[train_users])
-    starts = rng.integers(0, 180 * 86400, len(train_users))
-    gaps = rng.exponential(0.75 * 86400.0, n_rows).astype(np.int64) + 60
-    first_of_user = np.concatenate([[0], np.cumsum(lengths[train_users])[:-1]])
-    gaps[first_of_user] = starts
-    # Cumulative sum inside each user's block: subtract each block's offset.
-    elapsed = np.cumsum(gaps) - np.repeat(np.cumsum(gaps)[first_of_user] - starts, lengths[train_users])
-    stamps = np.datetime_as_string(_START + elapsed.astype("timedelta64[s]"), unit="s")
-    events = rng.choice(len(_EVENTS), n_rows, p=_EVENT_SHARES)
-    flat_items = np.concatenate([sequences[u] for u in train_users])
+    owners = np.repeat(train_users, lengths[train_users]).tolist()
+    picked = np.concatenate([sequences[u] for u in train_users]).tolist()
+    stamps = _timestamps(rng, lengths[train_users])
+    events = rng.choice(len(_EVENTS), len(picked), p=_EVENT_SHARES).tolist()
     _write(
         out / "interactions.csv",
         ["user_id,item_id,timestamp,event"]
-        + [
-            f"{user_ids[u]},{item_ids[i]},{t}Z,{_EVENTS[e]}"
-            for u, i, t, e in zip(owner.tolist(), flat_items.tolist(), stamps.tolist(), events.tolist())
-        ],
+        + [f"{user_ids[u]},{item_ids[i]},{t},{_EVENTS[e]}" for u, i, t, e in zip(owners, picked, stamps, events)],
     )
 
     held = []
     for u in np.flatnonzero(is_holdout):
-        picked = [item_ids[i] for i in sequences[u].tolist()]
-        request = signup(u) | {"history": picked[:-1]}
-        held.append(json.dumps({"request": request, "next_item": picked[-1]}, separators=(", ", ": ")))
+        choices = [item_ids[i] for i in sequences[u].tolist()]
+        request = _signup(people, user_ids, u) | {"history": choices[:-1]}
+        held.append(json.dumps({"request": request, "next_item": choices[-1]}, separators=(", ", ": ")))
     _write(out / "holdout.jsonl", held)
-    progress(f"wrote {len(train_users)} users, {items} items, {n_rows} interactions, {holdout} held-out users to {out}")
-    return {"users": len(train_users), "items": items, "interactions": n_rows, "holdout": holdout}
+    progress(f"wrote {len(train_users)} users, {items} items, {len(picked)} interactions, {holdout} held-out users to {out}")
+    return {"users": len(train_users), "items": items, "interactions": len(picked), "holdout": holdout}

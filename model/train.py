@@ -24,6 +24,7 @@ from torch import Tensor
 
 from model.bundle import write_bundle
 from model.dataset import Dataset
+from model.errors import RecguardError
 from model.evaluate import ranking_metrics
 from model.features import encode, fit_inputs
 from model.popularity import build_popularity
@@ -47,6 +48,7 @@ class TrainConfig:
     lr: float = 0.02
     negatives: int = 8
     history_window: int = 3
+    # At most this many, and at most a tenth of the users with two or more interactions.
     validation_users: int = 1000
     # One thread: with two, OpenMP spin-waiting against any other busy process (a test
     # server, a second training run) made epochs up to 50x slower on a 2-core machine.
@@ -118,7 +120,9 @@ def prepare(data: Dataset, inputs: list[dict[str, Any]], config: TrainConfig) ->
     """Encode users, split off validation users, build the user-item graph and the training examples."""
     rng = np.random.default_rng(config.seed)
     eligible = np.flatnonzero([len(s) >= 2 for s in data.sequences])
-    n_validation = min(config.validation_users, len(eligible) // 10)
+    if len(eligible) < 2:
+        raise RecguardError("interactions.csv: fewer than 2 users with 2 or more interactions, too few to train and validate")
+    n_validation = min(config.validation_users, max(1, len(eligible) // 10))
     validation = np.sort(rng.choice(eligible, n_validation, replace=False))
     train_users = np.setdiff1d(np.arange(len(data.users)), validation)
 
