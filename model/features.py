@@ -7,6 +7,7 @@ torch model and the exported numpy scorer see identical inputs.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -35,10 +36,19 @@ def input_width(inputs: Sequence[Mapping[str, Any]]) -> int:
 
 
 def _number(value: Any) -> float:
-    # A missing or non-numeric value counts as raw 0: the naive pipeline, per docs/bundle.md.
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return 0.0
-    return float(value)
+    # The naive pipeline (what --no-guard serves) coerces what it can: numbers, booleans and
+    # numeric strings; anything else, or a missing value, counts as raw 0 (docs/bundle.md).
+    if isinstance(value, (int, float)):
+        try:
+            return float(value)
+        except OverflowError:
+            return math.copysign(math.inf, value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return 0.0
+    return 0.0
 
 
 def encode(inputs: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, Any]]) -> np.ndarray:

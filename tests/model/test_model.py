@@ -61,8 +61,14 @@ def test_numpy_scores_from_the_loaded_bundle_equal_the_torch_model(tiny_data, qu
 def test_encoding_follows_the_contract():
     inputs = [{"field": "country", "encoding": "one_hot", "vocab": ["DE", "FR"]},
               {"field": "weight_kg", "encoding": "standard", "mean": 70.0, "std": 10.0}]
-    rows = encode(inputs, [{"country": "FR", "weight_kg": 90.0}, {"country": "XX"}, {"country": None, "weight_kg": "80"}])
-    np.testing.assert_allclose(rows, [[0, 1, 2.0], [0, 0, -7.0], [0, 0, -7.0]])
+    rows = encode(inputs, [
+        {"country": "FR", "weight_kg": 90.0},
+        {"country": "XX"},
+        {"country": None, "weight_kg": "80"},
+        {"country": 1, "weight_kg": "heavy"},
+        {"weight_kg": True},
+    ])
+    np.testing.assert_allclose(rows, [[0, 1, 2.0], [0, 0, -7.0], [0, 0, 1.0], [0, 0, -7.0], [0, 0, -6.9]], rtol=1e-6)
 
 
 def test_training_is_deterministic_for_a_seed(tiny_data, quick_bundle, tmp_path):
