@@ -109,10 +109,16 @@ def read_holdout(data_dir: str | os.PathLike) -> tuple[list[dict[str, Any]], lis
         for number, line in enumerate(handle, start=1):
             try:
                 row = json.loads(line)
-                requests.append(row["request"])
-                targets.append(row["next_item"])
+                request, target = row["request"], row["next_item"]
             except (ValueError, KeyError, TypeError):
-                raise RecguardError(f"holdout.jsonl: line {number} is not {{\"request\": ..., \"next_item\": ...}}") from None
+                request, target = None, None
+            history = request.get("history", []) if isinstance(request, dict) else None
+            if not isinstance(target, str) or not isinstance(history, list) or not all(isinstance(i, str) for i in history):
+                raise RecguardError(
+                    f"holdout.jsonl: line {number} is not {{\"request\": {{..., \"history\": [item ids]}}, \"next_item\": item id}}"
+                )
+            requests.append(request)
+            targets.append(target)
     if not requests:
         raise RecguardError("holdout.jsonl: no held-out users")
     return requests, targets

@@ -97,3 +97,10 @@ def test_the_installed_command_reports_bad_data_without_a_traceback(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr == f"recguard train: users.csv: not found in {tmp_path}\n"
+
+
+def test_a_malformed_holdout_line_is_named(capsys, tiny_bundle, broken_data):
+    with (broken_data / "holdout.jsonl").open("a") as handle:
+        handle.write('{"request": {"history": "item_00001"}, "next_item": "item_00002"}\n')
+    code, _, err = run(capsys, "evaluate", "--bundle", str(tiny_bundle), "--data", str(broken_data))
+    assert code == 2 and err.startswith("recguard evaluate: holdout.jsonl: line 101 is not {")
