@@ -7,10 +7,11 @@ never pays for (or depends on) torch.
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def _say(message: str) -> None:
+    import sys
+
     print(message, file=sys.stderr, flush=True)
 
 
