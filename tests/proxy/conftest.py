@@ -25,6 +25,20 @@ def holdout_requests(data_dir: Path) -> list[dict]:
         return [json.loads(line)["request"] for line in lines]
 
 
+def renamed_email(body: dict) -> dict:
+    """The redesign's first change: `email` sent as `user_email`."""
+    body = dict(body)
+    body["user_email"] = body.pop("email")
+    return body
+
+
+def merged_names(body: dict) -> dict:
+    """The redesign's second change: `first_name` and `last_name` merged into `name`."""
+    body = dict(body)
+    body["name"] = f"{body.pop('first_name')} {body.pop('last_name')}"
+    return body
+
+
 class ProxyProcess:
     """`recguard serve` in a child process: real gunicorn, real HTTP."""
 

@@ -11,6 +11,7 @@ import pytest
 from model.bundle import load_bundle
 from proxy.app import create_app
 from proxy.settings import Settings
+from tests.proxy.conftest import merged_names, renamed_email
 
 POUNDS_PER_KG = 2.20462
 
@@ -61,8 +62,7 @@ def kinds(answer):
 
 
 def test_email_renamed_model_answers_and_both_sides_are_reported(client, tiny_holdout):
-    body = dict(tiny_holdout[0])
-    body["user_email"] = body.pop("email")
+    body = renamed_email(tiny_holdout[0])
     answer = post(client, body).get_json()
     assert answer["source"] == "model"
     assert kinds(answer) == {("email", "missing_field"), ("user_email", "unexpected_field")}
@@ -70,9 +70,7 @@ def test_email_renamed_model_answers_and_both_sides_are_reported(client, tiny_ho
 
 
 def test_names_merged_model_answers_and_is_reported(client, tiny_holdout):
-    body = dict(tiny_holdout[0])
-    body["name"] = f"{body.pop('first_name')} {body.pop('last_name')}"
-    answer = post(client, body).get_json()
+    answer = post(client, merged_names(tiny_holdout[0])).get_json()
     assert answer["source"] == "model"
     assert kinds(answer) == {("first_name", "missing_field"), ("last_name", "missing_field"),
                              ("name", "unexpected_field")}

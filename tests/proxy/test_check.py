@@ -12,6 +12,7 @@ from model.errors import RecguardError
 from proxy import contract_commands
 from proxy.check import BAD_REQUEST, CLEAN, CONTRACT, FALLBACK, REJECTED, build_guard, check_lines
 from proxy.settings import Settings
+from tests.proxy.conftest import merged_names, renamed_email
 
 
 def run(*argv: str) -> int:
@@ -24,18 +25,6 @@ def run(*argv: str) -> int:
 def write_jsonl(path: Path, bodies: list) -> Path:
     path.write_text("".join((body if isinstance(body, str) else json.dumps(body)) + "\n" for body in bodies))
     return path
-
-
-def renamed_email(body: dict) -> dict:
-    body = dict(body)
-    body["user_email"] = body.pop("email")
-    return body
-
-
-def merged_names(body: dict) -> dict:
-    body = dict(body)
-    body["name"] = f"{body.pop('first_name')} {body.pop('last_name')}"
-    return body
 
 
 def test_clean_held_out_traffic_passes(tiny_bundle, tiny_holdout, tmp_path, capsys):

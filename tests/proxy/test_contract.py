@@ -15,6 +15,7 @@ from proxy.contract import request_schema
 from proxy.guard import UNKNOWN_ITEM
 from proxy.request import parse_predict_body
 from proxy.settings import Settings
+from tests.proxy.conftest import merged_names, renamed_email
 
 POUNDS_PER_KG = 2.20462
 
@@ -34,18 +35,6 @@ def validator(loaded_bundle, contract_settings) -> Draft202012Validator:
 def failures(validator: Draft202012Validator, body: dict) -> set[str]:
     """The schema keywords a body breaks, as 'path:keyword' (path '' for the object itself)."""
     return {f"{'/'.join(map(str, error.absolute_path))}:{error.validator}" for error in validator.iter_errors(body)}
-
-
-def renamed_email(body: dict) -> dict:
-    body = dict(body)
-    body["user_email"] = body.pop("email")
-    return body
-
-
-def merged_names(body: dict) -> dict:
-    body = dict(body)
-    body["name"] = f"{body.pop('first_name')} {body.pop('last_name')}"
-    return body
 
 
 def test_every_clean_held_out_request_passes(validator, tiny_holdout):

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from tests.conftest import RedisServer
-from tests.proxy.conftest import ProxyProcess
+from tests.proxy.conftest import ProxyProcess, merged_names, renamed_email
 
 
 def wait_for(condition, timeout: float = 10.0, interval: float = 0.05):
@@ -58,10 +58,7 @@ def test_bad_input_over_http_never_kills_a_worker(proxy, tiny_holdout):
 
 
 def test_redesigned_form_is_reported_over_http(proxy, tiny_holdout):
-    body = dict(tiny_holdout[0])
-    body["user_email"] = body.pop("email")
-    body["name"] = f"{body.pop('first_name')} {body.pop('last_name')}"
-    answer = proxy.predict(body)
+    answer = proxy.predict(merged_names(renamed_email(tiny_holdout[0])))
     assert answer.headers["X-Recguard-Source"] == "model"
     reported = {(a["field"], a["kind"]) for a in answer.json()["anomalies"]}
     assert reported == {("email", "missing_field"), ("first_name", "missing_field"), ("last_name", "missing_field"),

@@ -1,0 +1,46 @@
+"""The serving scorer is an independent implementation of docs/bundle.md: it must agree with the
+training side's reference scorer (itself checked against the torch model) on every request."""
+
+import math
+
+import pytest
+
+from model.evaluate import NumpyScorer, corrupt
+from proxy.scoring import ModelError, Scorer
+
+
+@pytest.fixture(scope="module")
+def scorers(loaded_bundle):
+    return Scorer.from_bundle(loaded_bundle), NumpyScorer(loaded_bundle.scoring, loaded_bundle.arrays)
+
+
+def variants(holdout):
+    yield from holdout
+    yield from corrupt(holdout, "weight_kg", "lbs")
+    for body in holdout[:10]:
+        yield {**body, "country": "MX", "age": "41", "height_cm": None, "history": ["item_99999", *body["history"]]}
+        yield {key: value for key, value in body.items() if key not in ("weight_kg", "history")}
+
+
+def test_same_top_items_and_scores_as_the_reference(scorers, tiny_holdout):
+    serving, reference = scorers
+    for body in variants(tiny_holdout):
+        fields = {key: value for key, value in body.items() if key != "history"}
+        answer = serving.recommend(fields, body.get("history", []), 10)
+        expected = reference.top_k(body, 10)
+        assert answer.items == [reference.item_ids[i] for i in expected]
+        assert answer.scores == pytest.approx(reference.scores([body])[0][expected].tolist(), rel=1e-5, abs=1e-5)
+
+
+def test_non_finite_input_is_a_model_error_not_a_garbage_answer(scorers, tiny_holdout):
+    serving, _ = scorers
+    fields = {**tiny_holdout[0], "weight_kg": math.nan}
+    with pytest.raises(ModelError):
+        serving.recommend(fields, [], 10)
+
+
+def test_k_larger_than_what_is_left_returns_everything_else(scorers, loaded_bundle):
+    serving, _ = scorers
+    catalogue = [str(item) for item in loaded_bundle.arrays["item_ids"]]
+    answer = serving.recommend({}, catalogue[:5], len(catalogue) + 10)
+    assert len(answer.items) == len(catalogue) - 5 and not set(answer.items) & set(catalogue[:5])
