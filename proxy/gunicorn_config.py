@@ -45,6 +45,12 @@ def on_starting(server):
         os.makedirs(directory, exist_ok=True)
 
 
+def on_exit(server):
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def worker_exit(server, worker):
     # SIGTERM and max-requests restarts end here: flush the worker's pending counts before it goes.
     app = getattr(worker, "wsgi", None)
