@@ -3,6 +3,8 @@
 Layout: one Redis hash per minute, `<prefix>:m:<epoch minute>`, with the fields `requests`,
 `source:<source>`, `anomalous`, `anomaly:<field>:<kind>` and whatever `Counters.add` is given,
 expiring `ttl_seconds` after its last write. Every worker of every replica writes the same keys.
+Other series of time buckets (the drift windows, `<prefix>:d:<slot>`, a few seconds each and kept
+minutes, not days) ride the same batches and the same flush through `add_many`.
 
 Exactly once: each `Counters` (one per worker process) has a random writer id and numbers its
 batches 1, 2, 3, ... A small Lua script applies one batch to one bucket and records the number in
@@ -94,6 +96,29 @@ def bucket_key(prefix: str, minute: int) -> str:
     return f"{prefix}:m:{minute}"
 
 
+@dataclass(frozen=True, eq=False)
+class Series:
+    """A family of time buckets: one hash per `seconds`-long slot, `<prefix>:<tag>:<slot>`, kept `ttl_seconds`.
+
+    Compared by identity: it keys the in-memory buckets on the request path, where hashing the
+    fields on every lookup would cost more than the lookup."""
+
+    tag: str
+    seconds: int
+    ttl_seconds: int
+
+    def slot(self, now: float) -> int:
+        """The slot number of a clock time."""
+        return int(now // self.seconds)
+
+    def key(self, prefix: str, slot: int) -> str:
+        """The Redis key of one slot."""
+        return f"{prefix}:{self.tag}:{slot}"
+
+
+_Bucket = tuple[Series, int]
+
+
 @dataclass(frozen=True)
 class CounterStatus:
     """What /healthz reports about the counters of this worker."""
@@ -113,7 +138,7 @@ class CounterStatus:
 @dataclass
 class _Batch:
     number: int
-    buckets: dict[int, dict[str, Number]]
+    buckets: dict[_Bucket, dict[str, Number]]
 
 
 class Counters:
@@ -135,15 +160,16 @@ class Counters:
     ):
         self._client = client
         self._prefix = prefix
-        self._ttl = ttl_seconds
         self._interval = flush_interval
         self._max_pending = max_pending
         self._clock = clock
         self._script = client.register_script(_APPLY_BATCH)
         self._writer = uuid.uuid4().hex
+        self._minutes = Series("m", 60, ttl_seconds)
+        self._after_flush: list[Callable[[], None]] = []
 
         self._lock = threading.Lock()
-        self._current: dict[int, defaultdict[str, Number]] = {}
+        self._current: dict[_Bucket, defaultdict[str, Number]] = {}
 
         # Everything below belongs to whoever holds _flush_lock (the flusher, or close()).
         self._flush_lock = threading.Lock()
@@ -164,7 +190,7 @@ class Counters:
         and `anomaly:<field>:<kind>` once per distinct pair. Memory only; never touches Redis."""
         names = {f"anomaly:{field}:{kind}" for field, kind in anomalies}
         source_field = "source:" + source
-        minute = int(self._clock() // 60)
+        minute = (self._minutes, int(self._clock() // 60))
         with self._lock:
             bucket = self._current.get(minute)
             if bucket is None:
@@ -178,16 +204,30 @@ class Counters:
 
     def add(self, field: str, amount: Number = 1) -> None:
         """Add `amount` to `field` of the current minute's bucket (ints stay exact, floats are sums)."""
-        if isinstance(amount, float) and not math.isfinite(amount):
-            raise ValueError(f"counter {field!r}: amount must be finite, got {amount}")
-        if field.startswith(MARKER_PREFIX):
-            raise ValueError(f"counter {field!r}: the prefix {MARKER_PREFIX!r} is reserved")
-        minute = int(self._clock() // 60)
+        self.add_many(((field, amount),))
+
+    def add_many(self, amounts: Iterable[tuple[str, Number]], series: Series | None = None) -> None:
+        """Add each (field, amount) to the current bucket of `series` (default: the minute buckets),
+        under one lock. Memory only; written by the next flush, in the same batch as everything else."""
+        amounts = list(amounts)
+        for field, amount in amounts:
+            if isinstance(amount, float) and not math.isfinite(amount):
+                raise ValueError(f"counter {field!r}: amount must be finite, got {amount}")
+            if field.startswith(MARKER_PREFIX):
+                raise ValueError(f"counter {field!r}: the prefix {MARKER_PREFIX!r} is reserved")
+        series = series or self._minutes
+        slot = (series, series.slot(self._clock()))
         with self._lock:
-            bucket = self._current.get(minute)
+            bucket = self._current.get(slot)
             if bucket is None:
-                bucket = self._current[minute] = defaultdict(int)
-            bucket[field] += amount
+                bucket = self._current[slot] = defaultdict(int)
+            for field, amount in amounts:
+                bucket[field] += amount
+
+    def on_flush(self, callback: Callable[[], None]) -> None:
+        """Have the flusher thread call `callback` after every flush attempt: whatever reads the
+        counters back (the drift alarms) then sees this worker's counts just written."""
+        self._after_flush.append(callback)
 
     def flush(self) -> bool:
         """Write everything pending to Redis; True when Redis took it all.
@@ -237,18 +277,19 @@ class Counters:
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
-            try:
-                self.flush()
-            except Exception:  # the flusher must outlive any bug; the next interval tries again
-                log.exception("counter flush raised")
+            for step in (self.flush, *self._after_flush):
+                try:
+                    step()
+                except Exception:  # the flusher must outlive any bug; the next interval tries again
+                    log.exception("counter flush step raised", extra={"step": getattr(step, "__qualname__", "?")})
 
     def _write_unsent(self) -> bool:
         """Send the unsent batch, one script call per bucket; forget each bucket Redis applied."""
         batch = self._unsent
-        minutes = list(batch.buckets)
+        buckets = list(batch.buckets)
         try:
-            replies = dict(zip(minutes, self._send(batch, minutes)))
-            missing = [minute for minute, reply in replies.items() if isinstance(reply, NoScriptError)]
+            replies = dict(zip(buckets, self._send(batch, buckets)))
+            missing = [bucket for bucket, reply in replies.items() if isinstance(reply, NoScriptError)]
             if missing:
                 # a restarted (or different) server: load the script once and resend those buckets
                 self._client.script_load(_APPLY_BATCH)
@@ -258,17 +299,17 @@ class Counters:
             return False
 
         retry_error: ResponseError | None = None
-        for minute, reply in replies.items():
+        for (series, slot), reply in replies.items():
             if not isinstance(reply, ResponseError):
-                self._unsent_size -= len(batch.buckets.pop(minute))
+                self._unsent_size -= len(batch.buckets.pop((series, slot)))
             elif _is_transient(reply):
                 retry_error = reply
             else:
-                fields = batch.buckets.pop(minute)
+                fields = batch.buckets.pop((series, slot))
                 self._unsent_size -= len(fields)
                 self._dropped += len(fields)
                 log.error("redis refused a counter bucket; its counts are dropped",
-                          extra={"key": bucket_key(self._prefix, minute), "fields": len(fields), "error": str(reply)})
+                          extra={"key": series.key(self._prefix, slot), "fields": len(fields), "error": str(reply)})
         if retry_error is not None:
             self._mark_down(retry_error)
             return False
@@ -280,12 +321,12 @@ class Counters:
             log.info("redis reachable again: buffered counts written", extra={"dropped": self._dropped})
         return True
 
-    def _send(self, batch: _Batch, minutes: list[int]) -> list:
+    def _send(self, batch: _Batch, buckets: list[_Bucket]) -> list:
         pipe = self._client.pipeline(transaction=False)
-        for minute in minutes:
-            fields = batch.buckets[minute]
-            pipe.evalsha(self._script.sha, 1, bucket_key(self._prefix, minute),
-                         self._writer, batch.number, self._ttl,
+        for series, slot in buckets:
+            fields = batch.buckets[(series, slot)]
+            pipe.evalsha(self._script.sha, 1, series.key(self._prefix, slot),
+                         self._writer, batch.number, series.ttl_seconds,
                          *chain.from_iterable((field, _wire(value)) for field, value in fields.items()))
         return pipe.execute(raise_on_error=False)
 
@@ -296,7 +337,7 @@ class Counters:
             log.warning("redis unreachable: counts wait in memory", extra={"error": self._last_error})
 
     def _trim(self) -> None:
-        """Drop the oldest fields past max_pending: the unsent batch first, then older minutes."""
+        """Drop the oldest fields past max_pending: the unsent batch first, then older buckets."""
         with self._lock:
             excess = self._unsent_size + sum(len(fields) for fields in self._current.values()) - self._max_pending
             if excess <= 0:
@@ -315,15 +356,15 @@ class Counters:
                         extra={"max_pending": self._max_pending, "dropped": self._dropped})
 
     @staticmethod
-    def _drop_oldest(buckets: dict[int, dict[str, Number]], excess: int) -> int:
-        """Remove up to `excess` fields, oldest minute first; return how many are still to remove."""
-        for minute in sorted(buckets):
+    def _drop_oldest(buckets: dict[_Bucket, dict[str, Number]], excess: int) -> int:
+        """Remove up to `excess` fields, oldest bucket first; return how many are still to remove."""
+        for bucket in sorted(buckets, key=lambda item: item[1] * item[0].seconds):
             if excess <= 0:
                 break
-            fields = buckets[minute]
+            fields = buckets[bucket]
             if len(fields) <= excess:
                 excess -= len(fields)
-                del buckets[minute]
+                del buckets[bucket]
             else:
                 for field in list(fields)[:excess]:
                     del fields[field]
