@@ -1,7 +1,9 @@
 """The training profile (profile.json): what every signup field looked like in training.
 
 The guard checks each request against it and the drift detector takes its per-segment
-statistics as the baseline; docs/bundle.md is the contract for every key.
+statistics as the baseline; docs/bundle.md is the contract for every key. String fields carry
+a "shape" (length, token count, character classes) so the proxy can recognise a renamed or
+merged field by what its values look like, without the profile holding a single raw value.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 
 from model.dataset import Dataset
 from model.features import FEATURES
+from model.shapes import CHAR_CLASSES, char_classes
 
 SCHEMA_VERSION = 1
 SEGMENT_FIELD = "country"
@@ -58,6 +61,23 @@ def _numeric(values: list[float], segments: list[Any] | None) -> dict[str, Any]:
     return entry
 
 
+def _shape(values: list[str]) -> dict[str, Any]:
+    """What the values look like, as aggregates only: length, whitespace-separated tokens, and the
+    share of values holding each character class (an e-mail field has "at" 1.0, a name "space" 0.0)."""
+    lengths = np.array([len(v) for v in values], dtype=np.float64)
+    tokens = np.array([len(v.split()) for v in values], dtype=np.int64)
+    holding = dict.fromkeys(CHAR_CLASSES, 0)
+    for value in values:
+        for name in char_classes(value):
+            holding[name] += 1
+    return {
+        "length": {"min": int(lengths.min()), "max": int(lengths.max()),
+                   "mean": round(float(lengths.mean()), _DIGITS), "std": round(float(lengths.std()), _DIGITS)},
+        "tokens": {"min": int(tokens.min()), "max": int(tokens.max())},
+        "classes": {name: round(count / len(values), _DIGITS) for name, count in holding.items()},
+    }
+
+
 def _domain(values: list[str]) -> dict[str, float] | None:
     counts: dict[str, int] = {}
     for value in values:
@@ -96,10 +116,12 @@ def build_profile(data: Dataset) -> dict[str, Any]:
             with_segments = entry["role"] == "feature" and field != SEGMENT_FIELD
             segments = [u[SEGMENT_FIELD] for u in data.users if u[field] is not None] if with_segments else None
             entry |= _numeric(present, segments)
-        elif present and not entry["personal"] and entry["role"] != "identifier":
-            domain = _domain([str(v) for v in present])
-            if domain is not None:
-                entry["domain"] = domain
+        elif present:
+            entry["shape"] = _shape([str(v) for v in present])
+            if not entry["personal"] and entry["role"] != "identifier":
+                domain = _domain([str(v) for v in present])
+                if domain is not None:
+                    entry["domain"] = domain
         fields[field] = entry
     return {
         "schema_version": SCHEMA_VERSION,

@@ -52,6 +52,8 @@ def test_profile_by_hand(data, tmp_path):
     assert profile["catalogue"] == {"item_id_pattern": "^item_[0-9]{5}$", "count": 3}
 
     fields = profile["fields"]
+    shapes = {name: entry.pop("shape", None) for name, entry in fields.items()}
+    assert [name for name, shape in shapes.items() if shape] == ["user_id", "email", "first_name", "last_name", "country"]
     assert list(fields) == ["user_id", "email", "first_name", "last_name", "country", "weight_kg", "height_cm", "age"]
     assert fields["user_id"] == {"role": "identifier", "type": "string", "personal": False, "presence": 1.0}
     assert fields["email"] == {"role": "identifier", "type": "string", "personal": True, "presence": 0.75}
@@ -69,6 +71,19 @@ def test_profile_by_hand(data, tmp_path):
                                   "FR": {"count": 2, "mean": 80.25, "std": 9.75}}
     assert fields["height_cm"]["type"] == "integer" and fields["age"]["type"] == "integer"
     assert fields["age"]["segments"]["FR"] == {"count": 2, "mean": 35.0, "std": 15.0}
+
+
+def test_string_shapes_by_hand(data):
+    fields = build_profile(data)["fields"]
+    assert fields["email"]["shape"] == {
+        "length": {"min": 15, "max": 15, "mean": 15.0, "std": 0.0},
+        "tokens": {"min": 1, "max": 1},
+        "classes": {"lower": 1.0, "upper": 0.0, "letter": 0.0, "digit": 0.0, "space": 0.0, "at": 1.0, "punct": 1.0},
+    }
+    names = fields["first_name"]["shape"]
+    assert names["length"] == {"min": 3, "max": 3, "mean": 3.0, "std": 0.0} and names["tokens"] == {"min": 1, "max": 1}
+    assert {name for name, share in names["classes"].items() if share} == {"lower", "upper"}
+    assert "Ann" not in str(fields["first_name"]) and "example" not in str(fields["email"])
 
 
 def test_popularity_by_hand(data):
