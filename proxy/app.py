@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import time
@@ -66,7 +67,7 @@ def create_app(
         counters.start()
     else:
         redis_client = None
-    runtime = Runtime(settings, counters, model)
+    runtime = Runtime(settings, counters, model, redis_client)
     app.extensions["recguard"] = runtime
     if bundle is not None:
         runtime.install(bundle)
@@ -139,7 +140,28 @@ def create_app(
             return error_response(str(exc), 400)
         except redis.RedisError:
             return error_response("redis unavailable: anomaly counts cannot be read right now", 503)
+        monitor = runtime.loaded.alarms if runtime.loaded is not None else None
+        if monitor is not None:
+            report.alarms = [alarm.to_json() for alarm in monitor.active]
         return json_response(report.to_json())
+
+    @app.post("/alarms/<path:alarm_id>/clear")
+    def clear_alarm(alarm_id: str) -> Response:
+        monitor = runtime.loaded.alarms if runtime.loaded is not None else None
+        if not settings.admin_token or monitor is None:
+            return error_response("admin endpoints are off: no admin token is configured", 404)
+        supplied = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(supplied, f"Bearer {settings.admin_token}".encode()):
+            log.warning("alarm clear refused: admin token missing or wrong",
+                        extra={"alarm": alarm_id, "remote": request.remote_addr})
+            return error_response("admin token missing or wrong (Authorization: Bearer <token>)", 403)
+        try:
+            cleared = monitor.clear(alarm_id)
+        except redis.RedisError:
+            return error_response("redis unavailable: the alarm cannot be cleared right now", 503)
+        if not cleared:
+            return error_response("no active alarm with this id", 404)
+        return json_response({"cleared": alarm_id})
 
     @app.get("/metrics")
     def metrics() -> Response:

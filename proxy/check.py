@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping
 
 from model.bundle import Bundle
 from model.errors import RecguardError
+from proxy.diagnosis import Diagnosis
 from proxy.guard import (MISSING_FIELD, NON_FINITE, OTHER_FIELD, OUT_OF_RANGE, TYPE_MISMATCH, UNEXPECTED_FIELD,
                          UNKNOWN_CATEGORY, UNKNOWN_ITEM, Anomaly, FieldRule, Guard)
 from proxy.request import BadRequest, PredictRequest, parse_predict_body
@@ -60,9 +61,11 @@ class CheckReport:
 
 
 def build_guard(bundle: Bundle, settings: Settings) -> Guard:
-    """The guard the proxy builds for `bundle` under `settings`."""
+    """The guard the proxy builds for `bundle` under `settings` (the proxy builds it here too)."""
+    diagnosis = Diagnosis(bundle.profile, range_tolerance=settings.range_tolerance)
     return Guard(bundle.profile, (str(item) for item in bundle.arrays["item_ids"]),
-                 range_tolerance=settings.range_tolerance, required_presence=settings.required_presence)
+                 range_tolerance=settings.range_tolerance, required_presence=settings.required_presence,
+                 diagnose=diagnosis.diagnose)
 
 
 def check_lines(lines: Iterable[bytes], guard: Guard, profile: Mapping[str, Any], settings: Settings) -> CheckReport:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from proxy.request import PredictRequest, json_type_name
 
@@ -24,6 +24,8 @@ UNKNOWN_ITEM = "unknown_item"
 MODEL_ERROR = "model_error"
 MODEL_TIMEOUT = "model_timeout"
 DRIFT_QUARANTINE = "drift_quarantine"
+SUSPECTED_RENAME = "suspected_rename"
+SUSPECTED_MERGE = "suspected_merge"
 
 # Field names a client invents are echoed and counted only when they look like names;
 # anything else (an e-mail used as a key, binary junk) is reported under one placeholder.
@@ -87,17 +89,23 @@ def compile_rules(profile: Mapping[str, Any], *, range_tolerance: float, require
     return rules
 
 
+Diagnose = Callable[[Mapping[str, Any], list[Anomaly]], list[Anomaly]]
+"""Given a request's fields and anomalies, more anomalies that explain them (proxy/diagnosis.py)."""
+
+
 class Guard:
     """Checks requests against a compiled profile; `check` is the hot path."""
 
     def __init__(self, profile: Mapping[str, Any], catalogue: Iterable[str], *,
-                 range_tolerance: float = 0.05, required_presence: float = 0.99):
+                 range_tolerance: float = 0.05, required_presence: float = 0.99, diagnose: Diagnose | None = None):
         self.rules = compile_rules(profile, range_tolerance=range_tolerance, required_presence=required_presence)
         self.known_fields = frozenset(rule.name for rule in self.rules)
         self.catalogue = frozenset(catalogue)
+        self.diagnose = diagnose
 
     def check(self, request: PredictRequest) -> list[Anomaly]:
-        """Every anomaly of the request, in profile order, then unexpected fields, then history."""
+        """Every anomaly of the request, in profile order, then unexpected fields, then history, then
+        what `diagnose` makes of them (suspected renames and merges)."""
         fields = request.fields
         anomalies = []
         for rule in self.rules:
@@ -111,6 +119,9 @@ class Guard:
             if unknown:
                 anomalies.append(Anomaly("history", UNKNOWN_ITEM,
                                          f"{unknown} of {len(request.history)} history items are not in the catalogue", False))
+        # a rename or a merge takes a missing field and an unexpected one: two anomalies at least
+        if self.diagnose is not None and len(anomalies) > 1:
+            anomalies.extend(self.diagnose(fields, anomalies))
         return anomalies
 
     def _unexpected(self, fields: Mapping[str, Any]) -> list[Anomaly]:

@@ -42,6 +42,8 @@ def health_report(runtime: Runtime, client: redis.Redis | None, prefix: str) -> 
         reasons.append("redis down: counts wait in memory")
     if counters is not None and counters.dropped:
         reasons.append(f"{counters.dropped} counts dropped while redis was down")
+    alarms = loaded.alarms.active if loaded is not None and loaded.alarms is not None else []
+    reasons.extend(f"drift alarm {alarm.id}: {alarm.detail}" for alarm in alarms)
 
     return {
         "status": "degraded" if reasons else "ok",
@@ -53,5 +55,5 @@ def health_report(runtime: Runtime, client: redis.Redis | None, prefix: str) -> 
             "pending": counters.pending, "dropped": counters.dropped, "last_error": counters.last_error,
         },
         "rates": rates,
-        "alarms": [],
+        "alarms": [alarm.to_json() for alarm in alarms],
     }

@@ -40,8 +40,9 @@ class Metrics:
                                 ["status"], registry=self.registry)
         self.latency = Histogram("recguard_request_duration_seconds", "Time to answer a prediction request.",
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
+        # livemax: a worker that died with an alarm active must not hold the gauge up for ever
         self.alarms = Gauge("recguard_active_alarms", "Drift alarms active, as last seen by a worker.",
-                            registry=self.registry, multiprocess_mode="max")
+                            registry=self.registry, multiprocess_mode="livemax")
 
     def record_request(self, source: str, anomalies: Sequence[tuple[str, str]]) -> None:
         """Count one answered prediction request."""

@@ -6,10 +6,11 @@ from functools import lru_cache
 from typing import Any
 
 from proxy.guard import (DRIFT_QUARANTINE, MISSING_FIELD, MODEL_ERROR, MODEL_TIMEOUT, NON_FINITE, OUT_OF_RANGE,
-                         TYPE_MISMATCH, UNEXPECTED_FIELD, UNKNOWN_CATEGORY, UNKNOWN_ITEM)
+                         SUSPECTED_MERGE, SUSPECTED_RENAME, TYPE_MISMATCH, UNEXPECTED_FIELD, UNKNOWN_CATEGORY,
+                         UNKNOWN_ITEM)
 
 ANOMALY_KINDS = [MISSING_FIELD, UNEXPECTED_FIELD, TYPE_MISMATCH, OUT_OF_RANGE, UNKNOWN_CATEGORY, NON_FINITE,
-                 UNKNOWN_ITEM, MODEL_ERROR, MODEL_TIMEOUT, DRIFT_QUARANTINE]
+                 UNKNOWN_ITEM, MODEL_ERROR, MODEL_TIMEOUT, DRIFT_QUARANTINE, SUSPECTED_RENAME, SUSPECTED_MERGE]
 
 
 def _json(schema_ref: str, description: str) -> dict[str, Any]:
@@ -66,6 +67,22 @@ def openapi_document() -> dict[str, Any]:
                 ],
                 responses={"400": _error("Bad time range"), "503": _error("Redis unavailable")},
             ),
+            "/alarms/{alarm_id}/clear": {"post": {
+                "operationId": "clearAlarm",
+                "summary": "Clear a drift alarm by hand (its segment goes back to the model)",
+                "description": "Needs `Authorization: Bearer <RECGUARD_ADMIN_TOKEN>`. The cell is judged again only on "
+                               "data that arrives after the clear.",
+                "security": [{"adminToken": []}],
+                "parameters": [{"name": "alarm_id", "in": "path", "required": True, "schema": {"type": "string"},
+                                "description": "The alarm's id, `<field>:<segment>` (e.g. weight_kg:DE)"}],
+                "responses": {
+                    "200": {"description": "Cleared", "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["cleared"], "properties": {"cleared": {"type": "string"}}}}}},
+                    "403": _error("Admin token missing or wrong"),
+                    "404": _error("No such active alarm, or no admin token configured (endpoint off)"),
+                    "503": _error("Redis unavailable"),
+                },
+            }},
             "/metrics": _get("Prometheus metrics", {"description": "Prometheus text format",
                                                      "content": {"text/plain": {"schema": {"type": "string"}}}}),
             "/dashboard": _get("The anomaly dashboard (a self-contained HTML page)",
@@ -93,6 +110,14 @@ def openapi_document() -> dict[str, Any]:
                                "model_version": {"type": "string"},
                                "anomalies": {"type": "array", "items": {"$ref": "#/components/schemas/Anomaly"}}}},
             "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+            "Alarm": {"type": "object", "required": ["id", "kind", "field", "segment", "detail", "raised_at"],
+                      "properties": {
+                          "id": {"type": "string", "description": "`<field>:<segment>`"},
+                          "kind": {"type": "string", "enum": ["drift"]},
+                          "field": {"type": "string"}, "segment": {"type": "string"},
+                          "detail": {"type": "string", "description": "e.g. weight_kg in DE looks ×2.205: kg→lb?"},
+                          "unit": {"type": ["string", "null"], "description": "The unit change it looks like, if any"},
+                          "raised_at": {"type": "string", "format": "date-time"}}},
             "Status": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
             "Health": {"type": "object", "required": ["status", "redis", "alarms"], "properties": {
                 "status": {"type": "string", "enum": ["ok", "degraded"]},
@@ -100,13 +125,13 @@ def openapi_document() -> dict[str, Any]:
                 "model_version": {"type": ["string", "null"]},
                 "redis": {"type": "string", "enum": ["up", "down", "disabled"]},
                 "rates": {"type": ["object", "null"]},
-                "alarms": {"type": "array", "items": {"type": "object"}}}},
+                "alarms": {"type": "array", "items": {"$ref": "#/components/schemas/Alarm"}}}},
             "AnomalyReport": {"type": "object", "required": ["requests", "anomalous_requests", "fallback_requests"],
                               "properties": {
                                   "requests": {"type": "integer"}, "anomalous_requests": {"type": "integer"},
                                   "fallback_requests": {"type": "integer"},
                                   "by_field": {"type": "object"}, "by_kind": {"type": "object"},
                                   "series": {"type": "array", "items": {"type": "object"}},
-                                  "alarms": {"type": "array", "items": {"type": "object"}}}},
-        }},
+                                  "alarms": {"type": "array", "items": {"$ref": "#/components/schemas/Alarm"}}}},
+        }, "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer", "description": "RECGUARD_ADMIN_TOKEN"}}},
     }

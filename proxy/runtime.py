@@ -7,14 +7,19 @@ loaded or failed, so early requests can wait for it instead of failing.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Mapping
+
+import redis
 
 from model.bundle import Bundle
-from proxy.counters import Counters
+from proxy.alarms import AlarmMonitor
+from proxy.check import build_guard
+from proxy.counters import Counters, Series
+from proxy.drift import DriftWatch, Thresholds, cells_from_profile
 from proxy.fallback import PopularityFallback
-from proxy.guard import Guard
 from proxy.metrics import Metrics
 from proxy.scoring import Scorer
 from proxy.service import PredictionService, Recommender
@@ -30,6 +35,8 @@ class Loaded:
     bundle: Bundle
     service: PredictionService
     metrics: Metrics
+    alarms: AlarmMonitor | None = None
+    """Drift alarms as this worker sees them (None without the guard)."""
 
     @property
     def model_version(self) -> str:
@@ -39,10 +46,12 @@ class Loaded:
 class Runtime:
     """Loads a bundle once (now or in a background thread) and hands out the loaded parts."""
 
-    def __init__(self, settings: Settings, counters: Counters | None, model: Recommender | None = None):
+    def __init__(self, settings: Settings, counters: Counters | None, model: Recommender | None = None,
+                 redis_client: redis.Redis | None = None):
         self.settings = settings
         self.counters = counters
         self.model = model
+        self.redis_client = redis_client
         self.loaded: Loaded | None = None
         self.error: str | None = None
         self.settled = threading.Event()
@@ -53,21 +62,42 @@ class Runtime:
         profile = bundle.profile
         metrics = Metrics(profile["fields"])
         scorer = self.model or Scorer.from_bundle(bundle)
-        guard = None
+        guard = drift = alarms = None
         recorders: list = [metrics]
         if settings.guard:
-            guard = Guard(profile, (str(item) for item in bundle.arrays["item_ids"]),
-                          range_tolerance=settings.range_tolerance, required_presence=settings.required_presence)
+            guard = build_guard(bundle, settings)
             if self.counters is not None:
                 recorders.append(self.counters)
+                if self.redis_client is not None:
+                    drift, alarms = self._drift(profile, metrics)
         service = PredictionService(
             scorer, PopularityFallback(bundle.popularity), guard,
             model_timeout=settings.model_timeout_ms / 1000 if settings.guard else None,
-            recorders=recorders, executor_threads=settings.threads,
+            recorders=recorders, executor_threads=settings.threads, drift=drift,
         )
-        self.loaded = Loaded(bundle, service, metrics)
+        self.loaded = Loaded(bundle, service, metrics, alarms)
         self.settled.set()
         log.info("bundle loaded", extra={"model_version": bundle.model_version, "guard": settings.guard})
+
+    def _drift(self, profile: Mapping[str, Any], metrics: Metrics) -> tuple[DriftWatch, AlarmMonitor]:
+        """The drift windows (fed by requests, written by the counters' flush) and this worker's
+        alarm monitor, refreshed on the flush thread right after each flush."""
+        settings = self.settings
+        series = Series("d", settings.drift_slot_seconds, settings.drift_window_seconds + 60)
+        cells = cells_from_profile(profile)
+        watch = DriftWatch(profile, cells, series, self.counters.add_many)
+        monitor = AlarmMonitor(
+            self.redis_client, settings.redis_prefix, cells, series,
+            window_slots=math.ceil(settings.drift_window_seconds / settings.drift_slot_seconds),
+            thresholds=Thresholds(settings.alarm_z_score, settings.alarm_effect_size, settings.alarm_min_count),
+            # a slot stays open to late writes for one flush interval of every worker
+            open_slots=math.ceil(settings.flush_interval / settings.drift_slot_seconds) + 1,
+            listeners=[watch.quarantine, lambda active: metrics.alarms.set(len(active))],
+        )
+        # alarms other workers raised apply from this worker's first request on
+        monitor.refresh()
+        self.counters.on_flush(monitor.refresh)
+        return watch, monitor
 
     def load_in_background(self, loader: Callable[[str], Bundle]) -> threading.Thread:
         """Load the configured bundle on a thread so the worker answers /livez and /readyz meanwhile."""

@@ -30,6 +30,10 @@ class RequestRecorder(Protocol):
     def record_request(self, source: str, anomalies: Sequence[tuple[str, str]]) -> None: ...
 
 
+class DriftObserver(Protocol):
+    def observe(self, fields: dict) -> Sequence[Anomaly]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Prediction:
     """The answer to one request and how it was reached."""
@@ -52,10 +56,12 @@ class PredictionService:
         model_timeout: float | None,
         recorders: Sequence[RequestRecorder] = (),
         executor_threads: int = 4,
+        drift: DriftObserver | None = None,
     ):
         self.model = model
         self.fallback = fallback
         self.guard = guard
+        self.drift = drift
         self.model_timeout = model_timeout
         self.recorders = list(recorders)
         # A hung model call can only be abandoned, not interrupted: it runs on a pool thread
@@ -65,6 +71,9 @@ class PredictionService:
     def predict(self, request: PredictRequest) -> Prediction:
         """Answer one request; never raises for anything the model does."""
         anomalies = self.guard.check(request) if self.guard is not None else []
+        if self.drift is not None:
+            # feeds the drift windows and adds drift_quarantine when the segment is under an alarm
+            anomalies += self.drift.observe(request.fields)
         if any(anomaly.routes for anomaly in anomalies):
             prediction = self._fallback(request, anomalies)
         else:

@@ -61,6 +61,16 @@ class Settings:
     """A field present in at least this share of training rows is required (missing_field)."""
     guard: bool = True
     """False serves the bare model endpoint: no checks, no counters (the baseline)."""
+    drift_slot_seconds: int = 5
+    """Seconds of one drift-window slot in Redis: the finest time step of the drift windows."""
+    drift_window_seconds: int = 300
+    """The longest window a drift alarm looks back over."""
+    alarm_z_score: float = 6.0
+    """A drift alarm needs a window mean this many standard errors from the training mean (statistically clear)."""
+    alarm_effect_size: float = 0.5
+    """... and this many training standard deviations from it (practically large); it clears below half of that."""
+    alarm_min_count: int = 20
+    """Values a drift window needs before it can raise or clear an alarm."""
     admin_token: str = field(default="", repr=False)
     """Token for admin endpoints; empty turns them off."""
     log_level: str = "INFO"
@@ -112,6 +122,12 @@ class Settings:
             (self.model_timeout_ms > 0, "model_timeout_ms", "positive"),
             (0 <= self.range_tolerance <= 10, "range_tolerance", "in 0..10"),
             (0 < self.required_presence <= 1, "required_presence", "in (0, 1]"),
+            (1 <= self.drift_slot_seconds <= 60, "drift_slot_seconds", "in 1..60"),
+            (self.drift_slot_seconds <= self.drift_window_seconds <= 3600, "drift_window_seconds",
+             "in drift_slot_seconds..3600"),
+            (self.alarm_z_score >= 1, "alarm_z_score", "at least 1"),
+            (self.alarm_effect_size > 0, "alarm_effect_size", "positive"),
+            (self.alarm_min_count >= 2, "alarm_min_count", "at least 2"),
             (self.log_level.upper() in {"DEBUG", "INFO", "WARNING", "ERROR"}, "log_level", "DEBUG, INFO, WARNING or ERROR"),
             (_valid_bind(self.bind), "bind", "HOST:PORT"),
         ]

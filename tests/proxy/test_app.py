@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 
@@ -65,7 +66,9 @@ def test_email_renamed_model_answers_and_both_sides_are_reported(client, tiny_ho
     body = renamed_email(tiny_holdout[0])
     answer = post(client, body).get_json()
     assert answer["source"] == "model"
-    assert kinds(answer) == {("email", "missing_field"), ("user_email", "unexpected_field")}
+    assert kinds(answer) == {("email", "missing_field"), ("user_email", "unexpected_field"),
+                             ("user_email", "suspected_rename")}
+    assert {"field": "user_email", "kind": "suspected_rename", "detail": "email → user_email"} in answer["anomalies"]
     assert body["user_email"] not in str(answer)
 
 
@@ -73,7 +76,8 @@ def test_names_merged_model_answers_and_is_reported(client, tiny_holdout):
     answer = post(client, merged_names(tiny_holdout[0])).get_json()
     assert answer["source"] == "model"
     assert kinds(answer) == {("first_name", "missing_field"), ("last_name", "missing_field"),
-                             ("name", "unexpected_field")}
+                             ("name", "unexpected_field"), ("name", "suspected_merge")}
+    assert {"field": "name", "kind": "suspected_merge", "detail": "first_name + last_name → name"} in answer["anomalies"]
 
 
 def test_weight_in_pounds_sends_heavy_users_to_the_fallback(client, tiny_holdout, loaded_bundle):
@@ -246,5 +250,6 @@ def test_a_failing_model_is_answered_by_the_fallback(settings, loaded_bundle, ti
 def test_openapi_document_lists_every_endpoint(client):
     document = client.get("/openapi.json").get_json()
     assert document["openapi"].startswith("3.")
-    routes = {rule.rule for rule in client.application.url_map.iter_rules() if rule.endpoint != "static"}
+    routes = {re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
+              for rule in client.application.url_map.iter_rules() if rule.endpoint != "static"}
     assert routes == set(document["paths"])

@@ -50,8 +50,9 @@ def test_the_redesign_fails_with_line_field_kind_and_what_training_saw(tiny_bund
     assert run("check", "--bundle", str(tiny_bundle), str(bodies)) == 1
     out = capsys.readouterr().out
     rows = {tuple(line.split()[:3]) for line in out.splitlines() if line[:1].isdigit()}
-    assert {("2", "email", "missing_field"), ("2", "user_email", "unexpected_field"),
+    assert {("2", "email", "missing_field"), ("2", "user_email", "unexpected_field"), ("2", "user_email", "suspected_rename"),
             ("3", "first_name", "missing_field"), ("3", "last_name", "missing_field"), ("3", "name", "unexpected_field"),
+            ("3", "name", "suspected_merge"),
             ("4", "weight_kg", "out_of_range"), ("5", "country", "unknown_category"),
             ("7", "-", BAD_REQUEST)} == rows
     weight = loaded_bundle.profile["fields"]["weight_kg"]

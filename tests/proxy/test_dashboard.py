@@ -119,7 +119,8 @@ def test_anomalies_and_model_version_appear_in_the_rendered_page(proxy, loaded_b
     assert dashboard.texts["total-requests"] == str(len(traffic))
     counts = {pair: int(cells[2]) for pair, cells in dashboard.rows.items()}
     assert counts == {("weight_kg", "out_of_range"): 7, ("email", "missing_field"): 5,
-                      ("user_email", "unexpected_field"): 5, ("country", "unknown_category"): 3}
+                      ("user_email", "unexpected_field"): 5, ("user_email", "suspected_rename"): 5,
+                      ("country", "unknown_category"): 3}
     fallback = len(out_of_range) + len(new_market)
     assert dashboard.texts["fallback-rate"] == f"{100 * fallback / len(traffic):.1f}%"
     assert result.returncode == 0 and screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

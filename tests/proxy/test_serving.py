@@ -62,7 +62,8 @@ def test_redesigned_form_is_reported_over_http(proxy, tiny_holdout):
     assert answer.headers["X-Recguard-Source"] == "model"
     reported = {(a["field"], a["kind"]) for a in answer.json()["anomalies"]}
     assert reported == {("email", "missing_field"), ("first_name", "missing_field"), ("last_name", "missing_field"),
-                        ("user_email", "unexpected_field"), ("name", "unexpected_field")}
+                        ("user_email", "unexpected_field"), ("name", "unexpected_field"),
+                        ("user_email", "suspected_rename"), ("name", "suspected_merge")}
     report = wait_for(lambda: proxy.get("/anomalies?since=5m&kind=unexpected_field").json()["by_field"])
     assert report == {"user_email": 1, "name": 1}
 

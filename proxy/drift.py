@@ -1,0 +1,242 @@
+"""Rolling per-segment drift of the numeric features, judged against the training profile.
+
+What a single request cannot show: a market whose form starts sending weight in pounds keeps
+most values inside the training range (50 kg becomes 110 "kg"), yet the market's mean moves
+by more than twice its standard deviation. So every numeric feature with per-segment
+statistics in the profile gets one *cell* per segment, and each request adds its value to its
+cell's count, sum and sum of squares in the current time slot (`DriftWatch.observe`: memory
+only; the counters' next flush writes the slot to Redis with everything else, so all workers
+and replicas fill the same windows). `nested_windows` sums a cell's slots, newest first, into
+windows of growing length; `judge` decides from them whether the recent window is off, and
+`describe` names the unit change it looks like. docs/drift.md explains the test and its
+thresholds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from proxy.counters import Number, Series
+from proxy.guard import DRIFT_QUARANTINE, Anomaly
+
+MAX_MAGNITUDE = 1e12
+"""Values this large are left out of the sums (their squares would swamp every other value);
+the guard reports them as out_of_range anyway."""
+
+UNIT_TOLERANCE = 0.06
+"""A window/training mean ratio within 6 % of a known factor is named after it (2.205 and 2.54,
+the closest pair, are 15 % apart)."""
+
+# Ratio of the window mean to the training mean -> what changed. The ratio of a field now sent
+# in pounds where training had kilograms is 2.20462: "kg→lb".
+UNIT_CHANGES: tuple[tuple[float, str], ...] = (
+    (2.20462, "kg→lb"),
+    (1 / 2.20462, "lb→kg"),
+    (2.54, "in→cm"),
+    (1 / 2.54, "cm→in"),
+    (100.0, "m→cm or fraction→percent"),
+    (0.01, "cm→m or percent→fraction"),
+    (1000.0, "s→ms"),
+    (0.001, "ms→s"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Cell:
+    """One numeric feature in one segment, with its training baseline and its Redis field names."""
+
+    feature: str
+    segment: str
+    mean: float
+    std: float
+
+    @property
+    def id(self) -> str:
+        """The alarm id of the cell, e.g. "weight_kg:DE"."""
+        return f"{self.feature}:{self.segment}"
+
+    @property
+    def fields(self) -> tuple[str, str, str]:
+        """Hash fields of count, sum and sum of squares in a drift slot (compared, never parsed)."""
+        return f"{self.feature}|{self.segment}|n", f"{self.feature}|{self.segment}|s", f"{self.feature}|{self.segment}|q"
+
+
+def cells_from_profile(profile: Mapping[str, Any]) -> list[Cell]:
+    """A cell per (numeric feature, segment) the profile has statistics for; a segment whose
+    training values were all equal borrows the field's overall std."""
+    cells = []
+    for name, spec in profile["fields"].items():
+        if spec.get("role") != "feature" or not spec.get("segments"):
+            continue
+        for segment, stats in spec["segments"].items():
+            std = stats.get("std") or spec.get("std") or 0.0
+            if stats.get("count", 0) >= 2 and std > 0:
+                cells.append(Cell(name, segment, float(stats["mean"]), float(std)))
+    return cells
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """Count, sum and sum of squares of the values of a span of time."""
+
+    count: float
+    total: float
+    total_sq: float
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count
+
+    @property
+    def variance(self) -> float:
+        return max(0.0, self.total_sq / self.count - self.mean ** 2)
+
+
+def nested_windows(slots: np.ndarray) -> list[Window]:
+    """Windows of the newest 1, 2, 4, 8... slots and of all of them, shortest first, from per-slot
+    rows of (count, sum, sum of squares), newest first.
+
+    Short windows show a switch before older clean values dilute it; long ones add up a small
+    shift in a quiet market. Doubling keeps the number of tests (and of chances for noise to
+    pass one) at log2 of the slots."""
+    if len(slots) == 0:
+        return []
+    totals = np.cumsum(slots, axis=0)
+    lengths = sorted({1 << power for power in range(len(slots).bit_length())} | {len(slots)})
+    return [Window(*(float(value) for value in totals[length - 1])) for length in lengths]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """When a window's shift is statistically clear and practically large enough to alarm."""
+
+    z_score: float
+    """Standard errors between the window mean and the training mean."""
+    effect_size: float
+    """Training standard deviations between them; below half of it, an alarm clears."""
+    min_count: int
+    """Values a window needs before it can raise or clear an alarm."""
+
+
+@dataclass(frozen=True, slots=True)
+class Shift:
+    """How far a window sits from its cell's training baseline."""
+
+    count: int
+    mean: float
+    z: float
+    effect: float
+    ratio: float | None
+
+
+def assess(window: Window, cell: Cell) -> Shift:
+    """The shift of a (non-empty) window from the cell's training mean.
+
+    The standard error takes the larger of the training and the window variance: a single
+    absurd value inflates the window's variance as much as its mean, so it cannot make a shift
+    look clear on its own.
+    """
+    difference = window.mean - cell.mean
+    error = math.sqrt(max(cell.std ** 2, window.variance) / window.count)
+    ratio = window.mean / cell.mean if cell.mean != 0 else None
+    return Shift(int(window.count), window.mean, difference / error, difference / cell.std, ratio)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Whether a cell should be in alarm, and the most recent shift (None: too few values to tell)."""
+
+    alarm: bool
+    recent: Shift | None
+
+
+def judge(windows: Sequence[Window], cell: Cell, thresholds: Thresholds, active: bool) -> Verdict:
+    """Judge a cell from nested windows, shortest first (`nested_windows`).
+
+    `recent` is the shortest window holding `min_count` values. An alarm is raised when any
+    window is both clear (|z| >= z_score) and large (|effect| >= effect_size) in the direction
+    `recent` still shows; it clears once `recent` is back within half the effect size. Without
+    enough values the state is kept.
+    """
+    recent: Shift | None = None
+    clear_and_large = False
+    for window in windows:
+        if window.count < thresholds.min_count:
+            continue
+        shift = assess(window, cell)
+        if recent is None:
+            recent = shift
+        if (abs(shift.z) >= thresholds.z_score and abs(shift.effect) >= thresholds.effect_size
+                and shift.effect * recent.effect > 0):
+            clear_and_large = True
+    if recent is None:
+        return Verdict(active, None)
+    if abs(recent.effect) < thresholds.effect_size / 2:
+        return Verdict(False, recent)
+    return Verdict(active or clear_and_large, recent)
+
+
+def unit_change(ratio: float | None) -> tuple[float, str] | None:
+    """The known unit conversion (factor, label) whose factor the ratio sits near, if any."""
+    if ratio is None or ratio <= 0:
+        return None
+    factor, label = min(UNIT_CHANGES, key=lambda change: abs(math.log(ratio / change[0])))
+    return (factor, label) if abs(math.log(ratio / factor)) <= math.log1p(UNIT_TOLERANCE) else None
+
+
+def describe(cell: Cell, shift: Shift) -> tuple[str, str | None]:
+    """The alarm's detail and the unit change it names (or None), e.g.
+    ("weight_kg in DE looks ×2.205: kg→lb?", "kg→lb"). Aggregates only, never a single value."""
+    change = unit_change(shift.ratio)
+    if change is not None:
+        factor, label = change
+        return f"{cell.feature} in {cell.segment} looks ×{factor:.4g}: {label}?", label
+    scale = f" (mean ×{shift.ratio:.2f})" if shift.ratio is not None else ""
+    return f"{cell.feature} in {cell.segment} shifted {shift.effect:+.1f} sd from training{scale}", None
+
+
+class DriftWatch:
+    """The request-path half of drift detection: fills the windows and answers "is this segment quarantined?"."""
+
+    def __init__(self, profile: Mapping[str, Any], cells: Iterable[Cell], series: Series,
+                 add_many: Callable[[Iterable[tuple[str, Number]], Series], None]):
+        self.segment_field: str = profile["segment_field"]
+        self.series = series
+        self._add_many = add_many
+        self._cells: dict[str, list[tuple[str, str, str, str]]] = {}
+        for cell in cells:
+            self._cells.setdefault(cell.segment, []).append((cell.feature, *cell.fields))
+        # Replaced whole by the alarm monitor, never mutated: a request reads one consistent map.
+        self._quarantined: dict[str, tuple[Anomaly, ...]] = {}
+
+    def observe(self, fields: Mapping[str, Any]) -> tuple[Anomaly, ...]:
+        """Add the request's numeric features to its segment's current slot (memory only) and
+        return a drift_quarantine anomaly per active alarm of its segment."""
+        segment = fields.get(self.segment_field)
+        if not isinstance(segment, str):
+            return ()
+        cells = self._cells.get(segment)
+        if cells is not None:
+            amounts: list[tuple[str, Number]] = []
+            for feature, count_name, sum_name, square_name in cells:
+                value = fields.get(feature)
+                # bool is not a number here, and NaN fails the range test
+                if (type(value) is float or type(value) is int) and -MAX_MAGNITUDE < value < MAX_MAGNITUDE:
+                    value = float(value)
+                    amounts += ((count_name, 1), (sum_name, value), (square_name, value * value))
+            if amounts:
+                self._add_many(amounts, self.series)
+        return self._quarantined.get(segment, ())
+
+    def quarantine(self, alarms: Iterable[Any]) -> None:
+        """Route every segment with an active alarm to the fallback from now on (alarms: objects
+        with `field`, `segment` and `detail`)."""
+        quarantined: dict[str, tuple[Anomaly, ...]] = {}
+        for alarm in alarms:
+            anomaly = Anomaly(alarm.field, DRIFT_QUARANTINE, f"quarantined: {alarm.detail}", True)
+            quarantined[alarm.segment] = (*quarantined.get(alarm.segment, ()), anomaly)
+        self._quarantined = quarantined

@@ -1,0 +1,179 @@
+"""Drift alarms through the real machinery (watch -> counters -> Redis -> monitor) on a simulated clock.
+
+Clean traffic is 2,000 generated shoppers the profile never saw, from the same synthetic world
+as its 4,000 training shoppers, resampled; the clock moves 0.5 s (the default flush interval)
+between flushes, so rates are requests per simulated second.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from model.dataset import load_dataset
+from model.profile import build_profile
+from model.synthetic import generate
+from proxy.alarms import AlarmMonitor, read_alarms
+from proxy.counters import Counters, Series, make_redis_client
+from proxy.drift import DriftWatch, Thresholds, cells_from_profile
+from tests.conftest import RedisServer
+from tests.proxy.conftest import holdout_requests
+
+PREFIX = "recguard"
+POUNDS_PER_KG = 2.20462
+THRESHOLDS = Thresholds(z_score=6.0, effect_size=0.5, min_count=20)
+T0 = 1_795_000_000.0
+INTERVAL = 0.5
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Worker:
+    """What one gunicorn worker runs for drift: counters, the watch and its alarm monitor."""
+
+    def __init__(self, client, profile: dict, clock: Clock):
+        cells = cells_from_profile(profile)
+        series = Series("d", 5, 360)
+        self.counters = Counters(client, prefix=PREFIX, clock=clock)
+        self.watch = DriftWatch(profile, cells, series, self.counters.add_many)
+        self.published: list[list] = []
+        self.monitor = AlarmMonitor(client, PREFIX, cells, series, 60, THRESHOLDS,
+                                    listeners=[self.watch.quarantine, self.published.append], clock=clock)
+
+    def tick(self) -> None:
+        assert self.counters.flush()
+        self.monitor.refresh()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> tuple[dict, list[dict]]:
+    """A profile of 4,000 generated shoppers, and 2,000 more from the same world as clean traffic."""
+    root: Path = tmp_path_factory.mktemp("world")
+    generate(root, users=4000, items=40, holdout=2000, seed=5)
+    return build_profile(load_dataset(root)), holdout_requests(root)
+
+
+def run(workers: list[Worker], clock: Clock, bodies, rate: int):
+    """Send each body to the next worker in turn, flushing and refreshing every worker each INTERVAL;
+    yield (body, drift anomalies)."""
+    per_tick = int(rate * INTERVAL)
+    for number, body in enumerate(bodies, start=1):
+        yield body, workers[number % len(workers)].watch.observe(body)
+        if number % per_tick == 0:
+            clock.now += INTERVAL
+            for worker in workers:
+                worker.tick()
+
+
+def resample(pool: list[dict], count: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    return [rng.choice(pool) for _ in range(count)]
+
+
+def test_hundred_thousand_clean_requests_raise_no_alarm(world, redis_client):
+    profile, clean = world
+    clock = Clock()
+    workers = [Worker(redis_client, profile, clock) for _ in range(2)]
+    quarantined = sum(bool(anomalies) for _, anomalies in run(workers, clock, resample(clean, 100_000, 1), rate=400))
+    assert quarantined == 0
+    assert not any(alarms for worker in workers for alarms in worker.published)
+    assert read_alarms(redis_client, PREFIX) == []
+
+
+@pytest.mark.parametrize("light_only", [True, False], ids=["every-value-inside-the-range", "every-shopper"])
+def test_a_market_switching_to_pounds_is_quarantined_within_200_of_its_requests(world, redis_client, light_only):
+    profile, clean = world
+    heaviest_kg = profile["fields"]["weight_kg"]["max"] / POUNDS_PER_KG
+    germans = [body for body in clean if body["country"] == "DE" and (body["weight_kg"] <= heaviest_kg or not light_only)]
+    switched = [{**body, "weight_kg": round(body["weight_kg"] * POUNDS_PER_KG, 1)} for body in germans]
+    if light_only:
+        assert all(body["weight_kg"] <= profile["fields"]["weight_kg"]["max"] for body in switched)
+    others = [body for body in clean if body["country"] != "DE"]
+    rng = random.Random(2)
+    traffic = resample(clean, 20_000, 3) + [rng.choice(switched) if rng.random() < 0.16 else rng.choice(others)
+                                            for _ in range(8_000)]
+    clock = Clock()
+    workers = [Worker(redis_client, profile, clock) for _ in range(2)]
+
+    german_requests, detected_after = 0, None
+    for number, (body, anomalies) in enumerate(run(workers, clock, traffic, rate=1000)):
+        if body["country"] != "DE":
+            assert anomalies == (), "another market was quarantined"
+            continue
+        if number >= 20_000:
+            german_requests += 1
+            if detected_after is None and anomalies:
+                detected_after = german_requests
+        else:
+            assert anomalies == ()
+    assert detected_after is not None and detected_after <= 200
+    # light Germans only are also shorter Germans: height_cm:DE may rightly alarm too
+    alarms = {alarm.id: alarm for alarm in read_alarms(redis_client, PREFIX)}
+    assert {alarm.segment for alarm in alarms.values()} == {"DE"} and "weight_kg:DE" in alarms
+    if not light_only:
+        assert alarms["weight_kg:DE"].detail == "weight_kg in DE looks ×2.205: kg→lb?"
+        assert alarms["weight_kg:DE"].unit == "kg→lb"
+
+
+def test_alarms_are_shared_cleared_by_hand_for_the_data_seen_and_clear_themselves(world, redis_client):
+    profile, clean = world
+    germans = [body for body in clean if body["country"] == "DE"]
+    pounds = [{**body, "weight_kg": round(body["weight_kg"] * POUNDS_PER_KG, 1)} for body in germans]
+    clock = Clock()
+    sender, other = Worker(redis_client, profile, clock), Worker(redis_client, profile, clock)
+
+    def send(bodies: list[dict], seconds: float) -> None:
+        for body in bodies:
+            sender.watch.observe(body)
+        clock.now += seconds
+        sender.tick()
+        other.tick()
+
+    send(resample(pounds, 60, 4), INTERVAL)
+    assert [alarm.id for alarm in other.monitor.active] == ["weight_kg:DE"]
+    assert other.watch.observe(germans[0]) and not other.watch.observe({**germans[0], "country": "FR"})
+
+    assert other.monitor.clear("weight_kg:DE")
+    assert other.monitor.active == [] and not other.watch.observe(germans[0])
+    send([], INTERVAL)
+    assert sender.monitor.active == other.monitor.active == [], "the data that raised it raised it again"
+    assert not other.monitor.clear("weight_kg:DE")
+
+    send([], 5.0)
+    send(resample(pounds, 60, 5), INTERVAL)
+    assert [alarm.id for alarm in sender.monitor.active] == ["weight_kg:DE"], "new data in pounds raises it again"
+
+    send([], 5.0)
+    send(resample(germans, 60, 6), INTERVAL)
+    assert sender.monitor.active == other.monitor.active == []
+    assert read_alarms(redis_client, PREFIX) == [] and not other.watch.observe(germans[0])
+
+
+def test_while_redis_is_down_the_last_alarms_stay_in_force(world, tmp_path):
+    profile, clean = world
+    server = RedisServer(tmp_path).start()
+    try:
+        clock = Clock()
+        worker = Worker(make_redis_client(server.url), profile, clock)
+        pounds = [{**body, "weight_kg": body["weight_kg"] * POUNDS_PER_KG} for body in clean if body["country"] == "DE"]
+        for body in pounds[:60]:
+            worker.watch.observe(body)
+        worker.tick()
+        assert [alarm.id for alarm in worker.monitor.active] == ["weight_kg:DE"]
+        server.stop()
+        worker.monitor.refresh()
+        assert worker.monitor.last_error and [alarm.id for alarm in worker.monitor.active] == ["weight_kg:DE"]
+        assert worker.watch.observe(pounds[0])
+        server.start()
+        worker.monitor.refresh()
+        assert worker.monitor.last_error is None
+    finally:
+        server.stop()

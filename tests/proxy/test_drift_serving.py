@@ -1,0 +1,105 @@
+"""Drift over real HTTP: one market switches to pounds inside the training range; it alone is
+quarantined, the alarm shows everywhere, clears by token and by itself."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+import requests
+
+from proxy.app import create_app
+from proxy.settings import Settings
+from tests.proxy.conftest import ProxyProcess
+
+POUNDS_PER_KG = 2.20462
+TOKEN = "s3cret-admin-token"
+ALARM = "weight_kg:DE"
+
+
+@pytest.fixture
+def proxy(tiny_bundle, redis_server, redis_client, tmp_path):
+    # one-second slots: the window rolls over fast enough for the test to watch it clear itself
+    server = ProxyProcess(tiny_bundle, redis_server.url, workers=2, log_path=tmp_path / "proxy.log",
+                          env={"RECGUARD_ADMIN_TOKEN": TOKEN, "RECGUARD_DRIFT_SLOT_SECONDS": "1",
+                               "RECGUARD_DRIFT_WINDOW_SECONDS": "60"}).start()
+    yield server
+    server.stop()
+
+
+def quarantined(answer: dict) -> bool:
+    return any(anomaly["kind"] == "drift_quarantine" for anomaly in answer["anomalies"])
+
+
+def clear(proxy: ProxyProcess, headers: dict | None = None) -> requests.Response:
+    return requests.post(f"{proxy.url}/alarms/{ALARM}/clear", headers=headers or {}, timeout=10)
+
+
+def test_a_market_in_pounds_is_quarantined_alone_shown_and_cleared(proxy, tiny_holdout, loaded_bundle):
+    weight = loaded_bundle.profile["fields"]["weight_kg"]
+    rng = random.Random(0)
+    germans = [body for body in tiny_holdout if body["country"] == "DE"]
+    others = [body for body in tiny_holdout if body["country"] != "DE"]
+
+    def in_pounds() -> dict:
+        kilograms = rng.uniform(weight["min"], weight["max"] / POUNDS_PER_KG)
+        return {**rng.choice(germans), "weight_kg": round(kilograms * POUNDS_PER_KG, 1)}
+
+    def until(condition, make, limit: int) -> int:
+        """Send bodies from `make` until an answer meets `condition`; how many were sent."""
+        for sent in range(1, limit + 1):
+            if condition(proxy.predict(make()).json()):
+                return sent
+        pytest.fail(f"not after {limit} requests")
+
+    assert not any(quarantined(proxy.predict(body).json()) for body in tiny_holdout)
+
+    german_requests = 0
+    for _ in range(400):
+        lbs = in_pounds()
+        assert weight["min"] <= lbs["weight_kg"] <= weight["max"]
+        german_requests += 1
+        if quarantined(proxy.predict(lbs).json()):
+            break
+        other = proxy.predict(rng.choice(others)).json()
+        assert not quarantined(other)
+    assert german_requests <= 200, f"quarantined after {german_requests} requests of the market"
+
+    time.sleep(0.3)  # both workers have refreshed
+    for _ in range(20):
+        german = proxy.predict(in_pounds()).json()
+        assert german["source"] == "fallback" and quarantined(german)
+        other = proxy.predict(rng.choice(others)).json()
+        assert not quarantined(other) and other["source"] == "model"
+
+    health = proxy.get("/healthz").json()
+    assert health["status"] == "degraded" and [alarm["id"] for alarm in health["alarms"]] == [ALARM]
+    assert any(reason.startswith(f"drift alarm {ALARM}: weight_kg in DE") for reason in health["reasons"])
+    assert [alarm["id"] for alarm in proxy.get("/anomalies").json()["alarms"]] == [ALARM]
+    assert "recguard_active_alarms 1.0" in proxy.get("/metrics").text
+
+    assert clear(proxy).status_code == 403
+    assert clear(proxy, {"Authorization": "Bearer wrong-token"}).status_code == 403
+    assert clear(proxy, {"Authorization": f"Bearer {TOKEN}"}).json() == {"cleared": ALARM}
+    assert clear(proxy, {"Authorization": f"Bearer {TOKEN}"}).status_code == 404
+    log = proxy.log_path.read_text()
+    assert "alarm clear refused" in log and "wrong-token" not in log and TOKEN not in log
+    time.sleep(0.3)
+    assert proxy.get("/healthz").json()["alarms"] == []
+    assert not any(quarantined(proxy.predict(body).json()) for body in germans)
+
+    # new data in pounds (in slots that began after the clear) raises it again...
+    until(quarantined, in_pounds, 1000)
+    time.sleep(0.3)
+    # ... and Germans back in kilograms clear it with no one's help
+    until(lambda answer: not quarantined(answer), lambda: rng.choice(germans), 1000)
+    time.sleep(0.3)
+    assert proxy.get("/healthz").json()["alarms"] == []
+
+
+def test_without_an_admin_token_the_clear_endpoint_is_off(client, settings, loaded_bundle, redis_client):
+    assert client.post(f"/alarms/{ALARM}/clear", headers={"Authorization": "Bearer "}).status_code == 404
+    bare = create_app(Settings.from_env(settings.to_env(), guard=False, admin_token=TOKEN), loaded_bundle)
+    answer = bare.test_client().post(f"/alarms/{ALARM}/clear", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert answer.status_code == 404 and "error" in answer.get_json()
