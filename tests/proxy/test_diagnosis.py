@@ -84,3 +84,39 @@ def test_a_bundle_without_string_shapes_still_diagnoses_numbers(loaded_bundle, t
     assert suspicions(guard, renamed_email(tiny_holdout[0])) == set()
     assert suspicions(guard, renamed(tiny_holdout[0], "weight_kg", "weight")) == \
         {("weight", "suspected_rename", "weight_kg → weight")}
+
+
+def answer_of(client, body: dict) -> dict:
+    response = client.post("/predict", json=body)
+    assert response.status_code == 200
+    return response.get_json()
+
+
+def test_over_http_a_rename_is_named_reported_only(client, tiny_holdout):
+    body = renamed_email(tiny_holdout[10])
+    answer = answer_of(client, body)
+    assert {"field": "user_email", "kind": "suspected_rename", "detail": "email → user_email"} in answer["anomalies"]
+    assert answer["source"] == "model"
+    assert body["user_email"] not in str(answer["anomalies"])
+
+
+def test_over_http_a_merge_is_named_reported_only(client, tiny_holdout):
+    body = merged_names(tiny_holdout[11])
+    answer = answer_of(client, body)
+    assert {"field": "name", "kind": "suspected_merge", "detail": "first_name + last_name → name"} in answer["anomalies"]
+    assert answer["source"] == "model"
+    shown = str(answer["anomalies"])
+    assert all(part not in shown for part in body["name"].split())
+
+
+def test_over_http_a_number_for_a_missing_email_is_not_a_rename(client, tiny_holdout):
+    body = {k: v for k, v in tiny_holdout[12].items() if k != "email"} | {"user_email": 12345}
+    kinds = {anomaly["kind"] for anomaly in answer_of(client, body)["anomalies"]}
+    assert kinds == {"missing_field", "unexpected_field"}
+
+
+def test_over_http_suspicions_are_counted_in_redis(app, client, tiny_holdout):
+    answer_of(client, merged_names(renamed_email(tiny_holdout[13])))
+    assert app.extensions["recguard"].counters.flush()
+    by_kind = client.get("/anomalies?since=5m").get_json()["by_kind"]
+    assert by_kind["suspected_rename"] == 1 and by_kind["suspected_merge"] == 1
