@@ -61,7 +61,7 @@ class Settings:
     """A field present in at least this share of training rows is required (missing_field)."""
     guard: bool = True
     """False serves the bare model endpoint: no checks, no counters (the baseline)."""
-    drift_slot_seconds: int = 5
+    drift_slot_seconds: int = 2
     """Seconds of one drift-window slot in Redis: the finest time step of the drift windows."""
     drift_window_seconds: int = 300
     """The longest window a drift alarm looks back over."""

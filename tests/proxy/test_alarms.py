@@ -18,12 +18,14 @@ from model.synthetic import generate
 from proxy.alarms import AlarmMonitor, read_alarms
 from proxy.counters import Counters, Series, make_redis_client
 from proxy.drift import DriftWatch, Thresholds, cells_from_profile
+from proxy.settings import Settings
 from tests.conftest import RedisServer
 from tests.proxy.conftest import holdout_requests
 
 PREFIX = "recguard"
 POUNDS_PER_KG = 2.20462
-THRESHOLDS = Thresholds(z_score=6.0, effect_size=0.5, min_count=20)
+DEFAULTS = Settings()
+THRESHOLDS = Thresholds(DEFAULTS.alarm_z_score, DEFAULTS.alarm_effect_size, DEFAULTS.alarm_min_count)
 T0 = 1_795_000_000.0
 INTERVAL = 0.5
 
@@ -37,15 +39,16 @@ class Clock:
 
 
 class Worker:
-    """What one gunicorn worker runs for drift: counters, the watch and its alarm monitor."""
+    """What one gunicorn worker runs for drift, with the default settings: counters, the watch and its alarm monitor."""
 
     def __init__(self, client, profile: dict, clock: Clock):
         cells = cells_from_profile(profile)
-        series = Series("d", 5, 360)
+        series = Series("d", DEFAULTS.drift_slot_seconds, DEFAULTS.drift_window_seconds + 60)
         self.counters = Counters(client, prefix=PREFIX, clock=clock)
         self.watch = DriftWatch(profile, cells, series, self.counters.add_many)
         self.published: list[list] = []
-        self.monitor = AlarmMonitor(client, PREFIX, cells, series, 60, THRESHOLDS,
+        self.monitor = AlarmMonitor(client, PREFIX, cells, series,
+                                    DEFAULTS.drift_window_seconds // DEFAULTS.drift_slot_seconds, THRESHOLDS,
                                     listeners=[self.watch.quarantine, self.published.append], clock=clock)
 
     def tick(self) -> None:

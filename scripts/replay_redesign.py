@@ -1,0 +1,356 @@
+"""Replay a website redesign through a real recguard proxy and measure what it saves.
+
+    .venv/bin/python scripts/replay_redesign.py --bundle bundles/default --data data/default --out out/replay
+
+Starts its own redis-server on a free port and `recguard serve` (real gunicorn) on another,
+then sends the same held-out requests over HTTP in every phase, each a state of the site (so a
+difference between two phases is the change, not a different sample of shoppers):
+
+    baseline       the form the model was trained on
+    email_renamed  `email` sent as `user_email`
+    name_merged    `first_name` + `last_name` sent as one `name`
+    weight_lbs     the --lbs-markets send weight in pounds
+    new_market     a share of the traffic comes from markets the model never saw
+    all_changes    all of the above at once
+
+Per phase: hit_rate@10 of what the site would have shown without recguard (the bundle's model
+fed the request as sent, through the naive preprocessing `recguard serve --no-guard` applies,
+computed in this process), of the proxy's answers, and of the popularity fallback alone; the
+share of answers from the fallback; how many of the phase's requests were answered before the
+first one quarantined by a drift alarm; the anomalies reported, by kind. Writes OUT/report.json,
+OUT/report.png and prints a table. The proxy runs with its default settings (counters flushed
+every 0.5 s, 2 s drift slots).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import requests
+
+from model.bundle import load_bundle
+from model.evaluate import CORRUPTIONS, read_holdout
+from proxy.fallback import PopularityFallback
+from proxy.scoring import Scorer
+
+K = 10
+POUNDS_PER_KG = CORRUPTIONS["lbs"]
+QUARANTINE = "drift_quarantine"
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One state of the site: what it does to a signup form before sending it."""
+
+    name: str
+    change: Callable[[dict[str, Any], random.Random], dict[str, Any]]
+
+
+def redesign(lbs_markets: frozenset[str], new_markets: list[str], new_market_share: float) -> list[Phase]:
+    """The six phases of the replay, in order."""
+    def email_renamed(body: dict, rng: random.Random) -> dict:
+        body = dict(body)
+        body["user_email"] = body.pop("email")
+        return body
+
+    def name_merged(body: dict, rng: random.Random) -> dict:
+        body = dict(body)
+        body["name"] = f"{body.pop('first_name')} {body.pop('last_name')}"
+        return body
+
+    def weight_lbs(body: dict, rng: random.Random) -> dict:
+        if body["country"] not in lbs_markets:
+            return body
+        return {**body, "weight_kg": round(body["weight_kg"] * POUNDS_PER_KG, 1)}
+
+    def new_market(body: dict, rng: random.Random) -> dict:
+        return {**body, "country": rng.choice(new_markets)} if rng.random() < new_market_share else body
+
+    def all_changes(body: dict, rng: random.Random) -> dict:
+        return new_market(weight_lbs(name_merged(email_renamed(body, rng), rng), rng), rng)
+
+    return [Phase("baseline", lambda body, rng: body), Phase("email_renamed", email_renamed),
+            Phase("name_merged", name_merged), Phase("weight_lbs", weight_lbs), Phase("new_market", new_market),
+            Phase("all_changes", all_changes)]
+
+
+@dataclass
+class PhaseResult:
+    """What one phase measured."""
+
+    name: str
+    requests: int = 0
+    unguarded_hits: int = 0
+    guarded_hits: int = 0
+    fallback_hits: int = 0
+    fallback_answers: int = 0
+    detection: int | None = None
+    anomalies: Counter = field(default_factory=Counter)
+    market_requests: Counter = field(default_factory=Counter)
+    market_detection: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The phase as report.json has it."""
+        return {
+            "name": self.name,
+            "unguarded_hit_rate@10": round(self.unguarded_hits / self.requests, 4),
+            "guarded_hit_rate@10": round(self.guarded_hits / self.requests, 4),
+            "fallback_hit_rate@10": round(self.fallback_hits / self.requests, 4),
+            "fallback_rate": round(self.fallback_answers / self.requests, 4),
+            "requests_to_detection": self.detection,
+            "anomalies": dict(self.anomalies.most_common()),
+        }
+
+
+@dataclass
+class Timeline:
+    """Per request, in replay order: phase index, hits of the three answers, whether the fallback answered."""
+
+    phase: list[int] = field(default_factory=list)
+    unguarded: list[bool] = field(default_factory=list)
+    guarded: list[bool] = field(default_factory=list)
+    fallback: list[bool] = field(default_factory=list)
+    fallback_answer: list[bool] = field(default_factory=list)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_redis(directory: Path) -> tuple[subprocess.Popen, str]:
+    """A throwaway redis-server of our own, no persistence."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        sys.exit("replay: redis-server is not installed (make install puts it there)")
+    port = free_port()
+    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                                "--dir", str(directory), "--logfile", str(directory / "redis.log")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until(lambda: _redis_answers(port), "redis-server did not start", process)
+    return process, f"redis://127.0.0.1:{port}/0"
+
+
+def _redis_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def start_proxy(bundle: Path, redis_url: str, workers: int, log: Path) -> tuple[subprocess.Popen, str]:
+    """`recguard serve` with its default settings, as `make run` starts it."""
+    port = free_port()
+    command = [sys.executable, "-m", "proxy.cli", "serve", "--bundle", str(bundle), "--bind", f"127.0.0.1:{port}",
+               "--workers", str(workers), "--redis", redis_url]
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RECGUARD_")}
+    process = subprocess.Popen(command, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: _ready(url), f"the proxy did not become ready (see {log})", process, timeout=60)
+    return process, url
+
+
+def _ready(url: str) -> bool:
+    try:
+        return requests.get(url + "/readyz", timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def wait_until(condition: Callable[[], bool], message: str, process: subprocess.Popen, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None or time.monotonic() > deadline:
+            sys.exit(f"replay: {message}")
+        time.sleep(0.1)
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def replay(url: str, phases: list[Phase], holdout: list[dict], targets: list[str], scorer: Scorer,
+           fallback: PopularityFallback, per_phase: int, seed: int,
+           progress: Callable[[str], None]) -> tuple[list[PhaseResult], Timeline]:
+    """Send `per_phase` held-out requests per phase, one at a time: the same shoppers in the same
+    order in every phase (a seeded shuffle of the holdout, repeated when it is shorter)."""
+    rng = random.Random(seed)
+    order = rng.sample(range(len(holdout)), len(holdout))
+    picks = [order[number % len(order)] for number in range(per_phase)]
+    timeline = Timeline()
+    results = []
+    with requests.Session() as session:
+        for index, phase in enumerate(phases):
+            result = PhaseResult(phase.name)
+            started = time.monotonic()
+            for number, pick in enumerate(picks):
+                body, target = phase.change(holdout[pick], rng), targets[pick]
+                fields = {key: value for key, value in body.items() if key != "history"}
+                answer = session.post(url + "/predict", json=body, timeout=30)
+                answer.raise_for_status()
+                answer = answer.json()
+                unguarded = target in scorer.recommend(fields, body["history"], K).items
+                popular = target in fallback.recommend(fields, body["history"], K).items
+                guarded = target in answer["items"]
+                served_by_fallback = answer["source"] == "fallback"
+                result.requests += 1
+                result.unguarded_hits += unguarded
+                result.guarded_hits += guarded
+                result.fallback_hits += popular
+                result.fallback_answers += served_by_fallback
+                result.anomalies.update(a["kind"] for a in answer["anomalies"])
+                market = str(body.get("country"))
+                result.market_requests[market] += 1
+                if any(a["kind"] == QUARANTINE for a in answer["anomalies"]):
+                    if result.detection is None:
+                        result.detection = number
+                    result.market_detection.setdefault(market, result.market_requests[market] - 1)
+                for series, value in ((timeline.phase, index), (timeline.unguarded, unguarded),
+                                      (timeline.guarded, guarded), (timeline.fallback, popular),
+                                      (timeline.fallback_answer, served_by_fallback)):
+                    series.append(value)
+                if (number + 1) % max(1, per_phase // 4) == 0 and number + 1 < per_phase:
+                    progress(f"{phase.name}: {number + 1}/{per_phase}, guarded {result.guarded_hits / result.requests:.3f}, "
+                             f"unguarded {result.unguarded_hits / result.requests:.3f}")
+            progress(f"{phase.name}: {per_phase} requests in {time.monotonic() - started:.1f} s, "
+                     f"guarded {result.guarded_hits / per_phase:.3f}, unguarded {result.unguarded_hits / per_phase:.3f}, "
+                     f"fallback answered {result.fallback_answers / per_phase:.1%}")
+            results.append(result)
+    return results, timeline
+
+
+def format_table(results: list[PhaseResult]) -> str:
+    """The report as a plain-text table, then where each quarantine started."""
+    header = ("phase", "unguarded@10", "guarded@10", "fallback@10", "fallback rate", "detected after", "anomalies (top 3)")
+    rows = []
+    for result in results:
+        report = result.to_json()
+        top = ", ".join(f"{name} {count}" for name, count in result.anomalies.most_common(3)) or "-"
+        rows.append((result.name, f"{report['unguarded_hit_rate@10']:.4f}", f"{report['guarded_hit_rate@10']:.4f}",
+                     f"{report['fallback_hit_rate@10']:.4f}", f"{report['fallback_rate']:.1%}",
+                     "-" if result.detection is None else f"{result.detection} requests", top))
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
+    for result in results:
+        for market, before in sorted(result.market_detection.items()):
+            lines.append(f"{result.name}: {market} quarantined after {before} of its requests in the phase")
+    return "\n".join(lines)
+
+
+def plot(path: Path, results: list[PhaseResult], timeline: Timeline) -> None:
+    """Hit rate and fallback rate over the replay, rolling means, one band per phase."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    total = len(timeline.phase)
+    span = max(10, min(400, total // (4 * len(results))))
+    x = np.arange(total)
+
+    def rolling(values: list[bool]) -> np.ndarray:
+        sums = np.cumsum(np.insert(np.asarray(values, dtype=np.float64), 0, 0.0))
+        low = np.maximum(x + 1 - span, 0)
+        return (sums[x + 1] - sums[low]) / (x + 1 - low)
+
+    figure, (hits, fallback) = plt.subplots(2, 1, figsize=(10, 5.6), sharex=True, height_ratios=(3, 1.3))
+    hits.plot(x, rolling(timeline.unguarded), color="#c0392b", lw=1.4, label="without recguard (model fed as sent)")
+    hits.plot(x, rolling(timeline.guarded), color="#1e8449", lw=1.8, label="with recguard")
+    hits.plot(x, rolling(timeline.fallback), color="#7f8c8d", lw=1.2, ls="--", label="popularity fallback alone")
+    fallback.plot(x, rolling(timeline.fallback_answer), color="#2e86c1", lw=1.4)
+    start = 0
+    for index, result in enumerate(results):
+        end = start + result.requests
+        for axis in (hits, fallback):
+            axis.axvspan(start, end, color="#eaf2f8" if index % 2 else "#fdfefe", zorder=0)
+            if result.detection is not None:
+                axis.axvline(start + result.detection, color="#2e86c1", lw=0.8, ls=":")
+        hits.text((start + end) / 2, 1.0, result.name.replace("_", " "), transform=hits.get_xaxis_transform(),
+                  ha="center", va="bottom", fontsize=8.5)
+        start = end
+    hits.set_ylabel(f"hit rate@{K} (rolling {span})")
+    hits.set_ylim(bottom=0)
+    hits.legend(loc="lower left", fontsize=8, framealpha=0.9)
+    fallback.set_ylabel("fallback rate")
+    fallback.set_ylim(0, 1)
+    fallback.set_xlabel("requests replayed (dotted: first answer quarantined by a drift alarm)")
+    fallback.set_xlim(0, total)
+    figure.suptitle("A website redesign, replayed through recguard", y=0.995, fontsize=11)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", required=True, type=Path, help="bundle directory")
+    parser.add_argument("--data", required=True, type=Path, help="data directory with holdout.jsonl")
+    parser.add_argument("--out", required=True, type=Path, help="where report.json and report.png go")
+    parser.add_argument("--requests-per-phase", type=int, default=2000, help="requests per phase (default 2000)")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
+    parser.add_argument("--lbs-markets", default="DE,US", help="markets that switch to pounds (default DE,US)")
+    parser.add_argument("--new-markets", default="NL,PL,SE", help="market codes the model never saw (default NL,PL,SE)")
+    parser.add_argument("--new-market-share", type=float, default=0.25, help="share of traffic from them (default 0.25)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    def progress(message: str) -> None:
+        print(f"replay: {message}", file=sys.stderr, flush=True)
+
+    bundle = load_bundle(args.bundle)
+    known = set(bundle.profile["fields"][bundle.profile["segment_field"]].get("domain", {}))
+    new_markets = args.new_markets.split(",")
+    if known & set(new_markets):
+        parser.error(f"--new-markets must be unseen in training; {sorted(known & set(new_markets))} are known")
+    holdout, targets = read_holdout(args.data)
+    phases = redesign(frozenset(args.lbs_markets.split(",")), new_markets, args.new_market_share)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    with tempfile.TemporaryDirectory(prefix="recguard-replay-") as scratch:
+        redis_process, redis_url = start_redis(Path(scratch))
+        try:
+            proxy_process, url = start_proxy(args.bundle, redis_url, args.workers, args.out / "proxy.log")
+            try:
+                progress(f"proxy {bundle.model_version} at {url}, redis at {redis_url}; "
+                         f"{len(phases)} phases of {args.requests_per_phase} requests")
+                results, timeline = replay(url, phases, holdout, targets, Scorer.from_bundle(bundle),
+                                           PopularityFallback(bundle.popularity), args.requests_per_phase, args.seed,
+                                           progress)
+            finally:
+                stop(proxy_process)
+        finally:
+            stop(redis_process)
+
+    (args.out / "report.json").write_text(json.dumps({"phases": [r.to_json() for r in results]}, indent=2) + "\n")
+    plot(args.out / "report.png", results, timeline)
+    print(format_table(results))
+    progress(f"wrote {args.out / 'report.json'} and {args.out / 'report.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""The redesign replay, short: tiny bundle, a few requests per phase, its own Redis and gunicorn."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "replay_redesign.py"
+PHASES = ["baseline", "email_renamed", "name_merged", "weight_lbs", "new_market", "all_changes"]
+KEYS = {"name", "unguarded_hit_rate@10", "guarded_hit_rate@10", "fallback_hit_rate@10", "fallback_rate",
+        "requests_to_detection", "anomalies"}
+PER_PHASE = 60
+
+
+def test_short_replay_writes_the_report_the_table_and_the_picture(tiny_bundle, tiny_data, tmp_path):
+    started = time.monotonic()
+    run = subprocess.run([sys.executable, str(SCRIPT), "--bundle", str(tiny_bundle), "--data", str(tiny_data),
+                          "--out", str(tmp_path), "--requests-per-phase", str(PER_PHASE)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert time.monotonic() - started < 60
+
+    phases = json.loads((tmp_path / "report.json").read_text())["phases"]
+    assert [phase["name"] for phase in phases] == PHASES
+    assert all(set(phase) == KEYS for phase in phases)
+    by_name = {phase["name"]: phase for phase in phases}
+    for phase in phases:
+        for key in ("unguarded_hit_rate@10", "guarded_hit_rate@10", "fallback_hit_rate@10", "fallback_rate"):
+            assert 0 <= phase[key] <= 1
+
+    # nothing routes before the weights change: the proxy answers exactly what the model would
+    for name in ("baseline", "email_renamed", "name_merged"):
+        phase = by_name[name]
+        assert phase["fallback_rate"] == 0 and phase["guarded_hit_rate@10"] == phase["unguarded_hit_rate@10"]
+        assert phase["guarded_hit_rate@10"] >= phase["fallback_hit_rate@10"]
+    assert by_name["email_renamed"]["anomalies"]["suspected_rename"] == PER_PHASE
+    assert by_name["name_merged"]["anomalies"]["suspected_merge"] == PER_PHASE
+    assert by_name["weight_lbs"]["unguarded_hit_rate@10"] < by_name["baseline"]["unguarded_hit_rate@10"]
+    assert by_name["weight_lbs"]["anomalies"]["out_of_range"] > 0
+    assert by_name["new_market"]["anomalies"]["unknown_category"] > 0
+
+    assert all(name in run.stdout for name in PHASES) and "guarded@10" in run.stdout
+    assert run.stderr.count("requests in") == len(PHASES)
+    assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
