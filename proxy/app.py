@@ -57,7 +57,9 @@ def create_app(
     (the worker answers /livez at once and /readyz once loaded). `model` replaces the bundle's
     scorer (a model that fails, in tests)."""
     app = Flask("recguard")
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    # One byte more than allowed: werkzeug stops reading a body without Content-Length (chunked) at
+    # this limit and returns what it read, so the limit itself must be a size no body may reach.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
 
     counters = None
     if settings.guard:
@@ -95,6 +97,15 @@ def create_app(
             return reject("Content-Type must be application/json", 415)
         try:
             body = request.get_data(cache=False)
+        except HTTPException:
+            raise
+        except Exception:  # noqa: BLE001
+            # The WSGI server's own framing errors surface here (gunicorn raises its ParseException
+            # for a malformed chunked body): the client's fault, not an internal error.
+            return reject("body could not be read: malformed chunked encoding or cut short", 400)
+        if len(body) > settings.max_body_bytes:
+            return reject(f"body larger than {settings.max_body_bytes} bytes", 413)
+        try:
             parsed = parse_predict_body(body, default_k=settings.default_k, max_k=settings.max_k,
                                         max_history=settings.max_history)
         except BadRequest as exc:

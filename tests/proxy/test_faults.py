@@ -93,13 +93,13 @@ def counted(client: redis.Redis, prefix: str = "recguard") -> int:
     return sum(int(client.hget(key, "requests") or 0) for key in client.scan_iter(f"{prefix}:m:*"))
 
 
-def settle(client: redis.Redis, expected: int | None = None, timeout: float = 15.0) -> int:
+def settle(client: redis.Redis, expected: int | None = None, timeout: float = 15.0, prefix: str = "recguard") -> int:
     """Wait until the count in Redis equals `expected` (or, with None, stops moving); return it."""
     deadline = time.monotonic() + timeout
     last, still_since = -1, time.monotonic()
     while time.monotonic() < deadline:
         try:
-            now = counted(client)
+            now = counted(client, prefix)
         except redis.RedisError:
             now = -1
         if expected is not None and now == expected:
@@ -109,7 +109,7 @@ def settle(client: redis.Redis, expected: int | None = None, timeout: float = 15
         elif expected is None and time.monotonic() - still_since > 1.0:
             return now
         time.sleep(0.1)
-    return counted(client)
+    return counted(client, prefix)
 
 
 def wait_for(condition, timeout: float = 10.0):
