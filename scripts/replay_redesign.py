@@ -17,7 +17,9 @@ Per phase: hit_rate@10 of what the site would have shown without recguard (the b
 fed the request as sent, through the naive preprocessing `recguard serve --no-guard` applies,
 computed in this process), of the proxy's answers, and of the popularity fallback alone; the
 share of answers from the fallback; how many of the phase's requests were answered before the
-first one quarantined by a drift alarm; the anomalies reported, by kind. Writes OUT/report.json,
+first alarm (in /healthz, or on a quarantined answer); the anomalies reported, by kind. Alarms still
+active when a phase starts are cleared with the admin token, so a phase is never credited with (or
+quarantined by) the previous phase's alarm. Writes OUT/report.json,
 OUT/report.png and prints a table. The proxy runs with its default settings (counters flushed
 every 0.5 s, 2 s drift slots).
 """
@@ -28,6 +30,7 @@ import argparse
 import json
 import os
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -156,12 +159,13 @@ def _redis_answers(port: int) -> bool:
         return False
 
 
-def start_proxy(bundle: Path, redis_url: str, workers: int, log: Path) -> tuple[subprocess.Popen, str]:
-    """`recguard serve` with its default settings, as `make run` starts it."""
+def start_proxy(bundle: Path, redis_url: str, workers: int, log: Path, admin_token: str) -> tuple[subprocess.Popen, str]:
+    """`recguard serve` with its default settings, as `make run` starts it, and an admin token."""
     port = free_port()
     command = [sys.executable, "-m", "proxy.cli", "serve", "--bundle", str(bundle), "--bind", f"127.0.0.1:{port}",
                "--workers", str(workers), "--redis", redis_url]
     env = {key: value for key, value in os.environ.items() if not key.startswith("RECGUARD_")}
+    env["RECGUARD_ADMIN_TOKEN"] = admin_token
     process = subprocess.Popen(command, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: _ready(url), f"the proxy did not become ready (see {log})", process, timeout=60)
@@ -193,8 +197,20 @@ def stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
+def active_alarms(session: requests.Session, url: str) -> list[dict[str, Any]]:
+    """The drift alarms /healthz shows now."""
+    return session.get(url + "/healthz", timeout=10).json().get("alarms") or []
+
+
+def clear_alarms(session: requests.Session, url: str, admin_token: str) -> None:
+    """Clear every active alarm by hand: the next phase starts with none."""
+    for alarm in active_alarms(session, url):
+        session.post(f"{url}/alarms/{alarm['id']}/clear", headers={"Authorization": f"Bearer {admin_token}"},
+                     timeout=10).raise_for_status()
+
+
 def replay(url: str, phases: list[Phase], holdout: list[dict], targets: list[str], scorer: Scorer,
-           fallback: PopularityFallback, per_phase: int, seed: int,
+           fallback: PopularityFallback, per_phase: int, seed: int, admin_token: str,
            progress: Callable[[str], None]) -> tuple[list[PhaseResult], Timeline]:
     """Send `per_phase` held-out requests per phase, one at a time: the same shoppers in the same
     order in every phase (a seeded shuffle of the holdout, repeated when it is shorter)."""
@@ -205,6 +221,7 @@ def replay(url: str, phases: list[Phase], holdout: list[dict], targets: list[str
     results = []
     with requests.Session() as session:
         for index, phase in enumerate(phases):
+            clear_alarms(session, url, admin_token)
             result = PhaseResult(phase.name)
             started = time.monotonic()
             for number, pick in enumerate(picks):
@@ -229,6 +246,8 @@ def replay(url: str, phases: list[Phase], holdout: list[dict], targets: list[str
                     if result.detection is None:
                         result.detection = number
                     result.market_detection.setdefault(market, result.market_requests[market] - 1)
+                elif result.detection is None and active_alarms(session, url):
+                    result.detection = number + 1
                 for series, value in ((timeline.phase, index), (timeline.unguarded, unguarded),
                                       (timeline.guarded, guarded), (timeline.fallback, popular),
                                       (timeline.fallback_answer, served_by_fallback)):
@@ -297,7 +316,7 @@ def plot(path: Path, results: list[PhaseResult], timeline: Timeline) -> None:
     hits.legend(loc="lower left", fontsize=8, framealpha=0.9)
     fallback.set_ylabel("fallback rate")
     fallback.set_ylim(0, 1)
-    fallback.set_xlabel("requests replayed (dotted: first answer quarantined by a drift alarm)")
+    fallback.set_xlabel("requests replayed (dotted: first drift alarm of the phase)")
     fallback.set_xlim(0, total)
     figure.suptitle("A website redesign, replayed through recguard", y=0.995, fontsize=11)
     figure.tight_layout()
@@ -333,13 +352,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="recguard-replay-") as scratch:
         redis_process, redis_url = start_redis(Path(scratch))
         try:
-            proxy_process, url = start_proxy(args.bundle, redis_url, args.workers, args.out / "proxy.log")
+            admin_token = secrets.token_hex(16)
+            proxy_process, url = start_proxy(args.bundle, redis_url, args.workers, args.out / "proxy.log", admin_token)
             try:
                 progress(f"proxy {bundle.model_version} at {url}, redis at {redis_url}; "
                          f"{len(phases)} phases of {args.requests_per_phase} requests")
                 results, timeline = replay(url, phases, holdout, targets, Scorer.from_bundle(bundle),
                                            PopularityFallback(bundle.popularity), args.requests_per_phase, args.seed,
-                                           progress)
+                                           admin_token, progress)
             finally:
                 stop(proxy_process)
         finally:
