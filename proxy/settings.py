@@ -65,7 +65,7 @@ class Settings:
     """Seconds of one drift-window slot in Redis: the finest time step of the drift windows."""
     drift_window_seconds: int = 300
     """The longest window a drift alarm looks back over."""
-    alarm_z_score: float = 6.0
+    alarm_z_score: float = 8.0
     """A drift alarm needs a window mean this many standard errors from the training mean (statistically clear)."""
     alarm_effect_size: float = 0.5
     """... and this many training standard deviations from it (practically large); it clears below half of that."""

@@ -1,0 +1,258 @@
+"""Benchmark drift detection: false alarms on long clean traffic, requests to quarantine, request-path cost.
+
+    .venv/bin/python scripts/bench_drift.py --bundle bundles/default --data data/default [--clean 1000000]
+
+Runs the real machinery (DriftWatch -> Counters -> its own redis-server -> AlarmMonitor) with
+the default settings on a simulated clock: the clock moves one flush interval (0.5 s) at a
+time, and every simulated worker flushes and refreshes its alarms at each step, as the
+counters' flush thread does. Rates are requests per simulated second, shared by two workers.
+
+- clean: held-out requests resampled, never seen in training; counts alarms and reports how
+  close the traffic came to one: the largest min(|z| / z_score, |effect| / effect_size) over
+  every window judged (1.0 would raise an alarm).
+- switch: after 60 s of clean traffic one market's form sends weight in pounds (every shopper,
+  or only those whose pounds stay inside the training range); how many of that market's
+  requests are answered before its first quarantined one, at two traffic rates.
+- cost: guard check plus drift bookkeeping per request, in-process, one core.
+
+Prints one JSON object; docs/benchmarks.md records the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from model.bundle import load_bundle
+from model.evaluate import CORRUPTIONS, read_holdout
+from proxy.alarms import AlarmMonitor, read_alarms
+from proxy.check import build_guard
+from proxy.counters import Counters, Series, make_redis_client
+from proxy.drift import Cell, DriftWatch, Thresholds, assess, cells_from_profile, nested_windows
+from proxy.request import PredictRequest
+from proxy.settings import Settings
+
+POUNDS_PER_KG = CORRUPTIONS["lbs"]
+SETTINGS = Settings()
+THRESHOLDS = Thresholds(SETTINGS.alarm_z_score, SETTINGS.alarm_effect_size, SETTINGS.alarm_min_count)
+STEP = SETTINGS.flush_interval
+PREFIX = "bench"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_795_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Worker:
+    """One simulated gunicorn worker: counters, the drift watch and the alarm monitor, default settings."""
+
+    def __init__(self, client, profile: dict, cells: list[Cell], series: Series, clock: Clock):
+        self.counters = Counters(client, prefix=PREFIX, clock=clock)
+        self.watch = DriftWatch(profile, cells, series, self.counters.add_many)
+        self.alarms_seen = 0
+        self.monitor = AlarmMonitor(client, PREFIX, cells, series,
+                                    SETTINGS.drift_window_seconds // SETTINGS.drift_slot_seconds, THRESHOLDS,
+                                    listeners=[self.watch.quarantine, self._count], clock=clock)
+
+    def _count(self, alarms: list) -> None:
+        self.alarms_seen = max(self.alarms_seen, len(alarms))
+
+
+class Closeness:
+    """The same windows the monitors judge, kept in memory, to tell how near clean traffic came to an alarm."""
+
+    def __init__(self, cells: list[Cell], series: Series):
+        self.cells = cells
+        self.series = series
+        self.index = {(cell.feature, cell.segment): i for i, cell in enumerate(cells)}
+        self.slots: dict[int, np.ndarray] = {}
+        self.closest = 0.0
+        self.largest_effect = 0.0
+        self.largest_z = 0.0
+
+    def add(self, body: dict, segment_field: str, now: float) -> None:
+        rows = self.slots.setdefault(self.series.slot(now), np.zeros((len(self.cells), 3)))
+        for (feature, segment), i in self.index.items():
+            value = body.get(feature)
+            if segment == body.get(segment_field) and type(value) in (int, float):
+                rows[i] += (1.0, value, value * value)
+
+    def judge(self, now: float) -> None:
+        current = self.series.slot(now)
+        slots = range(current, current - SETTINGS.drift_window_seconds // SETTINGS.drift_slot_seconds, -1)
+        self.slots = {slot: rows for slot, rows in self.slots.items() if slot in slots}
+        empty = np.zeros((len(self.cells), 3))
+        matrix = np.stack([self.slots.get(slot, empty) for slot in slots])
+        for i, cell in enumerate(self.cells):
+            for window in nested_windows(matrix[:, i]):
+                if window.count >= THRESHOLDS.min_count:
+                    shift = assess(window, cell)
+                    self.largest_z = max(self.largest_z, abs(shift.z))
+                    self.largest_effect = max(self.largest_effect, abs(shift.effect))
+                    self.closest = max(self.closest, min(abs(shift.z) / THRESHOLDS.z_score,
+                                                         abs(shift.effect) / THRESHOLDS.effect_size))
+
+
+def drive(workers: list[Worker], clock: Clock, bodies: Iterable[dict], rate: int,
+          on_step: Callable[[float], None] = lambda now: None, on_request: Callable[[dict, tuple], None] = lambda b, a: None
+          ) -> None:
+    per_step = max(1, int(rate * STEP))
+    for number, body in enumerate(bodies, start=1):
+        on_request(body, workers[number % len(workers)].watch.observe(body))
+        if number % per_step == 0:
+            clock.now += STEP
+            for worker in workers:
+                worker.counters.flush()
+                worker.monitor.refresh()
+            on_step(clock.now)
+
+
+def start_redis(directory: Path) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind",
+                                "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(directory)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = make_redis_client(f"redis://127.0.0.1:{port}/0")
+    for _ in range(100):
+        try:
+            client.ping()
+            return process, f"redis://127.0.0.1:{port}/0"
+        except Exception:
+            time.sleep(0.05)
+    sys.exit("bench_drift: redis-server did not start")
+
+
+def clean_run(client, profile: dict, cells: list[Cell], series: Series, holdout: list[dict], count: int,
+              rate: int) -> dict:
+    client.flushall()
+    clock = Clock()
+    workers = [Worker(client, profile, cells, series, clock) for _ in range(2)]
+    closeness = Closeness(cells, series)
+    rng = random.Random(1)
+    quarantined = 0
+
+    def on_request(body: dict, anomalies: tuple) -> None:
+        nonlocal quarantined
+        quarantined += bool(anomalies)
+        closeness.add(body, profile["segment_field"], clock.now)
+
+    started = time.perf_counter()
+    drive(workers, clock, (rng.choice(holdout) for _ in range(count)), rate, closeness.judge, on_request)
+    return {"requests": count, "rate_per_s": rate, "simulated_s": round(count / rate),
+            "alarms": max(worker.alarms_seen for worker in workers), "quarantined_requests": quarantined,
+            "closest_to_alarm": round(closeness.closest, 3), "largest_abs_z": round(closeness.largest_z, 2),
+            "largest_abs_effect_sd": round(closeness.largest_effect, 3), "wall_s": round(time.perf_counter() - started, 1)}
+
+
+def switch_run(client, profile: dict, cells: list[Cell], series: Series, holdout: list[dict], market: str,
+               rate: int, inside_range: bool) -> dict:
+    client.flushall()
+    clock = Clock()
+    workers = [Worker(client, profile, cells, series, clock) for _ in range(2)]
+    heaviest = profile["fields"]["weight_kg"]["max"] / POUNDS_PER_KG
+    shoppers = [body for body in holdout if body[profile["segment_field"]] == market
+                and (body["weight_kg"] <= heaviest or not inside_range)]
+    switched = [{**body, "weight_kg": round(body["weight_kg"] * POUNDS_PER_KG, 1)} for body in shoppers]
+    others = [body for body in holdout if body[profile["segment_field"]] != market]
+    share = 1 - len(others) / len(holdout)
+    rng = random.Random(2)
+    clean = [rng.choice(holdout) for _ in range(60 * rate)]
+    after = [rng.choice(switched) if rng.random() < share else rng.choice(others) for _ in range(60 * rate)]
+    state = {"sent": 0, "market_requests": 0, "detected_after": None, "quarantined_before_switch": 0,
+             "others_quarantined": 0}
+
+    def on_request(body: dict, anomalies: tuple) -> None:
+        state["sent"] += 1
+        if body[profile["segment_field"]] != market:
+            state["others_quarantined"] += bool(anomalies)
+        elif state["sent"] <= len(clean):
+            state["quarantined_before_switch"] += bool(anomalies)
+        elif state["detected_after"] is None:
+            if anomalies:
+                state["detected_after"] = state["market_requests"]
+            state["market_requests"] += 1
+
+    drive(workers, clock, clean + after, rate, on_request=on_request)
+    alarms = {alarm.id: alarm.detail for alarm in read_alarms(client, PREFIX)}
+    return {"market": market, "share": round(share, 3), "rate_per_s": rate, "inside_range": inside_range,
+            "market_requests_before_quarantine": state["detected_after"],
+            "quarantined_before_switch": state["quarantined_before_switch"],
+            "other_markets_quarantined": state["others_quarantined"],
+            "weight_alarm": alarms.get(f"weight_kg:{market}")}
+
+
+def request_cost(bundle, holdout: list[dict], cells: list[Cell], series: Series, client) -> dict:
+    guard = build_guard(bundle, SETTINGS)
+    counters = Counters(client, prefix=PREFIX)
+    watch = DriftWatch(bundle.profile, cells, series, counters.add_many)
+    requests = [PredictRequest({k: v for k, v in body.items() if k != "history"}, body["history"], 10) for body in holdout]
+    timings = {}
+    for name, step in (("guard_us", lambda r: guard.check(r)), ("drift_us", lambda r: watch.observe(r.fields)),
+                       ("guard_and_drift_us", lambda r: guard.check(r) + list(watch.observe(r.fields)))):
+        best = float("inf")
+        for _ in range(5):
+            started = time.perf_counter()
+            for request in requests:
+                step(request)
+            best = min(best, (time.perf_counter() - started) / len(requests))
+        timings[name] = round(best * 1e6, 2)
+    return timings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", required=True, type=Path)
+    parser.add_argument("--data", required=True, type=Path)
+    parser.add_argument("--clean", type=int, default=1_000_000, help="clean requests (default 1,000,000)")
+    parser.add_argument("--markets", default="DE,US,JP", help="markets to switch to pounds, one at a time")
+    args = parser.parse_args(argv)
+
+    bundle = load_bundle(args.bundle)
+    holdout, _ = read_holdout(args.data)
+    cells = cells_from_profile(bundle.profile)
+    series = Series("d", SETTINGS.drift_slot_seconds, SETTINGS.drift_window_seconds + 60)
+    result: dict = {"bundle": bundle.model_version, "settings": {
+        "flush_interval": STEP, "drift_slot_seconds": SETTINGS.drift_slot_seconds,
+        "drift_window_seconds": SETTINGS.drift_window_seconds, "alarm_z_score": THRESHOLDS.z_score,
+        "alarm_effect_size": THRESHOLDS.effect_size, "alarm_min_count": THRESHOLDS.min_count}}
+    with tempfile.TemporaryDirectory(prefix="recguard-bench-") as scratch:
+        process, url = start_redis(Path(scratch))
+        try:
+            client = make_redis_client(url, timeout=5.0)
+            result["cost"] = request_cost(bundle, holdout, cells, series, client)
+            print(f"bench_drift: cost {result['cost']}", file=sys.stderr)
+            result["clean"] = clean_run(client, bundle.profile, cells, series, holdout, args.clean, rate=400)
+            print(f"bench_drift: clean {result['clean']}", file=sys.stderr)
+            result["switch"] = []
+            for market in args.markets.split(","):
+                for rate in (400, 2000):
+                    for inside in (False, True):
+                        run = switch_run(client, bundle.profile, cells, series, holdout, market, rate, inside)
+                        print(f"bench_drift: switch {run}", file=sys.stderr)
+                        result["switch"].append(run)
+        finally:
+            process.terminate()
+            process.wait()
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
