@@ -25,13 +25,13 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import redis
 
 from proxy.counters import Series
-from proxy.drift import Cell, Thresholds, describe, judge, nested_windows
+from proxy.drift import Cell, Evidence, Shift, Thresholds, describe, judge, nested_windows
 
 log = logging.getLogger("recguard.alarms")
 
@@ -64,18 +64,42 @@ class Alarm:
     detail: str
     unit: str | None
     raised_at: float
+    ratio: float | None = None
+    """Window mean / training mean when the alarm was raised (or its unit diagnosis last changed)."""
+    z: float | None = None
+    """Standard errors between the window mean and the training mean, at the same moment."""
+    window: dict[str, float] | None = None
+    """The recent window then: count, mean, std."""
+    training: dict[str, float] | None = None
+    """The training baseline of the cell: mean, std."""
+
+    @classmethod
+    def raise_for(cls, cell: Cell, shift: Shift, raised_at: float) -> "Alarm":
+        """The alarm a cell's shift calls for, diagnosis included."""
+        detail, unit = describe(cell, shift)
+        return cls(cell.id, cell.feature, cell.segment, detail, unit, raised_at,
+                   None if shift.ratio is None else round(shift.ratio, 4), round(shift.z, 2),
+                   {"count": shift.count, "mean": _round(shift.mean), "std": _round(shift.std)},
+                   {"mean": _round(cell.mean), "std": _round(cell.std)})
 
     def to_json(self) -> dict[str, Any]:
-        """As shown in /healthz, /anomalies and stored in Redis."""
+        """As shown in /healthz, /anomalies, /alarms and stored in Redis."""
         raised = datetime.fromtimestamp(self.raised_at, timezone.utc).isoformat(timespec="seconds")
         return {"id": self.id, "kind": DRIFT, "field": self.field, "segment": self.segment,
-                "detail": self.detail, "unit": self.unit, "raised_at": raised.replace("+00:00", "Z")}
+                "detail": self.detail, "unit": self.unit, "raised_at": raised.replace("+00:00", "Z"),
+                "ratio": self.ratio, "z": self.z, "window": self.window, "training": self.training}
 
     @classmethod
     def from_json(cls, text: str) -> "Alarm":
+        """An alarm as stored in Redis (the statistics are optional: older writers left them out)."""
         data = json.loads(text)
         raised = datetime.fromisoformat(data["raised_at"].replace("Z", "+00:00")).timestamp()
-        return cls(data["id"], data["field"], data["segment"], data["detail"], data.get("unit"), raised)
+        return cls(data["id"], data["field"], data["segment"], data["detail"], data.get("unit"), raised,
+                   data.get("ratio"), data.get("z"), data.get("window"), data.get("training"))
+
+
+def _round(value: float) -> float:
+    return float(f"{value:.5g}")
 
 
 def alarms_key(prefix: str) -> str:
@@ -108,6 +132,7 @@ class AlarmMonitor:
         *,
         open_slots: int = 2,
         listeners: Sequence[Callable[[list[Alarm]], None]] = (),
+        recent: Callable[[], Mapping[str, Evidence]] | None = None,
         clock: Callable[[], float] = time.time,
     ):
         self._client = client
@@ -122,6 +147,7 @@ class AlarmMonitor:
         # slot -> (cells x 3) array of count, sum, sum of squares, for slots that no longer change
         self._settled: dict[int, np.ndarray] = {}
         self._listeners = list(listeners)
+        self._recent = recent
         self._clock = clock
         self._set_alarm = client.register_script(_SET_ALARM)
         self._clear_alarm = client.register_script(_CLEAR_ALARM)
@@ -141,6 +167,8 @@ class AlarmMonitor:
 
         While Redis is unreachable the last known alarms stay in force."""
         generation = self._generation
+        # this worker's freshest values that look shifted on their own, already flushed to Redis
+        evidence = self._recent() if self._recent is not None else {}
         now = self._clock()
         current = self._series.slot(now)
         slots = range(current, current - self._window_slots, -1)
@@ -155,7 +183,7 @@ class AlarmMonitor:
             self._settled = {slot: read.get(slot, self._settled.get(slot)) for slot in slots[self._open_slots:]}
             matrix = np.stack([read.get(slot, self._settled.get(slot)) for slot in slots])
             alarms = {alarm.id: alarm for alarm in _alarms(state)}
-            self._judge_all(alarms, state, matrix, slots, now)
+            self._judge_all(alarms, state, matrix, slots, now, evidence)
         except redis.RedisError as exc:
             if self.last_error is None:
                 log.warning("drift alarms not refreshed: redis unreachable", extra={"error": type(exc).__name__})
@@ -177,9 +205,9 @@ class AlarmMonitor:
         return True
 
     def _judge_all(self, alarms: dict[str, Alarm], state: dict[str, str], matrix: np.ndarray, slots: range,
-                   now: float) -> None:
-        """Judge every cell on `matrix` (slots newest first x cells x 3), write what changed in one
-        pipeline, and update `alarms` to match."""
+                   now: float, evidence: Mapping[str, Evidence]) -> None:
+        """Judge every cell on `matrix` (slots newest first x cells x 3), its evidence first when it
+        has some, write what changed in one pipeline, and update `alarms` to match."""
         raises: list[tuple[str, Alarm]] = []
         clears: list[str] = []
         for index, cell in enumerate(self._cells):
@@ -189,12 +217,18 @@ class AlarmMonitor:
                 # judged only on slots that began after the clear by hand
                 usable = sum(1 for slot in slots if slot * self._series.seconds >= float(marker))
             existing = alarms.get(cell.id)
-            verdict = judge(nested_windows(matrix[:usable, index]), cell, self._thresholds, active=existing is not None)
+            windows = nested_windows(matrix[:usable, index])
+            recent = evidence.get(cell.id)
+            if recent is not None and (not marker or recent.started_at >= float(marker)):
+                windows.insert(0, recent.window)
+            verdict = judge(windows, cell, self._thresholds, active=existing is not None)
             if verdict.alarm and verdict.recent is not None:
-                detail, unit = describe(cell, verdict.recent)
-                if existing is None or existing.detail != detail:
-                    raised_at = existing.raised_at if existing is not None else now
-                    raises.append((marker, Alarm(cell.id, cell.feature, cell.segment, detail, unit, raised_at)))
+                raised_at = existing.raised_at if existing is not None else now
+                alarm = Alarm.raise_for(cell, verdict.recent, raised_at)
+                # The diagnosis stays as raised while the window recovers (a half-mixed window names no
+                # unit); it is rewritten only when a unit is newly named, not on every new statistic.
+                if existing is None or existing.window is None or alarm.unit not in (None, existing.unit):
+                    raises.append((marker, alarm))
             elif not verdict.alarm and existing is not None:
                 clears.append(cell.id)
         if not raises and not clears:

@@ -156,6 +156,14 @@ def create_app(
             report.alarms = [alarm.to_json() for alarm in monitor.active]
         return json_response(report.to_json())
 
+    @app.get("/alarms")
+    def alarms() -> Response:
+        monitor = runtime.loaded.alarms if runtime.loaded is not None else None
+        if monitor is None:
+            return error_response("drift alarms are off (--no-guard, or the bundle is not loaded yet)", 404)
+        return json_response({"alarms": [alarm.to_json() for alarm in monitor.active],
+                              "last_error": monitor.last_error})
+
     @app.post("/alarms/<path:alarm_id>/clear")
     def clear_alarm(alarm_id: str) -> Response:
         monitor = runtime.loaded.alarms if runtime.loaded is not None else None

@@ -183,6 +183,7 @@ class Counters:
         self._last_flush_at: float | None = None
 
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     def record_request(self, source: str, anomalies: Iterable[tuple[str, str]]) -> None:
@@ -224,6 +225,11 @@ class Counters:
             for field, amount in amounts:
                 bucket[field] += amount
 
+    def flush_soon(self) -> None:
+        """Have the flusher flush (and run its after-flush callbacks) now instead of at the end of its
+        interval; cheap and callable from any thread (the drift watch, when a market looks shifted)."""
+        self._wake.set()
+
     def on_flush(self, callback: Callable[[], None]) -> None:
         """Have the flusher thread call `callback` after every flush attempt: whatever reads the
         counters back (the drift alarms) then sees this worker's counts just written."""
@@ -261,6 +267,7 @@ class Counters:
         """Stop the flusher (waiting up to `timeout` for a flush in progress) and make a final flush
         attempt, itself bounded by the client's timeouts (graceful shutdown, SIGTERM)."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
         if not self.flush():
@@ -276,12 +283,19 @@ class Counters:
         )
 
     def _run(self) -> None:
-        while not self._stop.wait(self._interval):
+        while True:
+            woken = self._wake.wait(self._interval)
+            if self._stop.is_set():
+                return
+            self._wake.clear()
             for step in (self.flush, *self._after_flush):
                 try:
                     step()
                 except Exception:  # the flusher must outlive any bug; the next interval tries again
                     log.exception("counter flush step raised", extra={"step": getattr(step, "__qualname__", "?")})
+            if woken and self._stop.wait(self._interval / 10):
+                # early flushes come at most ten times an interval, whatever keeps asking for them
+                return
 
     def _write_unsent(self) -> bool:
         """Send the unsent batch, one script call per bucket; forget each bucket Redis applied."""

@@ -1,6 +1,6 @@
 """Rolling per-segment drift of the numeric features, judged against the training profile.
 
-What a single request cannot show: a market whose form starts sending weight in pounds keeps
+What a single request cannot show: a market whose form starts sending a mass in pounds keeps
 most values inside the training range (50 kg becomes 110 "kg"), yet the market's mean moves
 by more than twice its standard deviation. So every numeric feature with per-segment
 statistics in the profile gets one *cell* per segment, and each request adds its value to its
@@ -15,6 +15,7 @@ thresholds.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -56,7 +57,7 @@ class Cell:
 
     @property
     def id(self) -> str:
-        """The alarm id of the cell, e.g. "weight_kg:DE"."""
+        """The alarm id of the cell, `<feature>:<segment>`."""
         return f"{self.feature}:{self.segment}"
 
     @property
@@ -128,6 +129,8 @@ class Shift:
 
     count: int
     mean: float
+    std: float
+    """Standard deviation of the window's values."""
     z: float
     effect: float
     ratio: float | None
@@ -143,7 +146,8 @@ def assess(window: Window, cell: Cell) -> Shift:
     difference = window.mean - cell.mean
     error = math.sqrt(max(cell.std ** 2, window.variance) / window.count)
     ratio = window.mean / cell.mean if cell.mean != 0 else None
-    return Shift(int(window.count), window.mean, difference / error, difference / cell.std, ratio)
+    return Shift(int(window.count), window.mean, math.sqrt(window.variance), difference / error,
+                 difference / cell.std, ratio)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,30 +192,70 @@ def unit_change(ratio: float | None) -> tuple[float, str] | None:
     return (factor, label) if abs(math.log(ratio / factor)) <= math.log1p(UNIT_TOLERANCE) else None
 
 
+def _number(value: float) -> str:
+    return f"{value:.1f}" if abs(value) >= 1 else f"{value:.3g}"
+
+
 def describe(cell: Cell, shift: Shift) -> tuple[str, str | None]:
     """The alarm's detail and the unit change it names (or None), e.g.
-    ("weight_kg in DE looks ×2.205: kg→lb?", "kg→lb"). Aggregates only, never a single value."""
+    ("<feature> in <segment> looks ×2.205: kg→lb?", "kg→lb") or "<feature> in <segment> shifted:
+    mean 95.1 vs 78.0 in training (z=12.3)". Aggregates only, never a single value."""
     change = unit_change(shift.ratio)
     if change is not None:
         factor, label = change
         return f"{cell.feature} in {cell.segment} looks ×{factor:.4g}: {label}?", label
-    scale = f" (mean ×{shift.ratio:.2f})" if shift.ratio is not None else ""
-    return f"{cell.feature} in {cell.segment} shifted {shift.effect:+.1f} sd from training{scale}", None
+    return (f"{cell.feature} in {cell.segment} shifted: mean {_number(shift.mean)} vs {_number(cell.mean)} "
+            f"in training (z={shift.z:.1f})"), None
+
+
+RECENT_BLOCKS = 4
+"""A cell's recent values start afresh after this many min_counts of them: a switch after a busy
+clean stretch shows in the next block instead of being diluted by it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """Recent values of one cell, seen by this worker since its last flush, that pass the alarm test alone."""
+
+    window: Window
+    started_at: float
+    """Clock time of the first of these values (a clear by hand after it makes them stale)."""
 
 
 class DriftWatch:
-    """The request-path half of drift detection: fills the windows and answers "is this segment quarantined?"."""
+    """The request-path half of drift detection: fills the windows and answers "is this segment quarantined?".
+
+    With `thresholds` and `wake`, it also sums each cell's values since the last flush, in blocks
+    of at most RECENT_BLOCKS x min_count, and as soon as a block passes the alarm test alone keeps
+    it as `Evidence` and calls `wake` (flush and judge now). Redis windows are time slots: a switch
+    in a busy market shares its slot with thousands of clean values before it, while the block
+    holds only values after it. So detection waits for min_count values of the market, not for
+    the flush interval or the slot to roll over; clean traffic never wakes the flusher.
+    """
 
     def __init__(self, profile: Mapping[str, Any], cells: Iterable[Cell], series: Series,
-                 add_many: Callable[[Iterable[tuple[str, Number]], Series], None]):
+                 add_many: Callable[[Iterable[tuple[str, Number]], Series], None], *,
+                 thresholds: Thresholds | None = None, wake: Callable[[], None] | None = None,
+                 clock: Callable[[], float] = time.time):
         self.segment_field: str = profile["segment_field"]
         self.series = series
         self._add_many = add_many
-        self._cells: dict[str, list[tuple[str, str, str, str]]] = {}
+        self._wake = wake if thresholds is not None else None
+        self._min_count = thresholds.min_count if thresholds is not None else 0
+        self._clock = clock
+        # per segment: (feature, count, sum and square field names, cell id, mean, |shift| that is
+        # large, z_score² and training variance), so the per-request test is a few float operations
+        self._cells: dict[str, list[tuple[str, str, str, str, str, float, float, float, float]]] = {}
         for cell in cells:
-            self._cells.setdefault(cell.segment, []).append((cell.feature, *cell.fields))
+            large = thresholds.effect_size * cell.std if thresholds is not None else 0.0
+            z_squared = thresholds.z_score ** 2 if thresholds is not None else 0.0
+            self._cells.setdefault(cell.segment, []).append(
+                (cell.feature, *cell.fields, cell.id, cell.mean, large, z_squared, cell.std ** 2))
         # Replaced whole by the alarm monitor, never mutated: a request reads one consistent map.
         self._quarantined: dict[str, tuple[Anomaly, ...]] = {}
+        # Replaced whole by take_recent. Per segment, per cell: [count, sum, sum of squares, start].
+        self._recent: dict[str, list[list[float]]] = {}
+        self._evidence: dict[str, Evidence] = {}
 
     def observe(self, fields: Mapping[str, Any]) -> tuple[Anomaly, ...]:
         """Add the request's numeric features to its segment's current slot (memory only) and
@@ -220,17 +264,48 @@ class DriftWatch:
         if not isinstance(segment, str):
             return ()
         cells = self._cells.get(segment)
-        if cells is not None:
-            amounts: list[tuple[str, Number]] = []
-            for feature, count_name, sum_name, square_name in cells:
-                value = fields.get(feature)
-                # bool is not a number here, and NaN fails the range test
-                if (type(value) is float or type(value) is int) and -MAX_MAGNITUDE < value < MAX_MAGNITUDE:
-                    value = float(value)
-                    amounts += ((count_name, 1), (sum_name, value), (square_name, value * value))
-            if amounts:
-                self._add_many(amounts, self.series)
-        return self._quarantined.get(segment, ())
+        if cells is None:
+            return ()
+        quarantined = self._quarantined.get(segment, ())
+        # once a segment is quarantined or has evidence waiting, there is no hurry left
+        watch_recent = self._wake is not None and not quarantined and not self._evidence
+        if watch_recent:
+            recent = self._recent.get(segment)
+            if recent is None:
+                now = self._clock()
+                recent = self._recent[segment] = [[0.0, 0.0, 0.0, now] for _ in cells]
+        amounts: list[tuple[str, Number]] = []
+        for index, (feature, count_name, sum_name, square_name, cell_id, mean, large, z_squared,
+                    variance) in enumerate(cells):
+            value = fields.get(feature)
+            # bool is not a number here, and NaN fails the range test
+            if (type(value) is float or type(value) is int) and -MAX_MAGNITUDE < value < MAX_MAGNITUDE:
+                value = float(value)
+                amounts += ((count_name, 1), (sum_name, value), (square_name, value * value))
+                if watch_recent:
+                    sums = recent[index]
+                    sums[0] += 1.0
+                    sums[1] += value
+                    sums[2] += value * value
+                    if sums[0] >= self._min_count:
+                        if _shifted(sums, mean, large, z_squared, variance):
+                            self._evidence = {**self._evidence,
+                                              cell_id: Evidence(Window(sums[0], sums[1], sums[2]), sums[3])}
+                        elif sums[0] >= RECENT_BLOCKS * self._min_count:
+                            recent[index] = [0.0, 0.0, 0.0, self._clock()]
+        if amounts:
+            self._add_many(amounts, self.series)
+        if watch_recent and self._evidence:
+            self._wake()
+        return quarantined
+
+    def take_recent(self) -> dict[str, Evidence]:
+        """The evidence gathered since the last call (by cell id), and a fresh start of the recent
+        sums: the flusher calls it right after writing them to Redis."""
+        evidence = self._evidence
+        self._recent = {}
+        self._evidence = {}
+        return evidence
 
     def quarantine(self, alarms: Iterable[Any]) -> None:
         """Route every segment with an active alarm to the fallback from now on (alarms: objects
@@ -240,3 +315,13 @@ class DriftWatch:
             anomaly = Anomaly(alarm.field, DRIFT_QUARANTINE, f"quarantined: {alarm.detail}", True)
             quarantined[alarm.segment] = (*quarantined.get(alarm.segment, ()), anomaly)
         self._quarantined = quarantined
+
+
+def _shifted(sums: list[float], mean: float, large: float, z_squared: float, variance: float) -> bool:
+    """The test of `assess` and `judge` on one block of recent values: large, then clear."""
+    count, total, total_sq = sums[0], sums[1], sums[2]
+    window_mean = total / count
+    difference = window_mean - mean
+    if abs(difference) < large:
+        return False
+    return difference * difference * count >= z_squared * max(variance, total_sq / count - window_mean ** 2)

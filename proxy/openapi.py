@@ -67,6 +67,9 @@ def openapi_document() -> dict[str, Any]:
                 ],
                 responses={"400": _error("Bad time range"), "503": _error("Redis unavailable")},
             ),
+            "/alarms": _get(
+                "The active drift alarms, shared by every worker and replica", _json("AlarmList", "Active alarms"),
+                responses={"404": _error("Drift alarms are off (no guard, or the bundle is not loaded yet)")}),
             "/alarms/{alarm_id}/clear": {"post": {
                 "operationId": "clearAlarm",
                 "summary": "Clear a drift alarm by hand (its segment goes back to the model)",
@@ -74,7 +77,7 @@ def openapi_document() -> dict[str, Any]:
                                "data that arrives after the clear.",
                 "security": [{"adminToken": []}],
                 "parameters": [{"name": "alarm_id", "in": "path", "required": True, "schema": {"type": "string"},
-                                "description": "The alarm's id, `<field>:<segment>` (e.g. weight_kg:DE)"}],
+                                "description": "The alarm's id, `<field>:<segment>`"}],
                 "responses": {
                     "200": {"description": "Cleared", "content": {"application/json": {"schema": {
                         "type": "object", "required": ["cleared"], "properties": {"cleared": {"type": "string"}}}}}},
@@ -115,9 +118,18 @@ def openapi_document() -> dict[str, Any]:
                           "id": {"type": "string", "description": "`<field>:<segment>`"},
                           "kind": {"type": "string", "enum": ["drift"]},
                           "field": {"type": "string"}, "segment": {"type": "string"},
-                          "detail": {"type": "string", "description": "e.g. weight_kg in DE looks ×2.205: kg→lb?"},
+                          "detail": {"type": "string",
+                                     "description": "e.g. `<field> in <segment> looks ×2.205: kg→lb?`"},
                           "unit": {"type": ["string", "null"], "description": "The unit change it looks like, if any"},
-                          "raised_at": {"type": "string", "format": "date-time"}}},
+                          "raised_at": {"type": "string", "format": "date-time"},
+                          "ratio": {"type": ["number", "null"], "description": "Window mean / training mean"},
+                          "z": {"type": ["number", "null"], "description": "Standard errors from the training mean"},
+                          "window": {"type": ["object", "null"], "description": "The recent window: count, mean, std"},
+                          "training": {"type": ["object", "null"], "description": "The training baseline: mean, std"}}},
+            "AlarmList": {"type": "object", "required": ["alarms"], "properties": {
+                "alarms": {"type": "array", "items": {"$ref": "#/components/schemas/Alarm"}},
+                "last_error": {"type": ["string", "null"],
+                               "description": "Why the last refresh failed (the last known alarms stay in force)"}}},
             "Status": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
             "Health": {"type": "object", "required": ["status", "redis", "alarms"], "properties": {
                 "status": {"type": "string", "enum": ["ok", "degraded"]},

@@ -85,14 +85,17 @@ class Runtime:
         settings = self.settings
         series = Series("d", settings.drift_slot_seconds, settings.drift_window_seconds + 60)
         cells = cells_from_profile(profile)
-        watch = DriftWatch(profile, cells, series, self.counters.add_many)
+        thresholds = Thresholds(settings.alarm_z_score, settings.alarm_effect_size, settings.alarm_min_count)
+        watch = DriftWatch(profile, cells, series, self.counters.add_many, thresholds=thresholds,
+                           wake=self.counters.flush_soon)
         monitor = AlarmMonitor(
             self.redis_client, settings.redis_prefix, cells, series,
             window_slots=math.ceil(settings.drift_window_seconds / settings.drift_slot_seconds),
-            thresholds=Thresholds(settings.alarm_z_score, settings.alarm_effect_size, settings.alarm_min_count),
+            thresholds=thresholds,
             # a slot stays open to late writes for one flush interval of every worker
             open_slots=math.ceil(settings.flush_interval / settings.drift_slot_seconds) + 1,
             listeners=[watch.quarantine, lambda active: metrics.alarms.set(len(active))],
+            recent=watch.take_recent,
         )
         # alarms other workers raised apply from this worker's first request on
         monitor.refresh()

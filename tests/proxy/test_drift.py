@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import time
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from proxy.counters import Series
-from proxy.drift import (Cell, DriftWatch, Thresholds, Verdict, Window, cells_from_profile, describe, judge,
+from proxy.drift import (RECENT_BLOCKS, Cell, DriftWatch, Thresholds, Verdict, Window, assess, cells_from_profile, describe, judge,
                          nested_windows, unit_change)
 
 POUNDS_PER_KG = 2.20462
@@ -50,12 +51,15 @@ def test_centimetres_sent_as_inches_are_named():
     assert verdict.alarm and describe(height, verdict.recent)[0] == "height_cm in JP looks ×0.3937: cm→in?"
 
 
-def test_a_shift_without_a_known_unit_is_described_in_standard_deviations():
+def test_a_shift_without_a_known_unit_is_described_by_its_means_and_z():
     values = np.random.default_rng(3).normal(DE.mean + 3 * DE.std, DE.std, 200)
     verdict = judge(windows(values), DE, THRESHOLDS, active=False)
     assert verdict.alarm
     detail, unit = describe(DE, verdict.recent)
-    assert unit is None and detail.startswith("weight_kg in DE shifted +3.") and "sd from training (mean ×1.5" in detail
+    shift = verdict.recent
+    assert unit is None
+    assert detail == f"weight_kg in DE shifted: mean {shift.mean:.1f} vs 80.0 in training (z={shift.z:.1f})"
+    assert 120 < shift.mean < 125 and shift.z > 30 and 12 < shift.std < 16
 
 
 def test_a_fresh_switch_shows_before_a_long_clean_past_dilutes_it():
@@ -153,3 +157,326 @@ def test_the_watch_feeds_numbers_of_known_segments_and_quarantines_only_alarmed_
     assert watch.observe({"market": "B", "size": 4}) == ()
     watch.quarantine([])
     assert watch.observe({"market": "A", "size": 4}) == ()
+
+
+# --- 100k clean requests through the pure detector ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clean_world(tmp_path_factory) -> tuple[dict, list[dict]]:
+    """A profile of 4,000 generated shoppers and 2,000 others from the same world (never in the profile)."""
+    from model.dataset import load_dataset
+    from model.profile import build_profile
+    from model.synthetic import generate
+    from tests.proxy.conftest import holdout_requests
+
+    root = tmp_path_factory.mktemp("clean-world")
+    generate(root, users=4000, items=40, holdout=2000, seed=11)
+    return build_profile(load_dataset(root)), holdout_requests(root)
+
+
+def closest_to_an_alarm(windows_: list[Window], cell: Cell) -> float:
+    """max over the windows judged of min(|z| / z_score, |effect| / effect_size): 1.0 raises an alarm."""
+    closest = 0.0
+    for window in windows_:
+        if window.count >= THRESHOLDS.min_count:
+            shift = assess(window, cell)
+            closest = max(closest, min(abs(shift.z) / THRESHOLDS.z_score, abs(shift.effect) / THRESHOLDS.effect_size))
+    return closest
+
+
+@pytest.mark.parametrize("per_slot, every", [(40, 2), (400, 1)], ids=["quiet", "busy"])
+def test_hundred_thousand_resampled_clean_requests_raise_no_alarm(clean_world, per_slot, every):
+    """100,000 held-out requests resampled, cut into slots of `per_slot` requests over all 8 markets
+    (5 or 50 per market); every cell judged on its newest 150 slots after every `every` slots, as
+    the monitor does after each flush."""
+    profile, holdout = clean_world
+    cells = cells_from_profile(profile)
+    segment_field = profile["segment_field"]
+    rng = np.random.default_rng(12)
+    bodies = [holdout[i] for i in rng.integers(0, len(holdout), 100_000)]
+    slots = np.zeros((len(bodies) // per_slot, len(cells), 3))
+    index = {(cell.feature, cell.segment): number for number, cell in enumerate(cells)}
+    for number, body in enumerate(bodies[: len(slots) * per_slot]):
+        for feature in {cell.feature for cell in cells}:
+            cell_index = index.get((feature, body.get(segment_field)))
+            value = body.get(feature)
+            if cell_index is not None and isinstance(value, (int, float)):
+                slots[number // per_slot, cell_index] += (1, value, value * value)
+    alarms, closest = 0, 0.0
+    for end in range(every, len(slots) + 1, every):
+        newest_first = slots[max(0, end - 150):end][::-1]
+        for cell_index, cell in enumerate(cells):
+            nested = nested_windows(newest_first[:, cell_index])
+            alarms += judge(nested, cell, THRESHOLDS, active=False).alarm
+            if end % (10 * every) == 0:
+                closest = max(closest, closest_to_an_alarm(nested, cell))
+    assert alarms == 0
+    assert closest < 0.9, f"clean traffic came within {closest:.2f} of an alarm"
+
+
+# --- through the app: the real redis fixture, refreshes driven by the test ------------------------------------
+
+TOKEN = "drift-admin-token"
+
+
+@pytest.fixture
+def drift_app(tiny_bundle, redis_server, redis_client, loaded_bundle):
+    from proxy.app import create_app
+    from proxy.settings import Settings
+
+    # one-second slots: the test steps over a slot boundary to show a recovery on fresh data
+    settings = Settings.from_env({}, bundle=tiny_bundle, redis_url=redis_server.url, flush_interval=0.05,
+                                 admin_token=TOKEN, drift_slot_seconds=1, drift_window_seconds=60)
+    application = create_app(settings, loaded_bundle)
+    yield application
+    application.extensions["recguard"].close()
+
+
+def settle(app) -> None:
+    """Write this worker's counts and refresh its alarms now (the flush thread does it every interval)."""
+    runtime = app.extensions["recguard"]
+    runtime.counters.flush()
+    runtime.loaded.alarms.refresh()
+
+
+def next_slot() -> None:
+    time.sleep(1.05 - time.time() % 1.0)
+
+
+def post(client, body: dict) -> dict:
+    answer = client.post("/predict", json=body)
+    assert answer.status_code == 200
+    return answer.get_json()
+
+
+def drift_kinds(answer: dict) -> list[str]:
+    return [anomaly["kind"] for anomaly in answer["anomalies"] if anomaly["kind"] == "drift_quarantine"]
+
+
+def in_pounds(body: dict) -> dict:
+    return {**body, "weight_kg": round(body["weight_kg"] * POUNDS_PER_KG, 1)}
+
+
+def test_the_app_quarantines_one_market_alone_and_shows_the_alarm_everywhere(drift_app, tiny_holdout, redis_client):
+    client = drift_app.test_client()
+    germans = [body for body in tiny_holdout if body["country"] == "DE"]
+    others = [body for body in tiny_holdout if body["country"] != "DE"]
+    for body in tiny_holdout:
+        assert drift_kinds(post(client, body)) == []
+    next_slot()
+    for number in range(40):
+        post(client, in_pounds(germans[number % len(germans)]))
+    # a market the profile never saw and a feature it never had reach no drift field
+    post(client, {**others[0], "country": "ZZ", "weight_zz": 3.0})
+    settle(drift_app)
+
+    alarm = client.get("/alarms").get_json()["alarms"]
+    assert [a["id"] for a in alarm] == ["weight_kg:DE"]
+    [alarm] = alarm
+    assert alarm["detail"] == "weight_kg in DE looks ×2.205: kg→lb?" and alarm["unit"] == "kg→lb"
+    assert alarm["ratio"] == pytest.approx(POUNDS_PER_KG, rel=0.06) and alarm["z"] > 6
+    assert alarm["window"]["count"] >= 20 and alarm["training"]["std"] > 0
+
+    for body in germans[:10]:
+        answer = post(client, in_pounds(body))
+        assert answer["source"] == "fallback" and drift_kinds(answer) == ["drift_quarantine"]
+        assert [a["detail"] for a in answer["anomalies"] if a["kind"] == "drift_quarantine"] == [
+            "quarantined: weight_kg in DE looks ×2.205: kg→lb?"]
+    for body in others:
+        assert drift_kinds(post(client, body)) == []
+
+    health = client.get("/healthz").get_json()
+    assert health["status"] == "degraded" and [a["id"] for a in health["alarms"]] == ["weight_kg:DE"]
+    assert "drift alarm weight_kg:DE: weight_kg in DE looks ×2.205: kg→lb?" in health["reasons"]
+    assert [a["id"] for a in client.get("/anomalies").get_json()["alarms"]] == ["weight_kg:DE"]
+    assert "recguard_active_alarms 1.0" in client.get("/metrics").get_data(as_text=True)
+    assert client.get("/anomalies?kind=drift_quarantine").get_json()["by_kind"].get("drift_quarantine", 0) >= 10
+
+    from proxy.counters import MARKER_PREFIX
+
+    fields = {name for key in redis_client.scan_iter("recguard:d:*") for name in redis_client.hkeys(key)
+              if not name.startswith(MARKER_PREFIX)}
+    assert fields and not any("ZZ" in name or "weight_zz" in name for name in fields)
+    assert {name.split("|")[0] for name in fields} <= {"age", "height_cm", "weight_kg"}
+
+
+def test_the_alarm_clears_itself_once_the_market_is_back_to_normal(drift_app, tiny_holdout, loaded_bundle):
+    client = drift_app.test_client()
+    germans = [body for body in tiny_holdout if body["country"] == "DE"]
+    training = loaded_bundle.profile["fields"]["weight_kg"]["segments"]["DE"]
+    rng = np.random.default_rng(13)
+    # a dozen held-out Germans are no sample of the market: back to normal is drawn from its training statistics
+    normal = [{**body, "weight_kg": round(float(rng.normal(training["mean"], training["std"])), 1)}
+              for body in germans * 4]
+    next_slot()
+    for number in range(40):
+        post(client, in_pounds(germans[number % len(germans)]))
+    settle(drift_app)
+    assert [a["id"] for a in client.get("/alarms").get_json()["alarms"]] == ["weight_kg:DE"]
+    next_slot()
+    # quarantined requests still feed the window: that is how the market can recover
+    for body in normal:
+        assert drift_kinds(post(client, body)) in (["drift_quarantine"], [])
+    settle(drift_app)
+    assert client.get("/alarms").get_json()["alarms"] == []
+    assert client.get("/healthz").get_json()["status"] == "ok"
+    assert all(drift_kinds(post(client, body)) == [] for body in normal)
+    assert "recguard_active_alarms 0.0" in client.get("/metrics").get_data(as_text=True)
+
+
+def test_clearing_by_hand_needs_the_token_and_is_not_undone_by_the_stale_window(drift_app, client, tiny_holdout,
+                                                                                caplog):
+    assert client.post("/alarms/weight_kg:DE/clear").get_json() == {
+        "error": "admin endpoints are off: no admin token is configured"}
+    assert client.post("/alarms/weight_kg:DE/clear").status_code == 404
+
+    admin = drift_app.test_client()
+    germans = [body for body in tiny_holdout if body["country"] == "DE"]
+    next_slot()
+    for number in range(40):
+        post(admin, in_pounds(germans[number % len(germans)]))
+    settle(drift_app)
+    assert [a["id"] for a in admin.get("/alarms").get_json()["alarms"]] == ["weight_kg:DE"]
+
+    with caplog.at_level("WARNING"):
+        assert admin.post("/alarms/weight_kg:DE/clear").status_code == 403
+        assert admin.post("/alarms/weight_kg:DE/clear", headers={"Authorization": "Bearer nope"}).status_code == 403
+        assert admin.post("/alarms/weight_kg:DE/clear", headers={"Authorization": TOKEN}).status_code == 403
+    assert "alarm clear refused" in caplog.text and TOKEN not in caplog.text and "nope" not in caplog.text
+
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    assert admin.post("/alarms/weight_kg:DE/clear", headers=bearer).get_json() == {"cleared": "weight_kg:DE"}
+    assert admin.post("/alarms/weight_kg:DE/clear", headers=bearer).status_code == 404
+    assert admin.post("/alarms/height_cm:ZZ/clear", headers=bearer).status_code == 404
+    # the pounds that raised it are still in the window: they do not raise it again
+    time.sleep(0.2)
+    settle(drift_app)
+    assert admin.get("/alarms").get_json()["alarms"] == []
+    assert drift_kinds(post(admin, germans[0])) == []
+    # pounds arriving after the clear do
+    for number in range(40):
+        post(admin, in_pounds(germans[number % len(germans)]))
+    settle(drift_app)
+    assert [a["id"] for a in admin.get("/alarms").get_json()["alarms"]] == ["weight_kg:DE"]
+
+
+# --- waking the flusher: a busy market is judged after min_count of its values, not after an interval ---------
+
+
+def test_the_watch_wakes_the_flusher_once_its_recent_values_alone_look_shifted():
+    profile = {"segment_field": "market", "fields": {}}
+    cells = [Cell("size", "A", 80.0, 14.0), Cell("size", "B", 80.0, 14.0)]
+    wakes = []
+    now = [100.0]
+    watch = DriftWatch(profile, cells, Series("d", 2, 360), lambda amounts, series: None, thresholds=THRESHOLDS,
+                       wake=lambda: wakes.append(1), clock=lambda: now[0])
+    rng = np.random.default_rng(20)
+    for value in rng.normal(80.0, 14.0, 20_000):
+        watch.observe({"market": "A", "size": float(value)})
+    assert wakes == [] and watch.take_recent() == {}
+    for value in rng.normal(80.0, 14.0, 2000):
+        watch.observe({"market": "A", "size": float(value)})
+    now[0] = 200.0
+    for value in rng.normal(80.0, 14.0, 100) * POUNDS_PER_KG:
+        watch.observe({"market": "A", "size": float(value)})
+    assert wakes == [1], "not woken, or woken again before the flush"
+    [(cell_id, evidence)] = watch.take_recent().items()
+    # the block holds at most a block of clean values before the switch, however many came since the flush
+    assert cell_id == "size:A" and evidence.started_at in (100.0, 200.0)
+    assert THRESHOLDS.min_count <= evidence.window.count <= RECENT_BLOCKS * THRESHOLDS.min_count
+    assert evidence.window.mean / 80.0 > 1.5
+    for _ in range(THRESHOLDS.min_count - 1):
+        watch.observe({"market": "B", "size": 80.0 * POUNDS_PER_KG})
+    assert wakes == [1], "woken before min_count values"
+    watch.observe({"market": "B", "size": 80.0 * POUNDS_PER_KG})
+    assert wakes == [1, 1] and list(watch.take_recent()) == ["size:B"]
+    watch.quarantine([SimpleNamespace(field="size", segment="B", detail="size in B looks ×2.205: kg→lb?")])
+    for _ in range(100):
+        watch.observe({"market": "B", "size": 80.0 * POUNDS_PER_KG})
+    assert wakes == [1, 1], "a quarantined segment needs no hurry"
+
+
+@pytest.mark.parametrize("rate", [400, 2_000, 10_000])
+def test_a_busy_market_switching_to_pounds_is_quarantined_within_200_of_its_requests(clean_world, redis_client, rate):
+    """Two workers on a simulated clock with the default settings: each flushes and refreshes every
+    flush interval, and at once (at most every tenth of an interval) when its watch wakes it. US, the
+    largest market (about a quarter of the traffic), switches to pounds, light shoppers only: every
+    value inside the training range."""
+    from proxy.alarms import AlarmMonitor, read_alarms
+    from proxy.counters import Counters
+    from proxy.settings import Settings
+
+    profile, holdout = clean_world
+    defaults = Settings()
+    thresholds = Thresholds(defaults.alarm_z_score, defaults.alarm_effect_size, defaults.alarm_min_count)
+    cells = cells_from_profile(profile)
+    series = Series("d", defaults.drift_slot_seconds, defaults.drift_window_seconds + 60)
+    now = [1_795_000_000.0]
+    clock = lambda: now[0]  # noqa: E731
+
+    class Worker:
+        def __init__(self) -> None:
+            self.counters = Counters(redis_client, prefix="recguard", clock=clock)
+            self.woken = False
+            self.watch = DriftWatch(profile, cells, series, self.counters.add_many, thresholds=thresholds,
+                                    wake=lambda: setattr(self, "woken", True))
+            self.monitor = AlarmMonitor(redis_client, "recguard", cells, series,
+                                        defaults.drift_window_seconds // defaults.drift_slot_seconds, thresholds,
+                                        listeners=[self.watch.quarantine], recent=self.watch.take_recent,
+                                        clock=clock)
+            self.early_at = -1.0
+
+        def tick(self) -> None:
+            self.counters.flush()
+            self.monitor.refresh()
+            self.woken = False
+
+    workers = [Worker(), Worker()]
+    heaviest = profile["fields"]["weight_kg"]["max"] / POUNDS_PER_KG
+    americans = [body for body in holdout if body["country"] == "US"]
+    light = [{**body, "weight_kg": round(body["weight_kg"] * POUNDS_PER_KG, 1)}
+             for body in americans if body["weight_kg"] <= heaviest]
+    assert all(body["weight_kg"] <= profile["fields"]["weight_kg"]["max"] for body in light)
+    rng = np.random.default_rng(21)
+    step, next_tick = 1.0 / rate, now[0] + defaults.flush_interval
+    detected_after = us_requests = 0
+    for number in range(30 * rate // 10 + 4_000):
+        switched = number >= 30 * rate // 10  # 3 s of clean traffic first
+        body = holdout[int(rng.integers(len(holdout)))]
+        if switched and body["country"] == "US":
+            body = light[int(rng.integers(len(light)))]
+        worker = workers[number % 2]
+        anomalies = worker.watch.observe(body)
+        if body["country"] != "US" or not switched:
+            assert anomalies == ()
+        else:
+            us_requests += 1
+            if anomalies:
+                detected_after = us_requests
+                break
+        now[0] += step
+        if worker.woken and now[0] - worker.early_at >= defaults.flush_interval / 10:
+            worker.early_at = now[0]
+            worker.tick()
+        if now[0] >= next_tick:
+            next_tick += defaults.flush_interval
+            for each in workers:
+                each.tick()
+    assert 0 < detected_after <= 200, f"{us_requests} requests of the market, no quarantine"
+    assert {alarm.segment for alarm in read_alarms(redis_client, "recguard")} == {"US"}
+
+
+@pytest.mark.parametrize("per_flush", [200, 5_000])
+def test_hundred_thousand_clean_requests_never_wake_the_flusher(clean_world, per_flush):
+    """The watch's own test, run on every value of every block, finds nothing in clean traffic either."""
+    profile, holdout = clean_world
+    wakes = []
+    watch = DriftWatch(profile, cells_from_profile(profile), Series("d", 2, 360), lambda amounts, series: None,
+                       thresholds=THRESHOLDS, wake=lambda: wakes.append(1))
+    rng = np.random.default_rng(22)
+    for number, index in enumerate(rng.integers(0, len(holdout), 100_000), start=1):
+        watch.observe(holdout[index])
+        if number % per_flush == 0:
+            assert watch.take_recent() == {}
+    assert wakes == []
