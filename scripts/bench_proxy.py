@@ -1,0 +1,360 @@
+"""Load benchmark of the proxy: a bare Flask endpoint, `recguard serve --no-guard` and the guarded
+proxy on clean and on all-anomalous traffic, side by side in one run, plus the guard's own cost
+per request in-process.
+
+    .venv/bin/python scripts/bench_proxy.py [--bundle bundles/default --data data/default]
+        [--concurrency 1,16,64] [--duration 10] [--rounds 1] [--workers 2 --threads 4] [--json out.json]
+
+The load generator is wrk (Debian package `wrk`): written in C, it leaves the two cores to the
+servers far better than a Python client would. Every server runs under the same gunicorn settings
+(`proxy/gunicorn_config.py`: gthread, --workers, --threads) on 127.0.0.1, all started before the
+first measurement and measured in turn at each concurrency level, so a change in the machine's
+load hits every variant alike; --rounds N repeats the whole sweep and keeps each figure's median.
+
+    a  bare      a Flask endpoint that parses the JSON body and answers a fixed response of the same shape
+    b  no-guard  `recguard serve --no-guard`: the model alone (the baseline of the drop-in promise)
+    c  clean     `recguard serve`, held-out requests (served by the model)
+    d  anomalous `recguard serve`, every request anomalous: renamed and merged fields (the model
+                 still answers, seven anomalies each), a new market, weight sent as a string,
+                 weight in pounds past the training range (the fallback answers)
+
+A Redis server of its own is started on a free port (or pass --redis URL). docs/benchmarks.md
+records the figures with the command, the date and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+VARIANTS = ("bare", "no-guard", "clean", "anomalous")
+
+WRK_SCRIPT = r"""
+local requests = {}
+local index = 0
+local threads = 0
+
+function setup(thread)
+  thread:set("id", threads)
+  threads = threads + 1
+end
+
+function init(args)
+  for line in io.lines(args[1]) do
+    requests[#requests + 1] = wrk.format("POST", "/predict", {["Content-Type"] = "application/json"}, line)
+  end
+  -- threads start at different places of the same fixed mix
+  index = (id * 997) % #requests
+end
+
+function request()
+  index = index % #requests + 1
+  return requests[index]
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'RESULT {"requests": %d, "seconds": %f, "p50_us": %d, "p99_us": %d, "p999_us": %d, "max_us": %d, ' ..
+    '"mean_us": %f, "errors": {"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}}\n',
+    summary.requests, summary.duration / 1e6, latency:percentile(50), latency:percentile(99),
+    latency:percentile(99.9), latency.max, latency.mean, e.connect, e.read, e.write, e.status, e.timeout))
+end
+"""
+
+
+def bare_app():
+    """(a) The ceiling: Flask under the same gunicorn settings, JSON in, a fixed JSON answer out."""
+    from flask import Flask, Response, request
+
+    app = Flask("bench-bare")
+    answer = json.dumps({"items": [f"item_{i:05d}" for i in range(10)], "scores": [0.5] * 10,
+                         "source": "model", "model_version": "bench", "anomalies": []})
+
+    @app.post("/predict")
+    def predict() -> Response:
+        json.loads(request.get_data(cache=False))
+        return Response(answer, mimetype="application/json", headers={"X-Recguard-Source": "model"})
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        return Response('{"status": "ready"}', mimetype="application/json")
+
+    return app
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def anomalous(body: dict[str, Any], i: int) -> dict[str, Any]:
+    """Body i of the all-anomalous mix: each of four redesign changes in turn."""
+    body = dict(body)
+    change = i % 4
+    if change == 0:
+        body["user_email"] = body.pop("email")
+        body["name"] = f"{body.pop('first_name')} {body.pop('last_name')}"
+    elif change == 1:
+        body["country"] = "XK"
+    elif change == 2:
+        body["weight_kg"] = str(body["weight_kg"])
+    else:
+        body["weight_kg"] = round(max(body["weight_kg"], 90.0) * 2.20462, 1)
+    return body
+
+
+def write_mixes(data: Path, out: Path, size: int) -> dict[str, Path]:
+    """The request files wrk sends (one compact JSON body per line): clean held-out requests and
+    the all-anomalous mix built from the same requests."""
+    with open(data / "holdout.jsonl") as lines:
+        clean = [json.loads(line)["request"] for line, _ in zip(lines, range(size))]
+    files = {"clean": out / "clean.jsonl", "anomalous": out / "anomalous.jsonl"}
+    for name, bodies in (("clean", clean), ("anomalous", [anomalous(b, i) for i, b in enumerate(clean)])):
+        files[name].write_text("".join(json.dumps(body, separators=(",", ":")) + "\n" for body in bodies))
+    return files
+
+
+class Server:
+    """One gunicorn master, started in its own session, stopped with SIGTERM."""
+
+    def __init__(self, name: str, command: list[str], env: dict[str, str], port: int, log: Path):
+        self.name, self.port, self.log = name, port, log
+        self.url = f"http://127.0.0.1:{port}"
+        self.process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=open(log, "wb"),
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SystemExit(f"{self.name}: server exited with {self.process.returncode}; see {self.log}")
+            try:
+                with urllib.request.urlopen(self.url + "/readyz", timeout=1) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise SystemExit(f"{self.name}: not ready after {timeout:.0f} s; see {self.log}")
+
+    def worker_pids(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout
+        return [int(pid) for pid in out.split()]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def start_servers(args: argparse.Namespace, redis_url: str, work: Path) -> dict[str, Server]:
+    """The three servers behind the four variants ((c) and (d) share the guarded one)."""
+    base = {key: value for key, value in os.environ.items() if not key.startswith("RECGUARD_")}
+    base.update({"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                 "RECGUARD_WORKERS": str(args.workers), "RECGUARD_THREADS": str(args.threads),
+                 "RECGUARD_LOG_LEVEL": "WARNING"})
+    servers: dict[str, Server] = {}
+    port = free_port()
+    servers["bare"] = Server("bare", [sys.executable, "-m", "gunicorn", "-c", "python:proxy.gunicorn_config",
+                                      "--pythonpath", str(ROOT / "scripts"), "bench_proxy:bare_app()"],
+                             {**base, "RECGUARD_BIND": f"127.0.0.1:{port}"}, port, work / "bare.log")
+    for name, extra in (("no-guard", ["--no-guard"]), ("guarded", [])):
+        port = free_port()
+        command = [sys.executable, "-m", "proxy.cli", "serve", "--bundle", str(args.bundle),
+                   "--bind", f"127.0.0.1:{port}", "--redis", redis_url, *extra]
+        servers[name] = Server(name, command, {**base, "RECGUARD_REDIS_PREFIX": "bench"}, port, work / f"{name}.log")
+    for server in servers.values():
+        server.wait_ready()
+    return servers
+
+
+def run_wrk(url: str, requests_file: Path, script: Path, connections: int, seconds: float) -> dict[str, Any]:
+    threads = min(connections, 2)
+    command = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(seconds))}s", "--timeout", "5s",
+               "-s", str(script), url + "/predict", "--", str(requests_file)]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    line = next(line for line in out.splitlines() if line.startswith("RESULT "))
+    result = json.loads(line[len("RESULT "):])
+    result["rps"] = result["requests"] / result["seconds"]
+    return result
+
+
+def guard_cost(args: argparse.Namespace, redis_url: str, mixes: dict[str, Path], repeat: int = 5) -> dict[str, float]:
+    """Microseconds per request, in-process on one thread: guard.check alone, the drift windows'
+    observe, the counters' record, and the whole guarded service.predict minus the unguarded one
+    (which also counts the thread-pool hop that enforces the model budget)."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    from model.bundle import load_bundle
+    from proxy.app import create_app
+    from proxy.request import parse_predict_body
+    from proxy.settings import Settings
+
+    bundle = load_bundle(args.bundle)
+    guarded = Settings.from_env({}, bundle=args.bundle, redis_url=redis_url, redis_prefix="benchcost")
+    apps = {"guarded": create_app(guarded, bundle), "bare": create_app(Settings.from_env({}, guard=False), bundle)}
+    figures: dict[str, float] = {}
+    try:
+        for mix, path in mixes.items():
+            requests = [parse_predict_body(line.encode(), default_k=10, max_k=100, max_history=500)
+                        for line in path.read_text().splitlines()]
+            service = apps["guarded"].extensions["recguard"].loaded.service
+            steps: dict[str, Callable[[Any], Any]] = {
+                "guard_check": service.guard.check,
+                "service_guarded": service.predict,
+                "service_unguarded": apps["bare"].extensions["recguard"].loaded.service.predict,
+            }
+            if service.drift is not None:
+                steps["drift_observe"] = lambda r: service.drift.observe(r.fields)
+            counters = apps["guarded"].extensions["recguard"].counters
+            steps["counters_record"] = lambda r: counters.record_request("model", [("email", "missing_field")])
+            for name, step in steps.items():
+                for request in requests[:200]:
+                    step(request)
+                samples = []
+                for _ in range(repeat):
+                    started = time.perf_counter()
+                    for request in requests:
+                        step(request)
+                    samples.append((time.perf_counter() - started) / len(requests) * 1e6)
+                figures[f"{mix}.{name}_us"] = round(statistics.median(samples), 2)
+            figures[f"{mix}.guard_total_us"] = round(figures[f"{mix}.service_guarded_us"]
+                                                     - figures[f"{mix}.service_unguarded_us"], 2)
+    finally:
+        apps["guarded"].extensions["recguard"].close()
+    return figures
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", type=Path, default=ROOT / "bundles/default")
+    parser.add_argument("--data", type=Path, default=ROOT / "data/default")
+    parser.add_argument("--concurrency", default="1,16,64", help="comma-separated connection counts")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before the first measurement of a server")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the sweep; each figure is the median")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--redis", help="Redis URL (default: a redis-server of our own on a free port)")
+    parser.add_argument("--requests", type=int, default=2000, help="distinct held-out requests in the mix")
+    parser.add_argument("--skip-guard-cost", action="store_true")
+    parser.add_argument("--json", type=Path, help="also write every figure here")
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install -y wrk")
+    levels = [int(level) for level in args.concurrency.split(",")]
+    variants = [variant for variant in args.variants.split(",") if variant]
+
+    work = Path(tempfile.mkdtemp(prefix="recguard-bench-"))
+    redis_process = None
+    redis_url = args.redis
+    if redis_url is None:
+        port = free_port()
+        redis_process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                          "--appendonly", "no", "--dir", str(work)],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        redis_url = f"redis://127.0.0.1:{port}/0"
+        time.sleep(0.3)
+    mixes = write_mixes(args.data, work, args.requests)
+    script = work / "mix.lua"
+    script.write_text(WRK_SCRIPT)
+    report: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpus": os.cpu_count(),
+                              "workers": args.workers, "threads": args.threads, "duration_s": args.duration,
+                              "rounds": args.rounds, "load_before": load_average(), "results": {}}
+    servers: dict[str, Server] = {}
+    try:
+        servers = start_servers(args, redis_url, work)
+        target = {"bare": ("bare", "clean"), "no-guard": ("no-guard", "clean"),
+                  "clean": ("guarded", "clean"), "anomalous": ("guarded", "anomalous")}
+        for variant in variants:
+            server, mix = target[variant]
+            run_wrk(servers[server].url, mixes[mix], script, 16, args.warmup)
+        samples: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for _ in range(args.rounds):
+            for level in levels:
+                for variant in variants:
+                    server, mix = target[variant]
+                    result = run_wrk(servers[server].url, mixes[mix], script, level, args.duration)
+                    samples.setdefault((variant, level), []).append(result)
+                    print(f"  {variant:>9} c={level:<3} {result['rps']:8.0f} req/s  p50 {result['p50_us'] / 1000:6.2f} ms"
+                          f"  p99 {result['p99_us'] / 1000:6.2f} ms  p99.9 {result['p999_us'] / 1000:6.2f} ms"
+                          f"  errors {sum(result['errors'].values())}", file=sys.stderr, flush=True)
+        for (variant, level), results in samples.items():
+            report["results"].setdefault(variant, {})[str(level)] = {
+                key: statistics.median(result[key] for result in results)
+                for key in ("rps", "p50_us", "p99_us", "p999_us", "max_us")
+            } | {"errors": sum(sum(result["errors"].values()) for result in results)}
+        report["rss_mib_per_worker"] = {name: [rss_mib(pid) for pid in server.worker_pids()]
+                                        for name, server in servers.items()}
+    finally:
+        for server in servers.values():
+            server.stop()
+    report["load_after"] = load_average()
+    if not args.skip_guard_cost:
+        report["guard_cost"] = guard_cost(args, redis_url, mixes)
+    if redis_process is not None:
+        redis_process.terminate()
+        redis_process.wait()
+    print(format_report(report, levels, variants))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
+def format_report(report: dict[str, Any], levels: list[int], variants: list[str]) -> str:
+    results = report["results"]
+    lines = [f"{report['date']}  {report['cpus']} CPUs  load {report['load_before']} -> {report['load_after']}  "
+             f"gthread {report['workers']} workers x {report['threads']} threads  {report['duration_s']:g} s x "
+             f"{report['rounds']} round(s) per figure", "",
+             f"{'variant':<10} {'conns':>5} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'p99.9 ms':>8} {'errors':>6}"]
+    for level in levels:
+        for variant in variants:
+            figure = results[variant][str(level)]
+            lines.append(f"{variant:<10} {level:>5} {figure['rps']:>8.0f} {figure['p50_us'] / 1000:>7.2f} "
+                         f"{figure['p99_us'] / 1000:>7.2f} {figure['p999_us'] / 1000:>8.2f} {figure['errors']:>6}")
+    lines.append("")
+    ratios = [("clean / no-guard", "clean", "no-guard"), ("anomalous / clean", "anomalous", "clean"),
+              ("no-guard / bare", "no-guard", "bare")]
+    for label, top, bottom in ratios:
+        if top in results and bottom in results:
+            cells = "  ".join(f"c={level}: {results[top][str(level)]['rps'] / results[bottom][str(level)]['rps']:.3f}"
+                              for level in levels)
+            lines.append(f"throughput {label:<18} {cells}")
+    if "guard_cost" in report:
+        lines.append("")
+        lines += [f"{name:<34} {value:8.2f} µs" for name, value in report["guard_cost"].items()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
