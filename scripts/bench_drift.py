@@ -3,9 +3,10 @@
     .venv/bin/python scripts/bench_drift.py --bundle bundles/default --data data/default [--clean 1000000]
 
 Runs the real machinery (DriftWatch -> Counters -> its own redis-server -> AlarmMonitor) with
-the default settings on a simulated clock: the clock moves one flush interval (0.5 s) at a
-time, and every simulated worker flushes and refreshes its alarms at each step, as the
-counters' flush thread does. Rates are requests per simulated second, shared by two workers.
+the default settings on a simulated clock: the clock moves 1/rate per request; every simulated
+worker flushes and refreshes its alarms each flush interval (0.5 s), and at once when its drift
+watch wakes it (recent values that look shifted), as the counters' flush thread does. Rates are
+requests per simulated second, shared by two workers.
 
 - clean: held-out requests resampled, never seen in training; counts alarms and reports how
   close the traffic came to one: the largest min(|z| / z_score, |effect| / effect_size) over
@@ -63,11 +64,26 @@ class Worker:
 
     def __init__(self, client, profile: dict, cells: list[Cell], series: Series, clock: Clock):
         self.counters = Counters(client, prefix=PREFIX, clock=clock)
-        self.watch = DriftWatch(profile, cells, series, self.counters.add_many)
+        # as Runtime wires it: recent values that look shifted wake the flusher (flush and refresh now)
+        self.woken = False
+        self.woken_at = float("-inf")
+        self.early_ticks = 0
+        self.watch = DriftWatch(profile, cells, series, self.counters.add_many, thresholds=THRESHOLDS,
+                                wake=self._wake, clock=clock)
         self.alarms_seen = 0
         self.monitor = AlarmMonitor(client, PREFIX, cells, series,
                                     SETTINGS.drift_window_seconds // SETTINGS.drift_slot_seconds, THRESHOLDS,
-                                    listeners=[self.watch.quarantine, self._count], clock=clock)
+                                    listeners=[self.watch.quarantine, self._count], recent=self.watch.take_recent,
+                                    clock=clock)
+
+    def _wake(self) -> None:
+        self.woken = True
+
+    def tick(self) -> None:
+        """What the flush thread does: flush, then refresh the alarms."""
+        self.woken = False
+        self.counters.flush()
+        self.monitor.refresh()
 
     def _count(self, alarms: list) -> None:
         self.alarms_seen = max(self.alarms_seen, len(alarms))
@@ -111,14 +127,21 @@ class Closeness:
 def drive(workers: list[Worker], clock: Clock, bodies: Iterable[dict], rate: int,
           on_step: Callable[[float], None] = lambda now: None, on_request: Callable[[dict, tuple], None] = lambda b, a: None
           ) -> None:
-    per_step = max(1, int(rate * STEP))
+    """The clock moves 1/rate per request; every worker ticks each flush interval, and a woken worker
+    right after the request that woke it (at most every tenth of an interval, as the flusher allows)."""
+    next_step = clock.now + STEP
     for number, body in enumerate(bodies, start=1):
-        on_request(body, workers[number % len(workers)].watch.observe(body))
-        if number % per_step == 0:
-            clock.now += STEP
-            for worker in workers:
-                worker.counters.flush()
-                worker.monitor.refresh()
+        worker = workers[number % len(workers)]
+        on_request(body, worker.watch.observe(body))
+        clock.now += 1.0 / rate
+        if worker.woken and clock.now - worker.woken_at >= STEP / 10:
+            worker.woken_at = clock.now
+            worker.early_ticks += 1
+            worker.tick()
+        if clock.now >= next_step:
+            next_step += STEP
+            for each in workers:
+                each.tick()
             on_step(clock.now)
 
 
@@ -157,6 +180,7 @@ def clean_run(client, profile: dict, cells: list[Cell], series: Series, holdout:
     drive(workers, clock, (rng.choice(holdout) for _ in range(count)), rate, closeness.judge, on_request)
     return {"requests": count, "rate_per_s": rate, "simulated_s": round(count / rate),
             "alarms": max(worker.alarms_seen for worker in workers), "quarantined_requests": quarantined,
+            "early_flushes": sum(worker.early_ticks for worker in workers),
             "closest_to_alarm": round(closeness.closest, 3), "largest_abs_z": round(closeness.largest_z, 2),
             "largest_abs_effect_sd": round(closeness.largest_effect, 3), "wall_s": round(time.perf_counter() - started, 1)}
 
@@ -201,7 +225,7 @@ def switch_run(client, profile: dict, cells: list[Cell], series: Series, holdout
 def request_cost(bundle, holdout: list[dict], cells: list[Cell], series: Series, client) -> dict:
     guard = build_guard(bundle, SETTINGS)
     counters = Counters(client, prefix=PREFIX)
-    watch = DriftWatch(bundle.profile, cells, series, counters.add_many)
+    watch = DriftWatch(bundle.profile, cells, series, counters.add_many, thresholds=THRESHOLDS, wake=lambda: None)
     requests = [PredictRequest({k: v for k, v in body.items() if k != "history"}, body["history"], 10) for body in holdout]
     timings = {}
     for name, step in (("guard_us", lambda r: guard.check(r)), ("drift_us", lambda r: watch.observe(r.fields)),
