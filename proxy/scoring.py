@@ -56,6 +56,10 @@ def _as_number(value: Any) -> float:
 class Scorer:
     """Scores requests against the catalogue with the exported arrays of a bundle."""
 
+    bounded = True
+    """Its run time is set by the bundle's shapes, k and the history limit (no I/O, no locks): it
+    cannot hang, so the prediction service runs it on the request thread (proxy/service.py)."""
+
     def __init__(self, scoring: Mapping[str, Any], arrays: Mapping[str, np.ndarray]):
         self.item_ids: list[str] = [str(item) for item in arrays["item_ids"]]
         self.item_index = {item: i for i, item in enumerate(self.item_ids)}

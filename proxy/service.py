@@ -7,6 +7,7 @@ everything between lives here and is unit tested without a server.
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -66,7 +67,13 @@ class PredictionService:
         self.recorders = list(recorders)
         # A hung model call can only be abandoned, not interrupted: it runs on a pool thread
         # while the request thread waits at most model_timeout, then answers from the fallback.
-        self._executor = ThreadPoolExecutor(max_workers=executor_threads, thread_name_prefix="model") if model_timeout else None
+        # A model that declares itself `bounded` (the bundle's numpy Scorer: fixed shapes, no I/O,
+        # no locks) cannot hang, and the hop to the pool thread and back would cost more than its
+        # own ~0.1 ms (docs/benchmarks.md): it runs on the request thread and a call found past the
+        # budget afterwards is answered from the fallback all the same.
+        self._inline = bool(getattr(model, "bounded", False))
+        self._executor = (ThreadPoolExecutor(max_workers=executor_threads, thread_name_prefix="model")
+                          if model_timeout and not self._inline else None)
 
     def predict(self, request: PredictRequest) -> Prediction:
         """Answer one request; never raises for anything the model does."""
@@ -92,18 +99,25 @@ class PredictionService:
         call: Callable[[], Recommendation] = lambda: self.model.recommend(request.fields, request.history, request.k)
         try:
             if self._executor is None:
-                return None, call()
+                started = time.perf_counter()
+                recommendation = call()
+                if self.model_timeout is not None and time.perf_counter() - started > self.model_timeout:
+                    return self._timeout(), None
+                return None, recommendation
             future = self._executor.submit(call)
             try:
                 return None, future.result(timeout=self.model_timeout)
             except FutureTimeout:
                 future.cancel()
-                return Anomaly("model", MODEL_TIMEOUT, f"model ran past its budget of {self.model_timeout * 1000:g} ms", True), None
+                return self._timeout(), None
         except ModelError as exc:
             return Anomaly("model", MODEL_ERROR, str(exc), True), None
         except Exception as exc:  # the model is third-party code: whatever it raises, the fallback answers
             log.error("model raised", extra={"error": type(exc).__name__})
             return Anomaly("model", MODEL_ERROR, f"model raised {type(exc).__name__}", True), None
+
+    def _timeout(self) -> Anomaly:
+        return Anomaly("model", MODEL_TIMEOUT, f"model ran past its budget of {self.model_timeout * 1000:g} ms", True)
 
     def _fallback(self, request: PredictRequest, anomalies: list[Anomaly]) -> Prediction:
         recommendation = self.fallback.recommend(request.fields, request.history, request.k)

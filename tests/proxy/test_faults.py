@@ -371,13 +371,9 @@ def test_failing_or_slow_model_under_gunicorn_answered_by_the_fallback(
         outcomes = traffic.outcomes
         assert {outcome.status for outcome in outcomes} == {200}
         fallback = sum(1 for outcome in outcomes if outcome.source == "fallback")
-        if kind == "model_error":
-            assert fallback == len(outcomes)
-        else:
-            # A call that ends while the waiting request thread is still queued for the GIL is taken:
-            # a budget far under the interpreter's 5 ms switch interval is not enforced exactly
-            # (tests/proxy/test_app.py holds a hanging model to 50 ms in-process).
-            assert fallback >= len(outcomes) / 10
+        # the bundle's scorer runs on the request thread: every call is found past a 1 µs budget
+        # (tests/proxy/test_app.py holds a hanging model, run on the budget pool, to 50 ms)
+        assert fallback == len(outcomes)
         assert max(outcome.seconds for outcome in outcomes) < budget()
         assert proxy.worker_pids() == pids and proxy.get("/readyz").status_code == 200
         report = wait_for(lambda: (r := proxy.get("/anomalies?since=5m").json())["requests"] == len(outcomes) and r)

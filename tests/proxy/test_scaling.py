@@ -1,9 +1,14 @@
-"""Two replicas (two gunicorn masters, two workers each) on one Redis: every count adds up."""
+"""Two replicas (two gunicorn masters, two workers each) on one Redis: every count adds up, and
+every command they send would run on Redis Cluster (one key each, no transaction)."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+
+import redis
 
 from model.bundle import load_bundle
 from proxy.drift import cells_from_profile
@@ -11,8 +16,57 @@ from tests.proxy.conftest import ProxyProcess
 from tests.proxy.test_faults import settle
 
 
+# Commands that name no key, or exactly one (their first argument); EVALSHA is checked apart.
+KEYLESS = {"PING", "HELLO", "CLIENT", "SCRIPT", "INFO", "SELECT", "COMMAND"}
+ONE_KEY = {"HGETALL", "HGET", "HSET", "HDEL", "HINCRBY", "HINCRBYFLOAT", "EXPIRE", "TTL"}
+
+
+class CommandLog:
+    """Every command clients send to the server (MONITOR), from a background thread."""
+
+    def __init__(self, client):
+        self.commands: list[str] = []
+        self._client = client  # its connection pool closes the monitor's connection when collected
+        self._stopping = False
+        self._monitor = client.monitor().__enter__()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                command = self._monitor.next_command()
+            except Exception as exc:  # noqa: BLE001
+                if self._stopping or isinstance(exc, (redis.ConnectionError, OSError)):
+                    return
+                self.commands.append(f"UNPARSED {exc}")  # a line redis-py cannot split (a script's source)
+                continue
+            if command["client_type"] != "lua":  # a script's own commands touch its one key
+                self.commands.append(command["command"])
+
+    def stop(self) -> list[str]:
+        self._stopping = True
+        self._monitor.connection.disconnect()
+        self._thread.join(5)
+        return self.commands
+
+
+def cross_slot_risks(commands: list[str]) -> list[str]:
+    """The commands Redis Cluster could refuse: more than one key, a transaction, or unknown ones."""
+    risky = []
+    for command in commands:
+        name, *args = command.split()
+        name = name.upper()
+        if name == "EVALSHA" and int(args[1]) <= 1 or name == "UNPARSED":
+            continue
+        if name not in KEYLESS and name not in ONE_KEY:
+            risky.append(command[:120])
+    return risky
+
+
 def test_two_replicas_on_one_redis_add_up_requests_and_drift_windows(tiny_bundle, tiny_holdout, redis_server,
                                                                       redis_client, tmp_path):
+    commands = CommandLog(redis_server.client())
     replicas = [ProxyProcess(tiny_bundle, redis_server.url, workers=2, log_path=tmp_path / f"replica{i}.log")
                 for i in range(2)]
     for replica in replicas:
@@ -24,6 +78,14 @@ def test_two_replicas_on_one_redis_add_up_requests_and_drift_windows(tiny_bundle
         with ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(lambda ib: replicas[ib[0] % 2].predict(ib[1]), enumerate(bodies)))
         assert all(answer.status_code == 200 for answer in answers)
+        time.sleep(1.0)  # flushes and alarm refreshes
+        for replica in replicas:
+            assert replica.get("/healthz").json()["redis"] == "up"
+            assert replica.get("/anomalies?since=10m").status_code == 200
+        sent = commands.stop()
+        # counter flushes, drift windows, alarm refreshes, /healthz and /anomalies queries
+        assert sum(command.startswith("EVALSHA") for command in sent) > 0
+        assert cross_slot_risks(sent) == [], "commands Redis Cluster could refuse"
 
         assert settle(redis_client, len(bodies)) == len(bodies)
         for replica in replicas:
