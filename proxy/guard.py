@@ -126,7 +126,7 @@ class Guard:
 
     def _unexpected(self, fields: Mapping[str, Any]) -> list[Anomaly]:
         names = sorted(name for name in fields if name not in self.known_fields)
-        safe = [name for name in names if _SAFE_NAME.match(name)][:MAX_UNEXPECTED_REPORTED]
+        safe = [name for name in names if _SAFE_NAME.fullmatch(name)][:MAX_UNEXPECTED_REPORTED]
         anomalies = [Anomaly(name, UNEXPECTED_FIELD, "field never seen in training", False) for name in safe]
         if len(safe) < len(names):
             anomalies.append(Anomaly(OTHER_FIELD, UNEXPECTED_FIELD,
@@ -144,7 +144,7 @@ def _check_field(rule: FieldRule, value: Any) -> Anomaly | None:
     if not isinstance(value, str):
         return Anomaly(rule.name, TYPE_MISMATCH, f"expected a string, got {json_type_name(value)}", rule.feature)
     if rule.domain is not None and value not in rule.domain:
-        shown = f"'{value}'" if not rule.personal and _SAFE_VALUE.match(value) else "a value"
+        shown = f"'{value}'" if not rule.personal and _SAFE_VALUE.fullmatch(value) else "a value"
         return Anomaly(rule.name, UNKNOWN_CATEGORY, f"{shown} never seen in training", rule.feature)
     return None
 

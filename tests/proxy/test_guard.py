@@ -114,3 +114,11 @@ def test_unexpected_fields_are_capped(guard):
     anomalies = check(guard, **{f"extra_{i}": i for i in range(100)})
     assert len(anomalies) == 17
     assert anomalies[-1].field == "_other" and "84 more" in anomalies[-1].detail
+
+
+def test_names_and_values_with_a_trailing_newline_are_not_echoed(guard):
+    # `$` matches before a final newline: "email\n" once passed as a safe name, showing up in counts,
+    # the CLI and the dashboard as a second "email" line, and "XX\n" was quoted in a detail
+    anomalies = check(guard, **{"email\n": "x"}, country="XX\n")
+    assert ("_other", "unexpected_field") in kinds(anomalies)
+    assert all("\n" not in f"{a.field}{a.detail}" for a in anomalies)
