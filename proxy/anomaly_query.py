@@ -163,7 +163,8 @@ def format_table(report: AnomalyReport) -> str:
         pairs = [((name, kind), count) for name, kinds in report.by_field_kind.items() for kind, count in kinds.items()]
         lines += _section(["field", "kind"], sorted(pairs, key=lambda pair: (-pair[1], pair[0])))
     if report.alarms:
-        lines += ["", "active alarms:"] + [f"  {alarm}" for alarm in report.alarms]
+        lines += ["", "active drift alarms (traffic of the segment goes to the fallback):"]
+        lines += [f"  {alarm['id']}  since {alarm['raised_at']}  {alarm['detail']}" for alarm in report.alarms]
     return "\n".join(lines) + "\n"
 
 

@@ -69,6 +69,7 @@ def anomalies_command(args: argparse.Namespace) -> int:
     import redis
 
     from model.errors import RecguardError
+    from proxy.alarms import read_alarms
     from proxy.anomaly_query import format_table, parse_time, query_anomalies
     from proxy.counters import make_redis_client
     from proxy.settings import redact_url
@@ -78,8 +79,9 @@ def anomalies_command(args: argparse.Namespace) -> int:
     try:
         since = parse_time(args.since, now)
         until = parse_time(args.until, now) if args.until else now
-        report = query_anomalies(make_redis_client(settings.redis_url, timeout=2.0), settings.redis_prefix,
-                                 since, until, field=args.field, kind=args.kind)
+        client = make_redis_client(settings.redis_url, timeout=2.0)
+        report = query_anomalies(client, settings.redis_prefix, since, until, field=args.field, kind=args.kind)
+        report.alarms = [alarm.to_json() for alarm in read_alarms(client, settings.redis_prefix)]
     except ValueError as exc:
         raise RecguardError(str(exc)) from None
     except redis.RedisError as exc:

@@ -46,3 +46,16 @@ def test_bad_time_and_unreachable_redis_are_one_line_errors(redis_server):
     down = run("anomalies", "--redis", "redis://:hunter2@127.0.0.1:1/0")
     assert down.returncode == 2 and "cannot read counters" in down.stderr
     assert "hunter2" not in down.stderr and "Traceback" not in down.stderr
+
+
+def test_active_alarms_are_listed_with_their_diagnosis(redis_server, redis_client):
+    from proxy.alarms import Alarm, alarms_key
+
+    record_traffic(redis_client)
+    alarm = Alarm("weight_kg:DE", "weight_kg", "DE", "weight_kg in DE looks x2.205: kg->lb?", "kg->lb", 1_795_000_000.0)
+    redis_client.hset(alarms_key("recguard"), "alarm:" + alarm.id, json.dumps(alarm.to_json()))
+    table = run("anomalies", "--since", "10m", "--redis", redis_server.url)
+    assert table.returncode == 0, table.stderr
+    assert any("weight_kg:DE" in line and "kg->lb?" in line for line in table.stdout.splitlines())
+    report = json.loads(run("anomalies", "--json", "--redis", redis_server.url).stdout)
+    assert [(found["id"], found["unit"]) for found in report["alarms"]] == [("weight_kg:DE", "kg->lb")]
