@@ -16,7 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--bundle", help="bundle directory (RECGUARD_BUNDLE)")
     serve.add_argument("--bind", help="HOST:PORT (RECGUARD_BIND, default 127.0.0.1:8000)")
     serve.add_argument("--workers", type=int, help="worker processes (RECGUARD_WORKERS)")
-    serve.add_argument("--threads", type=int, help="threads per worker (RECGUARD_THREADS)")
+    serve.add_argument("--worker-class", choices=("sync", "gthread"),
+                       help="gunicorn worker class (RECGUARD_WORKER_CLASS, default sync)")
+    serve.add_argument("--threads", type=int, help="threads per worker with gthread (RECGUARD_THREADS)")
     serve.add_argument("--redis", dest="redis_url", help="Redis URL (RECGUARD_REDIS_URL)")
     serve.add_argument("--redis-prefix", help="Redis key prefix (RECGUARD_REDIS_PREFIX)")
     serve.add_argument("--model-timeout-ms", type=float, help="model budget per request (RECGUARD_MODEL_TIMEOUT_MS)")
@@ -46,11 +48,11 @@ def serve_command(args: argparse.Namespace) -> int:
     """Validate settings and the bundle here, then replace this process with gunicorn."""
     from model.bundle import load_bundle
 
-    settings = _settings(args, ("bundle", "bind", "workers", "threads", "redis_url", "redis_prefix",
+    settings = _settings(args, ("bundle", "bind", "workers", "worker_class", "threads", "redis_url", "redis_prefix",
                                 "model_timeout_ms", "flush_interval", "guard"))
     bundle = load_bundle(settings.bundle)
     print(f"recguard: serving {bundle.model_version} on {settings.bind} "
-          f"({settings.workers} workers, guard {'on' if settings.guard else 'off'})", file=sys.stderr)
+          f"({settings.workers} {settings.worker_class} workers, guard {'on' if settings.guard else 'off'})", file=sys.stderr)
     env = dict(os.environ)
     env.update(settings.to_env())
     env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="recguard-metrics-")

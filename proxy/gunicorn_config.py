@@ -1,7 +1,10 @@
 """gunicorn configuration for `recguard serve` (and for a plain `gunicorn proxy.wsgi:app` in the repo root).
 
-Workers are gthread: scoring is a few hundred microseconds of numpy that releases the GIL,
-and the threads let a slow client or a model call past its budget not block the worker.
+Workers are sync by default (RECGUARD_WORKER_CLASS): a request is a few hundred microseconds
+of CPU, so threads in a worker add only GIL hand-offs, and gthread's keep-alive connections
+pin a client to one worker and unbalance the two; measured in docs/benchmarks.md ("Choosing
+the worker class"). gthread stays a setting for clients that are slow or hold connections open
+without a buffering load balancer in front.
 The bundle is loaded in each worker after the fork (no preload): nothing torch-like runs in
 the master, and each worker's counter-flush thread is started where it will live.
 """
@@ -16,7 +19,7 @@ _settings = Settings.from_env()
 bind = _settings.bind
 workers = _settings.workers
 threads = _settings.threads
-worker_class = "gthread"
+worker_class = _settings.worker_class
 timeout = 30
 graceful_timeout = 10
 keepalive = 5

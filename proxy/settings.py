@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 from model.errors import RecguardError
 
 ENV_PREFIX = "RECGUARD_"
+WORKER_CLASSES = ("sync", "gthread")
 
 
 class SettingsError(RecguardError):
@@ -31,8 +32,11 @@ class Settings:
     """host:port gunicorn listens on."""
     workers: int = 2
     """gunicorn worker processes."""
+    worker_class: str = "sync"
+    """gunicorn worker class: sync (one request at a time per worker: the lowest tail latency,
+    measured in docs/benchmarks.md) or gthread (`threads` per worker: keep-alive, slow clients)."""
     threads: int = 4
-    """Threads per worker (gthread)."""
+    """Threads per worker with gthread; also the size of each worker's model-budget pool."""
     redis_url: str = "redis://127.0.0.1:6379/0"
     """Redis for counters and drift windows, shared by all workers and replicas."""
     redis_prefix: str = "recguard"
@@ -108,6 +112,7 @@ class Settings:
         """Raise SettingsError for a value out of its range."""
         checks = [
             (self.workers >= 1, "workers", "at least 1"),
+            (self.worker_class in WORKER_CLASSES, "worker_class", " or ".join(WORKER_CLASSES)),
             (self.threads >= 1, "threads", "at least 1"),
             (self.redis_url.startswith(("redis://", "rediss://", "unix://")), "redis_url", "a redis://, rediss:// or unix:// URL"),
             (bool(self.redis_prefix) and ":" not in self.redis_prefix, "redis_prefix", "non-empty, without ':'"),

@@ -3,11 +3,12 @@ proxy on clean and on all-anomalous traffic, side by side in one run, plus the g
 per request in-process.
 
     .venv/bin/python scripts/bench_proxy.py [--bundle bundles/default --data data/default]
-        [--concurrency 1,16,64] [--duration 10] [--rounds 1] [--workers 2 --threads 4] [--json out.json]
+        [--concurrency 1,16,64] [--duration 10] [--rounds 1] [--worker-class sync --workers 2 --threads 4]
+        [--configs CLASS:WxT,...] [--json out.json]
 
 The load generator is wrk (Debian package `wrk`): written in C, it leaves the two cores to the
 servers far better than a Python client would. Every server runs under the same gunicorn settings
-(`proxy/gunicorn_config.py`: gthread, --workers, --threads) on 127.0.0.1, all started before the
+(`proxy/gunicorn_config.py`: --worker-class, --workers, --threads) on 127.0.0.1, all started before the
 first measurement and measured in turn at each concurrency level, so a change in the machine's
 load hits every variant alike; --rounds N repeats the whole sweep and keeps each figure's median.
 
@@ -17,6 +18,10 @@ load hits every variant alike; --rounds N repeats the whole sweep and keeps each
     d  anomalous `recguard serve`, every request anomalous: renamed and merged fields (the model
                  still answers, seven anomalies each), a new market, weight sent as a string,
                  weight in pounds past the training range (the fallback answers)
+
+With --configs CLASS:WORKERSxTHREADS,... it measures instead the guarded proxy on clean traffic
+under several gunicorn shapes side by side (e.g. gthread:2x4,gthread:4x1,sync:2x1,sync:4x1): how
+the default worker class and count were chosen.
 
 A Redis server of its own is started on a free port (or pass --redis URL). docs/benchmarks.md
 records the figures with the command, the date and the machine.
@@ -36,6 +41,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -166,25 +172,55 @@ class Server:
                 self.process.wait()
 
 
-def start_servers(args: argparse.Namespace, redis_url: str, work: Path) -> dict[str, Server]:
-    """The three servers behind the four variants ((c) and (d) share the guarded one)."""
+@dataclass(frozen=True)
+class Spec:
+    """One server to measure: what it serves, with which gunicorn settings, and the traffic it gets."""
+
+    name: str
+    kind: str
+    """bare, no-guard or guarded"""
+    mix: str
+    """clean or anomalous"""
+    workers: int
+    threads: int
+    worker_class: str
+
+
+def start_servers(specs: list[Spec], bundle: Path, redis_url: str, work: Path) -> dict[str, Server]:
+    """Every server at once, each on its own port and (guarded) its own Redis prefix: the
+    all-anomalous traffic raises drift alarms, which must not quarantine the clean run's markets."""
     base = {key: value for key, value in os.environ.items() if not key.startswith("RECGUARD_")}
     base.update({"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-                 "RECGUARD_WORKERS": str(args.workers), "RECGUARD_THREADS": str(args.threads),
                  "RECGUARD_LOG_LEVEL": "WARNING"})
     servers: dict[str, Server] = {}
-    port = free_port()
-    servers["bare"] = Server("bare", [sys.executable, "-m", "gunicorn", "-c", "python:proxy.gunicorn_config",
-                                      "--pythonpath", str(ROOT / "scripts"), "bench_proxy:bare_app()"],
-                             {**base, "RECGUARD_BIND": f"127.0.0.1:{port}"}, port, work / "bare.log")
-    for name, extra in (("no-guard", ["--no-guard"]), ("guarded", [])):
+    for spec in specs:
         port = free_port()
-        command = [sys.executable, "-m", "proxy.cli", "serve", "--bundle", str(args.bundle),
-                   "--bind", f"127.0.0.1:{port}", "--redis", redis_url, *extra]
-        servers[name] = Server(name, command, {**base, "RECGUARD_REDIS_PREFIX": "bench"}, port, work / f"{name}.log")
+        env = {**base, "RECGUARD_WORKERS": str(spec.workers), "RECGUARD_THREADS": str(spec.threads),
+               "RECGUARD_REDIS_PREFIX": "bench" + "".join(c for c in spec.name if c.isalnum()),
+               # gunicorn reads these as command-line flags, over proxy/gunicorn_config.py
+               "GUNICORN_CMD_ARGS": f"--worker-class {spec.worker_class}"}
+        if spec.kind == "bare":
+            command = [sys.executable, "-m", "gunicorn", "-c", "python:proxy.gunicorn_config",
+                       "--pythonpath", str(ROOT / "scripts"), "bench_proxy:bare_app()"]
+            env["RECGUARD_BIND"] = f"127.0.0.1:{port}"
+        else:
+            command = [sys.executable, "-m", "proxy.cli", "serve", "--bundle", str(bundle),
+                       "--bind", f"127.0.0.1:{port}", "--redis", redis_url,
+                       *(["--no-guard"] if spec.kind == "no-guard" else [])]
+        servers[spec.name] = Server(spec.name, command, env, port, work / f"{spec.name.replace(':', '-')}.log")
     for server in servers.values():
         server.wait_ready()
     return servers
+
+
+def model_share(server: Server) -> float | None:
+    """The share of a guarded server's answers that came from the model, from its own counters."""
+    try:
+        with urllib.request.urlopen(server.url + "/anomalies?since=1h", timeout=5) as answer:
+            report = json.load(answer)
+    except OSError:
+        return None
+    return round(1 - report["fallback_requests"] / report["requests"], 4) if report["requests"] else None
 
 
 def run_wrk(url: str, requests_file: Path, script: Path, connections: int, seconds: float) -> dict[str, Any]:
@@ -200,18 +236,21 @@ def run_wrk(url: str, requests_file: Path, script: Path, connections: int, secon
 
 def guard_cost(args: argparse.Namespace, redis_url: str, mixes: dict[str, Path], repeat: int = 5) -> dict[str, float]:
     """Microseconds per request, in-process on one thread: guard.check alone, the drift windows'
-    observe, the counters' record, and the whole guarded service.predict minus the unguarded one
-    (which also counts the thread-pool hop that enforces the model budget)."""
+    observe, the counters' record, the whole guarded service.predict minus the unguarded one, and
+    the model call inline (as the bundle's scorer runs) against the same call on the budget pool."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from model.bundle import load_bundle
     from proxy.app import create_app
     from proxy.request import parse_predict_body
+    from proxy.service import PredictionService
     from proxy.settings import Settings
 
     bundle = load_bundle(args.bundle)
     guarded = Settings.from_env({}, bundle=args.bundle, redis_url=redis_url, redis_prefix="benchcost")
     apps = {"guarded": create_app(guarded, bundle), "bare": create_app(Settings.from_env({}, guard=False), bundle)}
     figures: dict[str, float] = {}
+    scorer = apps["guarded"].extensions["recguard"].loaded.service.model
+    pooled = PredictionService(Unbounded(scorer), scorer, None, model_timeout=guarded.model_timeout_ms / 1000)
     try:
         for mix, path in mixes.items():
             requests = [parse_predict_body(line.encode(), default_k=10, max_k=100, max_history=500)
@@ -226,21 +265,38 @@ def guard_cost(args: argparse.Namespace, redis_url: str, mixes: dict[str, Path],
                 steps["drift_observe"] = lambda r: service.drift.observe(r.fields)
             counters = apps["guarded"].extensions["recguard"].counters
             steps["counters_record"] = lambda r: counters.record_request("model", [("email", "missing_field")])
-            for name, step in steps.items():
-                for request in requests[:200]:
-                    step(request)
-                samples = []
-                for _ in range(repeat):
-                    started = time.perf_counter()
-                    for request in requests:
+            # the model budget both ways: the bundle's scorer inline (as served), and the same scorer
+            # behind a wrapper that does not declare itself bounded, run on the budget pool
+            steps["model_inline"] = service._run_model
+            steps["model_via_budget_pool"] = pooled._run_model
+            # interleaved per request, so that a change in the machine's load hits every step alike
+            clock = time.perf_counter_ns
+            totals: dict[str, list[float]] = {name: [] for name in steps}
+            for round_ in range(repeat + 1):
+                spent = dict.fromkeys(steps, 0)
+                for request in requests:
+                    for name, step in steps.items():
+                        started = clock()
                         step(request)
-                    samples.append((time.perf_counter() - started) / len(requests) * 1e6)
-                figures[f"{mix}.{name}_us"] = round(statistics.median(samples), 2)
+                        spent[name] += clock() - started
+                if round_:  # the first round warms up
+                    for name in steps:
+                        totals[name].append(spent[name] / len(requests) / 1000)
+            for name in steps:
+                figures[f"{mix}.{name}_us"] = round(statistics.median(totals[name]), 2)
             figures[f"{mix}.guard_total_us"] = round(figures[f"{mix}.service_guarded_us"]
                                                      - figures[f"{mix}.service_unguarded_us"], 2)
     finally:
         apps["guarded"].extensions["recguard"].close()
+        pooled.close()
     return figures
+
+
+class Unbounded:
+    """A model that hides the scorer's `bounded`: the service runs it on its budget pool."""
+
+    def __init__(self, model: Any):
+        self.recommend = model.recommend
 
 
 def load_average() -> str:
@@ -255,9 +311,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before the first measurement of a server")
     parser.add_argument("--rounds", type=int, default=1, help="repeat the sweep; each figure is the median")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers of every server")
+    parser.add_argument("--threads", type=int, default=4, help="threads per worker (gthread)")
+    parser.add_argument("--worker-class", default="sync", choices=("sync", "gthread"),
+                        help="gunicorn worker class of every server (default sync, as recguard serve)")
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--configs", help="instead of the four variants: guarded servers on clean traffic, one per "
+                                           "CLASS:WORKERSxTHREADS, e.g. gthread:2x4,gthread:4x1,sync:2x1")
     parser.add_argument("--redis", help="Redis URL (default: a redis-server of our own on a free port)")
     parser.add_argument("--requests", type=int, default=2000, help="distinct held-out requests in the mix")
     parser.add_argument("--skip-guard-cost", action="store_true")
@@ -266,7 +326,18 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install -y wrk")
     levels = [int(level) for level in args.concurrency.split(",")]
-    variants = [variant for variant in args.variants.split(",") if variant]
+    if args.configs:
+        specs = []
+        for config in args.configs.split(","):
+            worker_class, _, shape = config.partition(":")
+            workers, _, threads = shape.partition("x")
+            specs.append(Spec(config, "guarded", "clean", int(workers), int(threads), worker_class))
+    else:
+        kinds = {"bare": ("bare", "clean"), "no-guard": ("no-guard", "clean"),
+                 "clean": ("guarded", "clean"), "anomalous": ("guarded", "anomalous")}
+        specs = [Spec(variant, *kinds[variant], args.workers, args.threads, args.worker_class)
+                 for variant in args.variants.split(",") if variant]
+    variants = [spec.name for spec in specs]
 
     work = Path(tempfile.mkdtemp(prefix="recguard-bench-"))
     redis_process = None
@@ -282,22 +353,19 @@ def main(argv: list[str] | None = None) -> int:
     script = work / "mix.lua"
     script.write_text(WRK_SCRIPT)
     report: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpus": os.cpu_count(),
-                              "workers": args.workers, "threads": args.threads, "duration_s": args.duration,
+                              "workers": args.workers, "threads": args.threads, "worker_class": args.worker_class, "configs": args.configs, "duration_s": args.duration,
                               "rounds": args.rounds, "load_before": load_average(), "results": {}}
     servers: dict[str, Server] = {}
     try:
-        servers = start_servers(args, redis_url, work)
-        target = {"bare": ("bare", "clean"), "no-guard": ("no-guard", "clean"),
-                  "clean": ("guarded", "clean"), "anomalous": ("guarded", "anomalous")}
-        for variant in variants:
-            server, mix = target[variant]
-            run_wrk(servers[server].url, mixes[mix], script, 16, args.warmup)
+        servers = start_servers(specs, args.bundle, redis_url, work)
+        for spec in specs:
+            run_wrk(servers[spec.name].url, mixes[spec.mix], script, 16, args.warmup)
         samples: dict[tuple[str, int], list[dict[str, Any]]] = {}
         for _ in range(args.rounds):
             for level in levels:
-                for variant in variants:
-                    server, mix = target[variant]
-                    result = run_wrk(servers[server].url, mixes[mix], script, level, args.duration)
+                for spec in specs:
+                    variant = spec.name
+                    result = run_wrk(servers[variant].url, mixes[spec.mix], script, level, args.duration)
                     samples.setdefault((variant, level), []).append(result)
                     print(f"  {variant:>9} c={level:<3} {result['rps']:8.0f} req/s  p50 {result['p50_us'] / 1000:6.2f} ms"
                           f"  p99 {result['p99_us'] / 1000:6.2f} ms  p99.9 {result['p999_us'] / 1000:6.2f} ms"
@@ -309,11 +377,12 @@ def main(argv: list[str] | None = None) -> int:
             } | {"errors": sum(sum(result["errors"].values()) for result in results)}
         report["rss_mib_per_worker"] = {name: [rss_mib(pid) for pid in server.worker_pids()]
                                         for name, server in servers.items()}
+        report["model_share"] = {spec.name: model_share(servers[spec.name]) for spec in specs if spec.kind == "guarded"}
     finally:
         for server in servers.values():
             server.stop()
     report["load_after"] = load_average()
-    if not args.skip_guard_cost:
+    if not args.skip_guard_cost and not args.configs:
         report["guard_cost"] = guard_cost(args, redis_url, mixes)
     if redis_process is not None:
         redis_process.terminate()
@@ -333,8 +402,10 @@ def rss_mib(pid: int) -> float:
 
 def format_report(report: dict[str, Any], levels: list[int], variants: list[str]) -> str:
     results = report["results"]
+    threads = f" x {report['threads']} threads" if report["worker_class"] == "gthread" else ""
+    shape = report["configs"] or f"{report['worker_class']} {report['workers']} workers{threads}"
     lines = [f"{report['date']}  {report['cpus']} CPUs  load {report['load_before']} -> {report['load_after']}  "
-             f"gthread {report['workers']} workers x {report['threads']} threads  {report['duration_s']:g} s x "
+             f"{shape}  {report['duration_s']:g} s x "
              f"{report['rounds']} round(s) per figure", "",
              f"{'variant':<10} {'conns':>5} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'p99.9 ms':>8} {'errors':>6}"]
     for level in levels:
@@ -343,6 +414,8 @@ def format_report(report: dict[str, Any], levels: list[int], variants: list[str]
             lines.append(f"{variant:<10} {level:>5} {figure['rps']:>8.0f} {figure['p50_us'] / 1000:>7.2f} "
                          f"{figure['p99_us'] / 1000:>7.2f} {figure['p999_us'] / 1000:>8.2f} {figure['errors']:>6}")
     lines.append("")
+    lines.append("answered by the model: " + ", ".join(f"{name} {share:.1%}" if share is not None else f"{name} ?"
+                                                       for name, share in report.get("model_share", {}).items()))
     ratios = [("clean / no-guard", "clean", "no-guard"), ("anomalous / clean", "anomalous", "clean"),
               ("no-guard / bare", "no-guard", "bare")]
     for label, top, bottom in ratios:

@@ -29,9 +29,11 @@ def requests_counted(proxy: ProxyProcess) -> int:
     return proxy.get("/anomalies?since=10m").json()["requests"]
 
 
-@pytest.fixture
-def proxy(tiny_bundle, redis_server, redis_client, tmp_path):
-    server = ProxyProcess(tiny_bundle, redis_server.url, workers=2, log_path=tmp_path / "proxy.log").start()
+@pytest.fixture(params=["sync", "gthread"])
+def proxy(request, tiny_bundle, redis_server, redis_client, tmp_path):
+    """Both worker classes a deployment can choose (RECGUARD_WORKER_CLASS)."""
+    server = ProxyProcess(tiny_bundle, redis_server.url, "--worker-class", request.param, workers=2,
+                          log_path=tmp_path / "proxy.log").start()
     yield server
     server.stop()
 
