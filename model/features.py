@@ -35,9 +35,10 @@ def input_width(inputs: Sequence[Mapping[str, Any]]) -> int:
     return sum(len(spec["vocab"]) if spec["encoding"] == "one_hot" else 1 for spec in inputs)
 
 
-def _number(value: Any) -> float:
-    # The naive pipeline (what --no-guard serves) coerces what it can: numbers, booleans and
-    # numeric strings; anything else, or a missing value, counts as raw 0 (docs/bundle.md).
+def naive_number(value: Any) -> float:
+    """A form value as the naive pipeline (what --no-guard serves) reads a number: numbers,
+    booleans and numeric strings as they are, anything else or a missing value as 0
+    (docs/bundle.md); shared by training, evaluation and the serving scorer."""
     if isinstance(value, (int, float)):
         try:
             return float(value)
@@ -65,7 +66,7 @@ def encode(inputs: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, A
                     out[row, column + hit] = 1.0
             column += len(spec["vocab"])
         else:
-            raw = np.array([_number(record.get(field)) for record in records], dtype=np.float64)
+            raw = np.array([naive_number(record.get(field)) for record in records], dtype=np.float64)
             out[:, column] = (raw - spec["mean"]) / spec["std"]
             column += 1
     return out

@@ -9,13 +9,13 @@ decides whether the model can be trusted with a request.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from model.bundle import Bundle
+from model.features import naive_number
 
 
 class ModelError(Exception):
@@ -37,20 +37,6 @@ class _Input:
     mean: float
     std: float
     offset: int
-
-
-def _as_number(value: Any) -> float:
-    if isinstance(value, (int, float)):
-        try:
-            return float(value)
-        except OverflowError:
-            return math.copysign(math.inf, value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return 0.0
-    return 0.0
 
 
 class Scorer:
@@ -99,7 +85,7 @@ class Scorer:
                 if position is not None:
                     x[spec.offset + position] = 1.0
             else:
-                x[spec.offset] = (_as_number(value) - spec.mean) / spec.std
+                x[spec.offset] = (naive_number(value) - spec.mean) / spec.std
         return x
 
     def history_indices(self, history: Sequence[str]) -> list[int]:

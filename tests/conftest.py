@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -61,6 +62,59 @@ class RedisServer:
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, decode_responses=True)
 
+
+
+class RedisRelay:
+    """A TCP relay in front of a Redis server, for faults no real server can be asked for:
+    `delay` holds every chunk, either way, that many seconds (a slow network or an overloaded
+    server, settable while it runs); `drop_replies` set swallows the replies (Redis runs the
+    commands, the client never hears back)."""
+
+    def __init__(self, upstream_port: int):
+        self.upstream_port = upstream_port
+        self.delay = 0.0
+        self.drop_replies = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.05)
+        self.port = self.listener.getsockname()[1]
+        self.closed = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _accept(self) -> None:
+        while not self.closed.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except socket.timeout:
+                continue
+            client.settimeout(None)
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+        self.listener.close()
+
+    def _pump(self, source: socket.socket, target: socket.socket, replies: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if self.delay:
+                    time.sleep(self.delay)
+                if not (replies and self.drop_replies.is_set()):
+                    target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, target):
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                end.close()
+
+    def close(self) -> None:
+        self.closed.set()
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from datetime import datetime, timezone
@@ -12,7 +11,7 @@ import pytest
 
 from proxy.anomaly_query import AnomalyReport, query_anomalies
 from proxy.counters import Counters, make_redis_client
-from tests.conftest import RedisServer, free_port
+from tests.conftest import RedisRelay, RedisServer, free_port
 
 PREFIX = "recguard"
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc).timestamp()
@@ -27,49 +26,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-class ReplyDroppingRelay:
-    """A TCP relay to Redis that can swallow the replies: Redis runs the commands, the client never hears back."""
-
-    def __init__(self, upstream_port: int):
-        self.upstream_port = upstream_port
-        self.drop_replies = threading.Event()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.05)
-        self.port = self.listener.getsockname()[1]
-        self.closed = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self.closed.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except socket.timeout:
-                continue
-            client.settimeout(None)
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
-        self.listener.close()
-
-    def _pump(self, source: socket.socket, target: socket.socket, replies: bool) -> None:
-        try:
-            while data := source.recv(65536):
-                if not (replies and self.drop_replies.is_set()):
-                    target.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for end in (source, target):
-                try:
-                    end.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                end.close()
-
-    def close(self) -> None:
-        self.closed.set()
 
 
 def report_around(client, moment: float) -> AnomalyReport:
@@ -150,8 +106,8 @@ def test_add_refuses_what_redis_could_not_store(redis_server):
 
 
 def test_flush_retried_after_a_lost_reply_is_applied_once(redis_server, redis_client):
-    relay = ReplyDroppingRelay(redis_server.port)
-    counters = Counters(make_redis_client(f"redis://127.0.0.1:{relay.port}/0"), clock=FakeClock())
+    relay = RedisRelay(redis_server.port)
+    counters = Counters(make_redis_client(relay.url), clock=FakeClock())
     try:
         counters.record_request("model", [])
         assert counters.flush()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import requests
 
 from model.bundle import load_bundle, write_bundle
 from proxy.counters import make_redis_client
-from tests.conftest import RedisServer, free_port
+from tests.conftest import RedisRelay, RedisServer, free_port
 from tests.proxy.conftest import ProxyProcess
 
 BUDGET_S = 0.25
@@ -194,57 +193,9 @@ def test_redis_killed_under_traffic_no_failed_or_slow_request_and_exact_counts(
         proxy.stop()
 
 
-class SlowRelay:
-    """A TCP relay in front of Redis that holds every chunk, either way, for `delay` seconds (settable
-    while it runs): a slow network or an overloaded server, as the client sees it."""
-
-    def __init__(self, upstream_port: int):
-        self.upstream_port = upstream_port
-        self.delay = 0.0
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.05)
-        self.port = self.listener.getsockname()[1]
-        self.closed = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def _accept(self) -> None:
-        while not self.closed.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except socket.timeout:
-                continue
-            client.settimeout(None)
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-            for source, target in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
-        self.listener.close()
-
-    def _pump(self, source: socket.socket, target: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                time.sleep(self.delay)
-                target.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for end in (source, target):
-                try:
-                    end.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                end.close()
-
-    def close(self) -> None:
-        self.closed.set()
-
-
 def test_slow_redis_does_not_slow_requests_and_counts_stay_exact(redis_server, redis_client, tiny_bundle,
                                                                  tiny_holdout, tmp_path):
-    relay = SlowRelay(redis_server.port)
+    relay = RedisRelay(redis_server.port)
     proxy = ProxyProcess(tiny_bundle, relay.url, workers=2, log_path=tmp_path / "proxy.log").start()
     try:
         with Traffic(proxy.url, tiny_holdout) as traffic:
