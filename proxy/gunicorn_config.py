@@ -18,7 +18,8 @@ _settings = Settings.from_env()
 
 bind = _settings.bind
 workers = _settings.workers
-threads = _settings.threads
+# gunicorn quietly swaps sync for gthread when threads > 1: sync means one thread
+threads = _settings.threads if _settings.worker_class == "gthread" else 1
 worker_class = _settings.worker_class
 timeout = 30
 graceful_timeout = 10

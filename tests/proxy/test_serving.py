@@ -34,6 +34,7 @@ def proxy(request, tiny_bundle, redis_server, redis_client, tmp_path):
     """Both worker classes a deployment can choose (RECGUARD_WORKER_CLASS)."""
     server = ProxyProcess(tiny_bundle, redis_server.url, "--worker-class", request.param, workers=2,
                           log_path=tmp_path / "proxy.log").start()
+    assert f"Using worker: {request.param}" in (tmp_path / "proxy.log").read_text()
     yield server
     server.stop()
 
