@@ -224,7 +224,7 @@ class AlarmMonitor:
             verdict = judge(windows, cell, self._thresholds, active=existing is not None)
             if verdict.alarm and verdict.recent is not None:
                 raised_at = existing.raised_at if existing is not None else now
-                alarm = Alarm.raise_for(cell, verdict.recent, raised_at)
+                alarm = Alarm.raise_for(cell, verdict.shown, raised_at)
                 # The diagnosis stays as raised while the window recovers (a half-mixed window names no
                 # unit); it is rewritten only when a unit is newly named, not on every new statistic.
                 if existing is None or existing.window is None or alarm.unit not in (None, existing.unit):

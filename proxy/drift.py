@@ -156,6 +156,17 @@ class Verdict:
 
     alarm: bool
     recent: Shift | None
+    strongest: Shift | None = None
+    """The clear and large window with the largest |z| (None: no window is both)."""
+
+    @property
+    def shown(self) -> Shift | None:
+        """The shift an alarm reports: `recent` when it sits near a unit change (the purest view of
+        a switch), else the window that makes the case, so a detail never quotes a z below the
+        threshold that raised it."""
+        if self.recent is not None and unit_change(self.recent.ratio) is not None:
+            return self.recent
+        return self.strongest or self.recent
 
 
 def judge(windows: Sequence[Window], cell: Cell, thresholds: Thresholds, active: bool) -> Verdict:
@@ -167,7 +178,7 @@ def judge(windows: Sequence[Window], cell: Cell, thresholds: Thresholds, active:
     enough values the state is kept.
     """
     recent: Shift | None = None
-    clear_and_large = False
+    strongest: Shift | None = None
     for window in windows:
         if window.count < thresholds.min_count:
             continue
@@ -175,13 +186,13 @@ def judge(windows: Sequence[Window], cell: Cell, thresholds: Thresholds, active:
         if recent is None:
             recent = shift
         if (abs(shift.z) >= thresholds.z_score and abs(shift.effect) >= thresholds.effect_size
-                and shift.effect * recent.effect > 0):
-            clear_and_large = True
+                and shift.effect * recent.effect > 0 and (strongest is None or abs(shift.z) > abs(strongest.z))):
+            strongest = shift
     if recent is None:
         return Verdict(active, None)
     if abs(recent.effect) < thresholds.effect_size / 2:
         return Verdict(False, recent)
-    return Verdict(active or clear_and_large, recent)
+    return Verdict(active or strongest is not None, recent, strongest)
 
 
 def unit_change(ratio: float | None) -> tuple[float, str] | None:

@@ -72,7 +72,12 @@ def test_a_small_steady_shift_in_a_quiet_market_adds_up_over_the_long_windows():
     rng = np.random.default_rng(5)
     shifted = [rng.normal(DE.mean + 0.8 * DE.std, DE.std, 4) for _ in range(60)]
     assert not judge(windows(*shifted[:4]), DE, THRESHOLDS, active=False).alarm
-    assert judge(windows(*shifted), DE, THRESHOLDS, active=False).alarm
+    verdict = judge(windows(*shifted), DE, THRESHOLDS, active=False)
+    assert verdict.alarm
+    # the detail quotes the window that raised the alarm, not the short recent one that alone could not
+    assert abs(verdict.recent.z) < THRESHOLDS.z_score <= verdict.shown.z and verdict.shown.count == 240
+    detail, unit = describe(DE, verdict.shown)
+    assert unit is None and detail.endswith(f"(z={verdict.shown.z:.1f})")
 
 
 def test_statistically_clear_but_practically_small_shifts_do_not_alarm():
