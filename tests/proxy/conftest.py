@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,28 +50,36 @@ class ProxyProcess:
         self.command = [sys.executable, "-m", "proxy.cli", "serve", "--bundle", str(bundle),
                         "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers), "--redis", redis_url, *args]
         self.env = {**os.environ, "RECGUARD_FLUSH_INTERVAL": "0.1", **(env or {})}
-        self.log_path = log_path
+        self.workers = workers
+        self.log_path = log_path or Path(tempfile.mkstemp(prefix="recguard-proxy-", suffix=".log")[1])
         self.process: subprocess.Popen | None = None
 
     def start(self, wait_ready: bool = True, timeout: float = 30.0) -> "ProxyProcess":
-        log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
+        log = open(self.log_path, "wb")
         self.process = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=log, start_new_session=True)
         if wait_ready:
             self.wait_ready(timeout)
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until /readyz answers and every worker has logged its bundle loaded: sync workers take
+        requests in turn, so one ready worker does not make the next request find one."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"recguard serve exited with {self.process.returncode}")
             try:
-                if requests.get(self.url + "/readyz", timeout=1).status_code == 200:
+                if (requests.get(self.url + "/readyz", timeout=1).status_code == 200
+                        and self.bundles_loaded() >= self.workers):
                     return
             except requests.RequestException:
                 pass
             time.sleep(0.1)
         raise RuntimeError("proxy did not become ready")
+
+    def bundles_loaded(self) -> int:
+        """How many workers have logged "bundle loaded" so far (replacements included)."""
+        return self.log_path.read_text(errors="replace").count('"msg": "bundle loaded"')
 
     def predict(self, body: dict, **kwargs) -> requests.Response:
         return requests.post(self.url + "/predict", json=body, timeout=10, **kwargs)
