@@ -108,7 +108,7 @@ def nested_windows(slots: np.ndarray) -> list[Window]:
         return []
     totals = np.cumsum(slots, axis=0)
     lengths = sorted({1 << power for power in range(len(slots).bit_length())} | {len(slots)})
-    return [Window(*(float(value) for value in totals[length - 1])) for length in lengths]
+    return [Window(*row) for row in totals[np.array(lengths) - 1].tolist()]
 
 
 @dataclass(frozen=True)
@@ -177,22 +177,35 @@ def judge(windows: Sequence[Window], cell: Cell, thresholds: Thresholds, active:
     `recent` still shows; it clears once `recent` is back within half the effect size. Without
     enough values the state is kept.
     """
-    recent: Shift | None = None
-    strongest: Shift | None = None
+    # The test of `assess` on plain floats (every worker judges every cell's windows every flush
+    # interval, holding the GIL): Shifts are built only for the two windows a verdict keeps.
+    large = thresholds.effect_size * cell.std
+    z_squared = thresholds.z_score ** 2
+    training_variance = cell.std ** 2
+    recent: Window | None = None
+    recent_difference = 0.0
+    strongest: Window | None = None
+    strongest_z_squared = 0.0
     for window in windows:
-        if window.count < thresholds.min_count:
+        count = window.count
+        if count < thresholds.min_count:
             continue
-        shift = assess(window, cell)
+        mean = window.total / count
+        difference = mean - cell.mean
         if recent is None:
-            recent = shift
-        if (abs(shift.z) >= thresholds.z_score and abs(shift.effect) >= thresholds.effect_size
-                and shift.effect * recent.effect > 0 and (strongest is None or abs(shift.z) > abs(strongest.z))):
-            strongest = shift
+            recent, recent_difference = window, difference
+        if abs(difference) >= large and difference * recent_difference > 0:
+            variance = max(training_variance, window.total_sq / count - mean * mean)
+            window_z_squared = difference * difference * count / variance
+            if window_z_squared >= z_squared and (strongest is None or window_z_squared > strongest_z_squared):
+                strongest, strongest_z_squared = window, window_z_squared
     if recent is None:
         return Verdict(active, None)
-    if abs(recent.effect) < thresholds.effect_size / 2:
-        return Verdict(False, recent)
-    return Verdict(active or strongest is not None, recent, strongest)
+    recent_shift = assess(recent, cell)
+    if abs(recent_shift.effect) < thresholds.effect_size / 2:
+        return Verdict(False, recent_shift)
+    strongest_shift = assess(strongest, cell) if strongest is not None else None
+    return Verdict(active or strongest_shift is not None, recent_shift, strongest_shift)
 
 
 def unit_change(ratio: float | None) -> tuple[float, str] | None:

@@ -488,3 +488,37 @@ def test_hundred_thousand_clean_requests_never_wake_the_flusher(clean_world, per
         if number % per_flush == 0:
             assert watch.take_recent() == {}
     assert wakes == []
+
+
+def reference_judge(windows_: list[Window], cell: Cell, thresholds: Thresholds, active: bool) -> Verdict:
+    """judge as first written, one Shift per window: the oracle for the float-only fast path."""
+    recent = strongest = None
+    for window in windows_:
+        if window.count < thresholds.min_count:
+            continue
+        shift = assess(window, cell)
+        recent = recent or shift
+        if (abs(shift.z) >= thresholds.z_score and abs(shift.effect) >= thresholds.effect_size
+                and shift.effect * recent.effect > 0 and (strongest is None or abs(shift.z) > abs(strongest.z))):
+            strongest = shift
+    if recent is None:
+        return Verdict(active, None)
+    if abs(recent.effect) < thresholds.effect_size / 2:
+        return Verdict(False, recent)
+    return Verdict(active or strongest is not None, recent, strongest)
+
+
+def test_the_fast_judge_agrees_with_the_shift_by_shift_reference():
+    rng = np.random.default_rng(11)
+    raised = 0
+    for case in range(3000):
+        scale = rng.choice([1.0, 1.0, POUNDS_PER_KG, 1.15, 0.9])
+        per_slot = int(rng.integers(0, 40))
+        slots = [rng.normal(DE.mean, DE.std * rng.uniform(0.5, 2), per_slot) * (scale if i < rng.integers(0, 8) else 1)
+                 for i in range(int(rng.integers(1, 40)))]
+        nested = windows(*slots)
+        active = bool(case % 2)
+        fast, reference = judge(nested, DE, THRESHOLDS, active), reference_judge(nested, DE, THRESHOLDS, active)
+        assert fast == reference, case
+        raised += fast.alarm and not active
+    assert 100 < raised < 1400  # both outcomes are exercised

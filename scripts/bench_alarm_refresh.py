@@ -1,0 +1,92 @@
+"""CPU time of one drift-alarm refresh on the flush thread: what each worker spends, holding the
+GIL, every flush interval (0.5 s) judging every cell's windows.
+
+    .venv/bin/python scripts/bench_alarm_refresh.py [--bundle bundles/default --data data/default] [--refreshes 300]
+
+Feeds held-out requests to a real DriftWatch, flushes them through real Counters into a
+redis-server of its own (free port), and times AlarmMonitor.refresh with time.thread_time (the
+CPU of the refreshing thread only: the wait on Redis, which releases the GIL, is left out).
+Before each refresh 50 more requests are observed and flushed, as traffic does between two
+flushes. Prints the median and p90 in milliseconds; docs/benchmarks.md records a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_proxy import free_port  # noqa: E402  (same directory)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Time the refreshes and print the figures."""
+    from model.bundle import load_bundle
+    from proxy.alarms import AlarmMonitor
+    from proxy.counters import Counters, Series
+    from proxy.drift import DriftWatch, Thresholds, cells_from_profile
+    from proxy.settings import Settings
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", type=Path, default=ROOT / "bundles/default")
+    parser.add_argument("--data", type=Path, default=ROOT / "data/default")
+    parser.add_argument("--refreshes", type=int, default=300)
+    args = parser.parse_args(argv)
+    # 50 requests repeated are no sample of their markets: alarms are raised, and not the subject here
+    logging.getLogger("recguard").setLevel(logging.ERROR)
+
+    port = free_port()
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                               "--appendonly", "no", "--dir", tempfile.mkdtemp(prefix="recguard-refresh-")],
+                              stdout=subprocess.DEVNULL)
+    time.sleep(0.3)
+    try:
+        client = redis.Redis(port=port, decode_responses=True)
+        bundle = load_bundle(args.bundle)
+        settings = Settings()
+        cells = cells_from_profile(bundle.profile)
+        series = Series("d", settings.drift_slot_seconds, settings.drift_window_seconds + 60)
+        counters = Counters(client, prefix="bench")
+        thresholds = Thresholds(settings.alarm_z_score, settings.alarm_effect_size, settings.alarm_min_count)
+        watch = DriftWatch(bundle.profile, cells, series, counters.add_many, thresholds=thresholds, wake=lambda: None)
+        monitor = AlarmMonitor(client, "bench", cells, series,
+                               window_slots=settings.drift_window_seconds // settings.drift_slot_seconds,
+                               thresholds=thresholds, open_slots=2, listeners=[watch.quarantine],
+                               recent=watch.take_recent)
+        with open(args.data / "holdout.jsonl") as lines:
+            requests = [json.loads(line)["request"] for line in lines]
+        for request in requests:
+            watch.observe(request)
+        counters.flush()
+        monitor.refresh()  # reads every slot of the window once; later refreshes read the open ones
+        cpu = []
+        for _ in range(args.refreshes):
+            for request in requests[:50]:
+                watch.observe(request)
+            counters.flush()
+            started = time.thread_time()
+            monitor.refresh()
+            cpu.append(time.thread_time() - started)
+    finally:
+        server.terminate()
+        server.wait(10)
+    print(f"{len(cells)} cells: refresh CPU median {statistics.median(cpu) * 1e3:.2f} ms, "
+          f"p90 {np.percentile(cpu, 90) * 1e3:.2f} ms over {args.refreshes} refreshes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
