@@ -69,7 +69,8 @@ class Alarm:
     z: float | None = None
     """Standard errors between the window mean and the training mean, at the same moment."""
     window: dict[str, float] | None = None
-    """The recent window then: count, mean, std."""
+    """The window the alarm quotes (the recent one when it names a unit, else the one that raised
+    it), at the same moment: count, mean, std."""
     training: dict[str, float] | None = None
     """The training baseline of the cell: mean, std."""
 

@@ -4,7 +4,8 @@ Workers are sync by default (RECGUARD_WORKER_CLASS): a request is a few hundred 
 of CPU, so threads in a worker add only GIL hand-offs, and gthread's keep-alive connections
 pin a client to one worker and unbalance the two; measured in docs/benchmarks.md ("Choosing
 the worker class"). gthread stays a setting for clients that are slow or hold connections open
-without a buffering load balancer in front.
+without a buffering load balancer in front. Choose it with RECGUARD_WORKER_CLASS, not with
+gunicorn's --worker-class flag: threads are given to gthread only.
 The bundle is loaded in each worker after the fork (no preload): nothing torch-like runs in
 the master, and each worker's counter-flush thread is started where it will live.
 """
@@ -43,6 +44,8 @@ preload_app = False
 # host (replicas, tests) would fight over it, and we do not use it.
 control_socket_disable = True
 accesslog = None
+# (a custom logger_class also means gunicorn's statsd logger is not switched in by --statsd-host:
+# recguard's metrics are Prometheus, /metrics)
 logger_class = Logger
 logconfig_dict = {
     "version": 1,

@@ -124,7 +124,7 @@ def openapi_document() -> dict[str, Any]:
                           "raised_at": {"type": "string", "format": "date-time"},
                           "ratio": {"type": ["number", "null"], "description": "Window mean / training mean"},
                           "z": {"type": ["number", "null"], "description": "Standard errors from the training mean"},
-                          "window": {"type": ["object", "null"], "description": "The recent window: count, mean, std"},
+                          "window": {"type": ["object", "null"], "description": "The window the alarm quotes: count, mean, std"},
                           "training": {"type": ["object", "null"], "description": "The training baseline: mean, std"}}},
             "AlarmList": {"type": "object", "required": ["alarms"], "properties": {
                 "alarms": {"type": "array", "items": {"$ref": "#/components/schemas/Alarm"}},

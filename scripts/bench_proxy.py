@@ -197,8 +197,9 @@ def start_servers(specs: list[Spec], bundle: Path, redis_url: str, work: Path) -
         port = free_port()
         env = {**base, "RECGUARD_WORKERS": str(spec.workers), "RECGUARD_THREADS": str(spec.threads),
                "RECGUARD_REDIS_PREFIX": "bench" + "".join(c for c in spec.name if c.isalnum()),
-               # gunicorn reads these as command-line flags, over proxy/gunicorn_config.py
-               "GUNICORN_CMD_ARGS": f"--worker-class {spec.worker_class}"}
+               # the worker class through recguard's own setting: proxy/gunicorn_config.py gives
+               # gunicorn threads only for gthread (a --worker-class flag alone would run 1 thread)
+               "RECGUARD_WORKER_CLASS": spec.worker_class}
         if spec.kind == "bare":
             command = [sys.executable, "-m", "gunicorn", "-c", "python:proxy.gunicorn_config",
                        "--pythonpath", str(ROOT / "scripts"), "bench_proxy:bare_app()"]

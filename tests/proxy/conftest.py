@@ -51,19 +51,25 @@ class ProxyProcess:
                         "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers), "--redis", redis_url, *args]
         self.env = {**os.environ, "RECGUARD_FLUSH_INTERVAL": "0.1", **(env or {})}
         self.workers = workers
-        self.log_path = log_path or Path(tempfile.mkstemp(prefix="recguard-proxy-", suffix=".log")[1])
+        if log_path is None:
+            descriptor, name = tempfile.mkstemp(prefix="recguard-proxy-", suffix=".log")
+            os.close(descriptor)
+            log_path = Path(name)
+        self.log_path = log_path
         self.process: subprocess.Popen | None = None
 
     def start(self, wait_ready: bool = True, timeout: float = 30.0) -> "ProxyProcess":
-        log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=log, start_new_session=True)
+        with open(self.log_path, "wb") as log:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=log,
+                                            start_new_session=True)
         if wait_ready:
             self.wait_ready(timeout)
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Until /readyz answers and every worker has logged its bundle loaded: sync workers take
-        requests in turn, so one ready worker does not make the next request find one."""
+        requests in turn, so one ready worker does not make the next request find one. Needs the
+        INFO log level (the default): "bundle loaded" is an INFO line."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from model.dataset import load_dataset
@@ -180,3 +181,26 @@ def test_while_redis_is_down_the_last_alarms_stay_in_force(world, tmp_path):
         assert worker.monitor.last_error is None
     finally:
         server.stop()
+
+
+def test_a_slow_shift_is_quoted_with_the_window_that_raised_it(world, redis_client):
+    """A quiet market drifting 0.8 sd: only the long windows are clear; the alarm must quote one of
+    them, not the short recent window whose z is far below the threshold."""
+    profile, clean = world
+    market = profile["fields"]["weight_kg"]["segments"]["DE"]
+    germans = [body for body in clean if body["country"] == "DE"]
+    rng = np.random.default_rng(7)
+    clock = Clock()
+    worker = Worker(redis_client, profile, clock)
+    for tick in range(4 * 150):  # five minutes of flush intervals, a German every second
+        if tick % 2 == 0:
+            weight = round(float(rng.normal(market["mean"] + 0.8 * market["std"], market["std"])), 1)
+            worker.watch.observe({**germans[tick % len(germans)], "weight_kg": weight})
+        clock.now += INTERVAL
+        worker.tick()
+    alarms = {alarm.id: alarm for alarm in read_alarms(redis_client, PREFIX)}
+    alarm = alarms["weight_kg:DE"]
+    assert alarm.unit is None and alarm.z >= DEFAULTS.alarm_z_score
+    assert alarm.window["count"] > 2 * DEFAULTS.alarm_min_count
+    quoted_z = float(alarm.detail.rpartition("(z=")[2].rstrip(")"))
+    assert quoted_z == pytest.approx(alarm.z, abs=0.06) and quoted_z >= DEFAULTS.alarm_z_score

@@ -209,6 +209,7 @@ def test_slow_redis_does_not_slow_requests_and_counts_stay_exact(redis_server, r
             time.sleep(1.0)
             # and the server itself stalled for a second
             redis_server.client().client_pause(1000, all=True)
+            time.sleep(1.0)
             fast_at = time.monotonic()
             relay.delay = 0.0
             time.sleep(0.5)
