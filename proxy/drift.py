@@ -194,9 +194,9 @@ def judge(windows: Sequence[Window], cell: Cell, thresholds: Thresholds, active:
         difference = mean - cell.mean
         if recent is None:
             recent, recent_difference = window, difference
-        if abs(difference) >= large and difference * recent_difference > 0:
-            variance = max(training_variance, window.total_sq / count - mean * mean)
-            window_z_squared = difference * difference * count / variance
+        if difference * recent_difference > 0:
+            window_z_squared = _large_z_squared(count, window.total, window.total_sq, cell.mean, large,
+                                               training_variance)
             if window_z_squared >= z_squared and (strongest is None or window_z_squared > strongest_z_squared):
                 strongest, strongest_z_squared = window, window_z_squared
     if recent is None:
@@ -312,7 +312,7 @@ class DriftWatch:
                     sums[1] += value
                     sums[2] += value * value
                     if sums[0] >= self._min_count:
-                        if _shifted(sums, mean, large, z_squared, variance):
+                        if _large_z_squared(sums[0], sums[1], sums[2], mean, large, variance) >= z_squared:
                             self._evidence = {**self._evidence,
                                               cell_id: Evidence(Window(sums[0], sums[1], sums[2]), sums[3])}
                         elif sums[0] >= RECENT_BLOCKS * self._min_count:
@@ -341,11 +341,14 @@ class DriftWatch:
         self._quarantined = quarantined
 
 
-def _shifted(sums: list[float], mean: float, large: float, z_squared: float, variance: float) -> bool:
-    """The test of `assess` and `judge` on one block of recent values: large, then clear."""
-    count, total, total_sq = sums[0], sums[1], sums[2]
+def _large_z_squared(count: float, total: float, total_sq: float, mean: float, large: float,
+                    variance: float) -> float:
+    """z² of a window (count, sum, sum of squares) against a training mean when its shift is
+    large (|difference| >= `large`), else 0: `assess`'s test on plain floats, shared by `judge`
+    and the request-path watch. The standard error takes the larger of the training `variance`
+    and the window's own, as `assess` does."""
     window_mean = total / count
     difference = window_mean - mean
     if abs(difference) < large:
-        return False
-    return difference * difference * count >= z_squared * max(variance, total_sq / count - window_mean ** 2)
+        return 0.0
+    return difference * difference * count / max(variance, total_sq / count - window_mean * window_mean)
