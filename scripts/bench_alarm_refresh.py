@@ -16,7 +16,6 @@ import argparse
 import json
 import logging
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_proxy import free_port  # noqa: E402  (same directory)
+from bench_proxy import start_redis  # noqa: E402  (same directory)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,13 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     # 50 requests repeated are no sample of their markets: alarms are raised, and not the subject here
     logging.getLogger("recguard").setLevel(logging.ERROR)
 
-    port = free_port()
-    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                               "--appendonly", "no", "--dir", tempfile.mkdtemp(prefix="recguard-refresh-")],
-                              stdout=subprocess.DEVNULL)
-    time.sleep(0.3)
+    server, url = start_redis(Path(tempfile.mkdtemp(prefix="recguard-refresh-")))
     try:
-        client = redis.Redis(port=port, decode_responses=True)
+        client = redis.Redis.from_url(url, decode_responses=True)
         bundle = load_bundle(args.bundle)
         settings = Settings()
         cells = cells_from_profile(bundle.profile)

@@ -43,7 +43,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("bare", "no-guard", "clean", "anomalous")
@@ -235,6 +235,40 @@ def run_wrk(url: str, requests_file: Path, script: Path, connections: int, secon
     return result
 
 
+def per_request_us(stages: dict[str, tuple[Callable[[Any], Any], Sequence[Any]]], repeat: int,
+                   alone: bool = False) -> dict[str, float]:
+    """Median over `repeat` passes (after one warm-up pass) of each stage's mean time per input, in
+    microseconds. The stages run interleaved, input by input, as they do on a request, so a change in
+    the machine's load during the run hits every stage alike; `alone` times each stage in a loop of
+    its own instead (warm caches: a floor, not what a request sees)."""
+    if alone and len(stages) > 1:
+        return {name: per_request_us({name: stage}, repeat)[name] for name, stage in stages.items()}
+    clock = time.perf_counter_ns
+    count = min(len(inputs) for _, inputs in stages.values())
+    samples: dict[str, list[float]] = {name: [] for name in stages}
+    for round_ in range(repeat + 1):
+        spent = dict.fromkeys(stages, 0)
+        for i in range(count):
+            for name, (step, inputs) in stages.items():
+                started = clock()
+                step(inputs[i])
+                spent[name] += clock() - started
+        if round_:
+            for name in stages:
+                samples[name].append(spent[name] / count / 1000)
+    return {name: round(statistics.median(values), 2) for name, values in samples.items()}
+
+
+def start_redis(directory: Path) -> tuple[subprocess.Popen, str]:
+    """A throwaway redis-server on a free port, nothing persisted, for a benchmark; and its URL."""
+    port = free_port()
+    process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                "--appendonly", "no", "--dir", str(directory)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)
+    return process, f"redis://127.0.0.1:{port}/0"
+
+
 def guard_cost(args: argparse.Namespace, redis_url: str, mixes: dict[str, Path], repeat: int = 5) -> dict[str, float]:
     """Microseconds per request, in-process on one thread: guard.check alone, the drift windows'
     observe, the counters' record, the whole guarded service.predict minus the unguarded one, and
@@ -270,21 +304,8 @@ def guard_cost(args: argparse.Namespace, redis_url: str, mixes: dict[str, Path],
             # behind a wrapper that does not declare itself bounded, run on the budget pool
             steps["model_inline"] = service._run_model
             steps["model_via_budget_pool"] = pooled._run_model
-            # interleaved per request, so that a change in the machine's load hits every step alike
-            clock = time.perf_counter_ns
-            totals: dict[str, list[float]] = {name: [] for name in steps}
-            for round_ in range(repeat + 1):
-                spent = dict.fromkeys(steps, 0)
-                for request in requests:
-                    for name, step in steps.items():
-                        started = clock()
-                        step(request)
-                        spent[name] += clock() - started
-                if round_:  # the first round warms up
-                    for name in steps:
-                        totals[name].append(spent[name] / len(requests) / 1000)
-            for name in steps:
-                figures[f"{mix}.{name}_us"] = round(statistics.median(totals[name]), 2)
+            timed = per_request_us({name: (step, requests) for name, step in steps.items()}, repeat)
+            figures.update({f"{mix}.{name}_us": microseconds for name, microseconds in timed.items()})
             figures[f"{mix}.guard_total_us"] = round(figures[f"{mix}.service_guarded_us"]
                                                      - figures[f"{mix}.service_unguarded_us"], 2)
     finally:
@@ -344,12 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     redis_process = None
     redis_url = args.redis
     if redis_url is None:
-        port = free_port()
-        redis_process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                          "--appendonly", "no", "--dir", str(work)],
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        redis_url = f"redis://127.0.0.1:{port}/0"
-        time.sleep(0.3)
+        redis_process, redis_url = start_redis(work)
     mixes = write_mixes(args.data, work, args.requests)
     script = work / "mix.lua"
     script.write_text(WRK_SCRIPT)

@@ -32,8 +32,6 @@ import argparse
 import json
 import logging
 import os
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,31 +43,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench_proxy import anomalous, free_port, load_average  # noqa: E402  (same directory)
-
-
-def per_request_us(stages: dict[str, tuple[Callable[[Any], Any], Sequence[Any]]], repeat: int,
-                   alone: bool = False) -> dict[str, float]:
-    """Median over `repeat` passes (after one warm-up pass) of each stage's mean time per input, in
-    microseconds. The stages run interleaved, input by input, as they do on a request, so a change in
-    the machine's load during the run hits every stage alike; `alone` times each stage in a loop of
-    its own instead (warm caches: a floor, not what a request sees)."""
-    if alone and len(stages) > 1:
-        return {name: per_request_us({name: stage}, repeat)[name] for name, stage in stages.items()}
-    clock = time.perf_counter_ns
-    count = min(len(inputs) for _, inputs in stages.values())
-    samples: dict[str, list[float]] = {name: [] for name in stages}
-    for round_ in range(repeat + 1):
-        spent = dict.fromkeys(stages, 0)
-        for i in range(count):
-            for name, (step, inputs) in stages.items():
-                started = clock()
-                step(inputs[i])
-                spent[name] += clock() - started
-        if round_:
-            for name in stages:
-                samples[name].append(spent[name] / count / 1000)
-    return {name: round(statistics.median(values), 2) for name, values in samples.items()}
+from bench_proxy import anomalous, load_average, per_request_us, start_redis  # noqa: E402  (same directory)
 
 
 def measure(bundle_dir: Path, data: Path, redis_url: str, size: int, repeat: int,
@@ -151,12 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     redis_url = args.redis
     if redis_url is None:
-        port = free_port()
-        workdir = tempfile.mkdtemp(prefix="recguard-stages-")
-        server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                   "--appendonly", "no", "--dir", workdir], stdout=subprocess.DEVNULL)
-        redis_url = f"redis://127.0.0.1:{port}/0"
-        time.sleep(0.3)
+        server, redis_url = start_redis(Path(tempfile.mkdtemp(prefix="recguard-stages-")))
     try:
         load_before = load_average()
         figures = measure(args.bundle, args.data, redis_url, args.requests, args.repeat, args.alone)

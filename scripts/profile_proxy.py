@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_proxy import WRK_SCRIPT, Server, free_port, write_mixes  # noqa: E402  (same directory)
+from bench_proxy import WRK_SCRIPT, Server, free_port, start_redis, write_mixes  # noqa: E402  (same directory)
 
 # (stage, a substring of a py-spy frame "function (file:line)"): a stack counts for the first that matches
 STAGES = [
@@ -92,14 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="recguard-profile-"))
     out = args.out or work
     out.mkdir(parents=True, exist_ok=True)
-    redis_port = free_port()
-    redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                              "--appendonly", "no", "--dir", str(work)], stdout=subprocess.DEVNULL)
+    redis, redis_url = start_redis(work)
     port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("RECGUARD_")}
     env.update({"RECGUARD_LOG_LEVEL": "ERROR", "OPENBLAS_NUM_THREADS": "1"})
     server = Server("guarded", [sys.executable, "-m", "proxy.cli", "serve", "--bundle", str(args.bundle),
-                                "--bind", f"127.0.0.1:{port}", "--redis", f"redis://127.0.0.1:{redis_port}/0"],
+                                "--bind", f"127.0.0.1:{port}", "--redis", redis_url],
                     env, port, work / "proxy.log")
     try:
         server.wait_ready()
