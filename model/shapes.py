@@ -2,7 +2,7 @@
 
 Training counts, per string field, the share of values holding each class (model/profile.py);
 the proxy classifies a new field's value the same way to tell what it looks like
-(proxy/diagnosis.py). Only the classes are kept, never the characters.
+(proxy/guard/diagnosis.py). Only the classes are kept, never the characters.
 """
 
 from __future__ import annotations

@@ -15,15 +15,15 @@ from typing import Any, Callable, Mapping
 import redis
 
 from model.bundle import Bundle
-from proxy.alarms import AlarmMonitor
-from proxy.check import build_guard
-from proxy.counters import Counters, Series
-from proxy.drift import DriftWatch, Thresholds, cells_from_profile
-from proxy.fallback import PopularityFallback
-from proxy.metrics import Metrics
-from proxy.scoring import Scorer
-from proxy.service import PredictionService, Recommender
+from proxy.drift.alarms import AlarmMonitor
+from proxy.drift.watch import DriftWatch, Thresholds, cells_from_profile
+from proxy.guard.report import build_guard
+from proxy.http.metrics import Metrics
+from proxy.models.fallback import PopularityFallback
+from proxy.models.scorer import Scorer
+from proxy.models.service import PredictionService, Recommender
 from proxy.settings import Settings
+from proxy.store.counters import Counters, Series
 
 log = logging.getLogger("recguard.runtime")
 

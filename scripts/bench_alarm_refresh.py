@@ -34,10 +34,10 @@ from bench_proxy import start_redis  # noqa: E402  (same directory)
 def main(argv: list[str] | None = None) -> int:
     """Time the refreshes and print the figures."""
     from model.bundle import load_bundle
-    from proxy.alarms import AlarmMonitor
-    from proxy.counters import Counters, Series
-    from proxy.drift import DriftWatch, Thresholds, cells_from_profile
+    from proxy.drift.alarms import AlarmMonitor
+    from proxy.drift.watch import DriftWatch, Thresholds, cells_from_profile
     from proxy.settings import Settings
+    from proxy.store.counters import Counters, Series
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", type=Path, default=ROOT / "bundles/default")

@@ -37,12 +37,12 @@ import numpy as np
 
 from model.bundle import load_bundle
 from model.evaluate import CORRUPTIONS, read_holdout
-from proxy.alarms import AlarmMonitor, read_alarms
-from proxy.check import build_guard
-from proxy.counters import Counters, Series, make_redis_client
-from proxy.drift import Cell, DriftWatch, Thresholds, assess, cells_from_profile, nested_windows
+from proxy.drift.alarms import AlarmMonitor, read_alarms
+from proxy.drift.watch import Cell, DriftWatch, Thresholds, assess, cells_from_profile, nested_windows
+from proxy.guard.report import build_guard
 from proxy.request import PredictRequest
 from proxy.settings import Settings
+from proxy.store.counters import Counters, Series, make_redis_client
 
 POUNDS_PER_KG = CORRUPTIONS["lbs"]
 SETTINGS = Settings()

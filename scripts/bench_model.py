@@ -50,7 +50,7 @@ def _timed(action) -> float:
 def build(work: Path) -> tuple[Path, Path, dict[str, float]]:
     """Generate and train the default data set in `work`; return data, bundle and wall times."""
     data, bundle = work / "data", work / "bundle"
-    recguard = [sys.executable, "-m", "proxy.cli"]
+    recguard = [sys.executable, "-m", "proxy.cli.main"]
     times = {
         "generate_s": _timed(lambda: subprocess.run([*recguard, "generate", "--out", str(data)], check=True, capture_output=True)),
         "train_s": _timed(lambda: subprocess.run([*recguard, "train", "--data", str(data), "--out", str(bundle)], check=True, capture_output=True)),

@@ -8,7 +8,7 @@ per request in-process.
 
 The load generator is wrk (Debian package `wrk`): written in C, it leaves the two cores to the
 servers far better than a Python client would. Every server runs under the same gunicorn settings
-(`proxy/gunicorn_config.py`: --worker-class, --workers, --threads) on 127.0.0.1, all started before the
+(`proxy/http/gunicorn_config.py`: --worker-class, --workers, --threads) on 127.0.0.1, all started before the
 first measurement and measured in turn at each concurrency level, so a change in the machine's
 load hits every variant alike; --rounds N repeats the whole sweep and keeps each figure's median.
 
@@ -197,15 +197,15 @@ def start_servers(specs: list[Spec], bundle: Path, redis_url: str, work: Path) -
         port = free_port()
         env = {**base, "RECGUARD_WORKERS": str(spec.workers), "RECGUARD_THREADS": str(spec.threads),
                "RECGUARD_REDIS_PREFIX": "bench" + "".join(c for c in spec.name if c.isalnum()),
-               # the worker class through recguard's own setting: proxy/gunicorn_config.py gives
+               # the worker class through recguard's own setting: proxy/http/gunicorn_config.py gives
                # gunicorn threads only for gthread (a --worker-class flag alone would run 1 thread)
                "RECGUARD_WORKER_CLASS": spec.worker_class}
         if spec.kind == "bare":
-            command = [sys.executable, "-m", "gunicorn", "-c", "python:proxy.gunicorn_config",
+            command = [sys.executable, "-m", "gunicorn", "-c", "python:proxy.http.gunicorn_config",
                        "--pythonpath", str(ROOT / "scripts"), "bench_proxy:bare_app()"]
             env["RECGUARD_BIND"] = f"127.0.0.1:{port}"
         else:
-            command = [sys.executable, "-m", "proxy.cli", "serve", "--bundle", str(bundle),
+            command = [sys.executable, "-m", "proxy.cli.main", "serve", "--bundle", str(bundle),
                        "--bind", f"127.0.0.1:{port}", "--redis", redis_url,
                        *(["--no-guard"] if spec.kind == "no-guard" else [])]
         servers[spec.name] = Server(spec.name, command, env, port, work / f"{spec.name.replace(':', '-')}.log")
@@ -275,9 +275,9 @@ def guard_cost(args: argparse.Namespace, redis_url: str, mixes: dict[str, Path],
     the model call inline (as the bundle's scorer runs) against the same call on the budget pool."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from model.bundle import load_bundle
-    from proxy.app import create_app
+    from proxy.http.app import create_app
+    from proxy.models.service import PredictionService
     from proxy.request import parse_predict_body
-    from proxy.service import PredictionService
     from proxy.settings import Settings
 
     bundle = load_bundle(args.bundle)

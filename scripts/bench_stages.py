@@ -50,7 +50,7 @@ def measure(bundle_dir: Path, data: Path, redis_url: str, size: int, repeat: int
             alone: bool = False) -> dict[str, dict[str, float]]:
     """Every stage's µs per request for the clean and the anomalous mix."""
     from model.bundle import load_bundle
-    from proxy.app import create_app
+    from proxy.http.app import create_app
     from proxy.request import parse_predict_body
     from proxy.settings import Settings
 

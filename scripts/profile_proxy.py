@@ -30,14 +30,14 @@ from bench_proxy import WRK_SCRIPT, Server, free_port, start_redis, write_mixes 
 
 # (stage, a substring of a py-spy frame "function (file:line)"): a stack counts for the first that matches
 STAGES = [
-    ("model: Scorer.recommend", "recommend (proxy/scoring.py"),
-    ("fallback", "(proxy/fallback.py"),
-    ("guard: Guard.check", "check (proxy/guard.py"),
-    ("drift: DriftWatch.observe", "observe (proxy/drift.py"),
-    ("counters: record", "(proxy/counters.py"),
-    ("metrics", "(proxy/metrics.py"),
+    ("model: Scorer.recommend", "recommend (proxy/models/scorer.py"),
+    ("fallback", "(proxy/models/fallback.py"),
+    ("guard: Guard.check", "check (proxy/guard/checks.py"),
+    ("drift: DriftWatch.observe", "observe (proxy/drift/watch.py"),
+    ("counters: record", "(proxy/store/counters.py"),
+    ("metrics", "(proxy/http/metrics.py"),
     ("parse the body", "parse_predict_body (proxy/request.py"),
-    ("rest of the app (routing, JSON answer)", "(proxy/app.py"),
+    ("rest of the app (routing, JSON answer)", "(proxy/http/app.py"),
     ("flask", "(flask/"),
     ("werkzeug (WSGI request and response objects)", "(werkzeug/"),
     ("gunicorn (HTTP parsing, writing the answer)", "(gunicorn/"),
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("RECGUARD_")}
     env.update({"RECGUARD_LOG_LEVEL": "ERROR", "OPENBLAS_NUM_THREADS": "1"})
-    server = Server("guarded", [sys.executable, "-m", "proxy.cli", "serve", "--bundle", str(args.bundle),
+    server = Server("guarded", [sys.executable, "-m", "proxy.cli.main", "serve", "--bundle", str(args.bundle),
                                 "--bind", f"127.0.0.1:{port}", "--redis", redis_url],
                     env, port, work / "proxy.log")
     try:

@@ -48,8 +48,8 @@ import requests
 
 from model.bundle import load_bundle
 from model.evaluate import CORRUPTIONS, read_holdout
-from proxy.fallback import PopularityFallback
-from proxy.scoring import Scorer
+from proxy.models.fallback import PopularityFallback
+from proxy.models.scorer import Scorer
 
 K = 10
 POUNDS_PER_KG = CORRUPTIONS["lbs"]
@@ -162,7 +162,7 @@ def _redis_answers(port: int) -> bool:
 def start_proxy(bundle: Path, redis_url: str, workers: int, log: Path, admin_token: str) -> tuple[subprocess.Popen, str]:
     """`recguard serve` with its default settings, as `make run` starts it, and an admin token."""
     port = free_port()
-    command = [sys.executable, "-m", "proxy.cli", "serve", "--bundle", str(bundle), "--bind", f"127.0.0.1:{port}",
+    command = [sys.executable, "-m", "proxy.cli.main", "serve", "--bundle", str(bundle), "--bind", f"127.0.0.1:{port}",
                "--workers", str(workers), "--redis", redis_url]
     env = {key: value for key, value in os.environ.items() if not key.startswith("RECGUARD_")}
     env["RECGUARD_ADMIN_TOKEN"] = admin_token

@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("RECGUARD_")}
     env.update({"RECGUARD_REDIS_PREFIX": PREFIX, "RECGUARD_LOG_LEVEL": "WARNING"})
-    server = subprocess.Popen([sys.executable, "-m", "proxy.cli", "serve", "--bundle", str(args.bundle),
+    server = subprocess.Popen([sys.executable, "-m", "proxy.cli.main", "serve", "--bundle", str(args.bundle),
                                "--bind", f"127.0.0.1:{port}", "--redis", store.url],
                               cwd=ROOT, env=env, stdout=open(work / "proxy.log", "wb"), stderr=subprocess.STDOUT,
                               start_new_session=True)

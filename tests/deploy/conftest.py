@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from model.errors import RecguardError
-from proxy.app import create_app
+from proxy.http.app import create_app
 from proxy.settings import Settings
 from tests.deploy.dockerfile import Stage, parse
 

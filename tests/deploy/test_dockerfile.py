@@ -81,9 +81,9 @@ def test_command_is_recguard_serve_as_the_end_to_end_tests_run_it(stages):
     command = final(stages).last("CMD").exec_form()
     assert command == ["recguard", "serve"], "every setting comes from RECGUARD_* variables"
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["recguard"] == "proxy.cli:main"
+    assert scripts["recguard"] == "proxy.cli.main:main"
     e2e = ProxyProcess(Path("bundle"), "redis://127.0.0.1:1/0").command
-    assert e2e[1:3] == ["-m", "proxy.cli"] and e2e[3:4] == command[1:]
+    assert e2e[1:3] == ["-m", "proxy.cli.main"] and e2e[3:4] == command[1:]
 
 
 def test_torch_pin_matches_the_makefile():
@@ -128,7 +128,7 @@ def test_the_build_context_installs_a_complete_package(stages, tmp_path):
                     "--wheel-dir", str(tmp_path / "wheel"), str(context)], check=True, capture_output=True)
     (wheel,) = (tmp_path / "wheel").glob("recguard-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"proxy/dashboard.html", "proxy/wsgi.py", "proxy/gunicorn_config.py", "model/bundle.py"} <= names
+    assert {"proxy/http/dashboard.html", "proxy/http/wsgi.py", "proxy/http/gunicorn_config.py", "model/bundle.py"} <= names
 
 
 def run_health_check(health: Instruction, env: dict[str, str]) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import fields
 
-from proxy.metrics import Metrics
+from proxy.http.metrics import Metrics
 from proxy.settings import ENV_PREFIX, Settings
 from tests.deploy.conftest import ROOT
 

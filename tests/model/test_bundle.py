@@ -46,7 +46,7 @@ def test_cli_refuses_an_altered_bundle_in_one_line(tiny_bundle, tiny_data, tmp_p
     with (copy / "profile.json").open("a") as handle:
         handle.write(" ")
     result = subprocess.run(
-        [sys.executable, "-m", "proxy.cli", "evaluate", "--bundle", str(copy), "--data", str(tiny_data)],
+        [sys.executable, "-m", "proxy.cli.main", "evaluate", "--bundle", str(copy), "--data", str(tiny_data)],
         capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 2

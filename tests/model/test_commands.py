@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from proxy.cli import main
+from proxy.cli.main import main
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -92,7 +92,7 @@ def test_evaluate_without_holdout_or_bundle(capsys, tiny_bundle, broken_data, tm
 
 def test_the_installed_command_reports_bad_data_without_a_traceback(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "proxy.cli", "train", "--data", str(tmp_path), "--out", str(tmp_path / "b")],
+        [sys.executable, "-m", "proxy.cli.main", "train", "--data", str(tmp_path), "--out", str(tmp_path / "b")],
         capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 2

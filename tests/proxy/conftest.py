@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from model.bundle import load_bundle
-from proxy.app import create_app
+from proxy.http.app import create_app
 from proxy.settings import Settings
 from tests.conftest import free_port
 
@@ -47,7 +47,7 @@ class ProxyProcess:
                  log_path: Path | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.command = [sys.executable, "-m", "proxy.cli", "serve", "--bundle", str(bundle),
+        self.command = [sys.executable, "-m", "proxy.cli.main", "serve", "--bundle", str(bundle),
                         "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers), "--redis", redis_url, *args]
         self.env = {**os.environ, "RECGUARD_FLUSH_INTERVAL": "0.1", **(env or {})}
         self.workers = workers

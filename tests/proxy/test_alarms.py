@@ -16,10 +16,10 @@ import pytest
 from model.dataset import load_dataset
 from model.profile import build_profile
 from model.synthetic import generate
-from proxy.alarms import AlarmMonitor, read_alarms
-from proxy.counters import Counters, Series, make_redis_client
-from proxy.drift import DriftWatch, Thresholds, cells_from_profile
+from proxy.drift.alarms import AlarmMonitor, read_alarms
+from proxy.drift.watch import DriftWatch, Thresholds, cells_from_profile
 from proxy.settings import Settings
+from proxy.store.counters import Counters, Series, make_redis_client
 from tests.conftest import RedisServer
 from tests.proxy.conftest import holdout_requests
 

@@ -8,8 +8,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import redis
 
-from proxy.anomaly_query import AnomalyReport, format_table, parse_time, query_anomalies
-from proxy.counters import Counters, make_redis_client
+from proxy.store.anomaly_query import AnomalyReport, format_table, parse_time, query_anomalies
+from proxy.store.counters import Counters, make_redis_client
 from tests.conftest import free_port
 
 PREFIX = "recguard"

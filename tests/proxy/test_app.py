@@ -10,7 +10,7 @@ import time
 import pytest
 
 from model.bundle import load_bundle
-from proxy.app import create_app
+from proxy.http.app import create_app
 from proxy.settings import Settings
 from tests.proxy.conftest import merged_names, renamed_email
 

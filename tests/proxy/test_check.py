@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from model.errors import RecguardError
-from proxy import contract_commands
-from proxy.check import BAD_REQUEST, CLEAN, CONTRACT, FALLBACK, REJECTED, build_guard, check_lines
+from proxy.cli import contract as contract_commands
+from proxy.guard.report import BAD_REQUEST, CLEAN, CONTRACT, FALLBACK, REJECTED, build_guard, check_lines
 from proxy.settings import Settings
 from tests.proxy.conftest import merged_names, renamed_email
 

@@ -4,11 +4,11 @@ import json
 import subprocess
 import sys
 
-from proxy.counters import Counters
+from proxy.store.counters import Counters
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "proxy.cli", *args], capture_output=True, text=True, timeout=60,
+    return subprocess.run([sys.executable, "-m", "proxy.cli.main", *args], capture_output=True, text=True, timeout=60,
                           env={"PATH": "/usr/bin:/bin"})
 
 
@@ -49,7 +49,7 @@ def test_bad_time_and_unreachable_redis_are_one_line_errors(redis_server):
 
 
 def test_active_alarms_are_listed_with_their_diagnosis(redis_server, redis_client):
-    from proxy.alarms import Alarm, alarms_key
+    from proxy.drift.alarms import Alarm, alarms_key
 
     record_traffic(redis_client)
     alarm = Alarm("weight_kg:DE", "weight_kg", "DE", "weight_kg in DE looks x2.205: kg->lb?", "kg->lb", 1_795_000_000.0)

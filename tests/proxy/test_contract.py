@@ -9,10 +9,10 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from model.errors import RecguardError
-from proxy import contract_commands
-from proxy.check import build_guard
-from proxy.contract import request_schema
-from proxy.guard import UNKNOWN_ITEM
+from proxy.cli import contract as contract_commands
+from proxy.guard.checks import UNKNOWN_ITEM
+from proxy.guard.contract import request_schema
+from proxy.guard.report import build_guard
 from proxy.request import parse_predict_body
 from proxy.settings import Settings
 from tests.proxy.conftest import merged_names, renamed_email

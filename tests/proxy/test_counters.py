@@ -9,8 +9,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from proxy.anomaly_query import AnomalyReport, query_anomalies
-from proxy.counters import Counters, make_redis_client
+from proxy.store.anomaly_query import AnomalyReport, query_anomalies
+from proxy.store.counters import Counters, make_redis_client
 from tests.conftest import RedisRelay, RedisServer, free_port
 
 PREFIX = "recguard"

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from proxy.check import build_guard
+from proxy.guard.report import build_guard
 from proxy.request import PredictRequest
 from proxy.settings import Settings
 from tests.proxy.conftest import merged_names, renamed_email

@@ -9,9 +9,21 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from proxy.counters import Series
-from proxy.drift import (RECENT_BLOCKS, Cell, DriftWatch, Thresholds, Verdict, Window, assess, cells_from_profile, describe, judge,
-                         nested_windows, unit_change)
+from proxy.drift.watch import (
+    RECENT_BLOCKS,
+    Cell,
+    DriftWatch,
+    Thresholds,
+    Verdict,
+    Window,
+    assess,
+    cells_from_profile,
+    describe,
+    judge,
+    nested_windows,
+    unit_change,
+)
+from proxy.store.counters import Series
 
 POUNDS_PER_KG = 2.20462
 DE = Cell("weight_kg", "DE", mean=80.0, std=14.0)
@@ -227,7 +239,7 @@ TOKEN = "drift-admin-token"
 
 @pytest.fixture
 def drift_app(tiny_bundle, redis_server, redis_client, loaded_bundle):
-    from proxy.app import create_app
+    from proxy.http.app import create_app
     from proxy.settings import Settings
 
     # one-second slots: the test steps over a slot boundary to show a recovery on fresh data
@@ -299,7 +311,7 @@ def test_the_app_quarantines_one_market_alone_and_shows_the_alarm_everywhere(dri
     settle(drift_app)  # counts reach Redis within a flush interval; do not race the flush thread
     assert client.get("/anomalies?kind=drift_quarantine").get_json()["by_kind"].get("drift_quarantine", 0) >= 10
 
-    from proxy.counters import MARKER_PREFIX
+    from proxy.store.counters import MARKER_PREFIX
 
     fields = {name for key in redis_client.scan_iter("recguard:d:*") for name in redis_client.hkeys(key)
               if not name.startswith(MARKER_PREFIX)}
@@ -411,9 +423,9 @@ def test_a_busy_market_switching_to_pounds_is_quarantined_within_200_of_its_requ
     flush interval, and at once (at most every tenth of an interval) when its watch wakes it. US, the
     largest market (about a quarter of the traffic), switches to pounds, light shoppers only: every
     value inside the training range."""
-    from proxy.alarms import AlarmMonitor, read_alarms
-    from proxy.counters import Counters
+    from proxy.drift.alarms import AlarmMonitor, read_alarms
     from proxy.settings import Settings
+    from proxy.store.counters import Counters
 
     profile, holdout = clean_world
     defaults = Settings()

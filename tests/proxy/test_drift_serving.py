@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from proxy.app import create_app
+from proxy.http.app import create_app
 from proxy.settings import Settings
 from tests.proxy.conftest import ProxyProcess
 

@@ -1,6 +1,6 @@
 """The popularity fallback: the request's market when known, global otherwise, history excluded."""
 
-from proxy.fallback import PopularityFallback
+from proxy.models.fallback import PopularityFallback
 
 POPULARITY = {
     "segment_field": "country",

@@ -21,7 +21,7 @@ import redis
 import requests
 
 from model.bundle import load_bundle, write_bundle
-from proxy.counters import make_redis_client
+from proxy.store.counters import make_redis_client
 from tests.conftest import RedisRelay, RedisServer, free_port
 from tests.proxy.conftest import ProxyProcess
 

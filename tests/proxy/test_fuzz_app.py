@@ -16,14 +16,14 @@ from __future__ import annotations
 import math
 import os
 import uuid
-from urllib.parse import quote
 from collections import Counter
+from urllib.parse import quote
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.app import create_app
+from proxy.http.app import create_app
 from proxy.settings import Settings
 from tests.proxy.test_fuzz import bodies, content_types, header_names, header_values
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from proxy.guard import Guard, routes_to_fallback
+from proxy.guard.checks import Guard, routes_to_fallback
 from proxy.request import PredictRequest
 
 PROFILE = {

@@ -11,10 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 import redis
 
 from model.bundle import load_bundle
-from proxy.drift import cells_from_profile
+from proxy.drift.watch import cells_from_profile
 from tests.proxy.conftest import ProxyProcess
 from tests.proxy.test_faults import settle
-
 
 # Commands that name no key, or exactly one (their first argument); EVALSHA is checked apart.
 KEYLESS = {"PING", "HELLO", "CLIENT", "SCRIPT", "INFO", "SELECT", "COMMAND"}

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from model.evaluate import NumpyScorer, corrupt
-from proxy.scoring import ModelError, Scorer
+from proxy.models.scorer import ModelError, Scorer
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import threading
 import time
 
-from proxy.guard import MODEL_TIMEOUT
+from proxy.guard.checks import MODEL_TIMEOUT
+from proxy.models.scorer import Recommendation
+from proxy.models.service import PredictionService
 from proxy.request import PredictRequest
-from proxy.scoring import Recommendation
-from proxy.service import PredictionService
 
 REQUEST = PredictRequest(fields={}, history=[], k=2)
 

@@ -119,7 +119,7 @@ def test_serve_refuses_an_altered_bundle_with_one_line(tiny_bundle, redis_server
     data = bytearray((altered / "scoring.npz").read_bytes())
     data[len(data) // 2] ^= 0xFF
     (altered / "scoring.npz").write_bytes(bytes(data))
-    result = subprocess.run([sys.executable, "-m", "proxy.cli", "serve", "--bundle", str(altered),
+    result = subprocess.run([sys.executable, "-m", "proxy.cli.main", "serve", "--bundle", str(altered),
                              "--redis", redis_server.url], capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [
@@ -127,7 +127,7 @@ def test_serve_refuses_an_altered_bundle_with_one_line(tiny_bundle, redis_server
 
 
 def test_serve_refuses_a_bad_setting(tiny_bundle, redis_server):
-    result = subprocess.run([sys.executable, "-m", "proxy.cli", "serve", "--bundle", str(tiny_bundle)],
+    result = subprocess.run([sys.executable, "-m", "proxy.cli.main", "serve", "--bundle", str(tiny_bundle)],
                             capture_output=True, text=True, timeout=60,
                             env={"PATH": "/usr/bin:/bin", "RECGUARD_MODEL_TIMEOUT_MS": "fast"})
     assert result.returncode == 2

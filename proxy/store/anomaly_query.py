@@ -9,13 +9,14 @@ read, so the writers' `batch:` markers and other counters (drift sums) never lea
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field as dataclass_field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import redis
 
-from proxy.counters import bucket_key
+from proxy.store.counters import bucket_key
 
 MAX_RANGE = timedelta(days=7)
 """The longest range one query reads: the buckets' default TTL, 10 081 keys in one pipeline."""

@@ -1,4 +1,4 @@
-"""gunicorn configuration for `recguard serve` (and for a plain `gunicorn proxy.wsgi:app` in the repo root).
+"""gunicorn configuration for `recguard serve` (and for a plain `gunicorn proxy.http.wsgi:app` in the repo root).
 
 Workers are sync by default (RECGUARD_WORKER_CLASS): a request is a few hundred microseconds
 of CPU, so threads in a worker add only GIL hand-offs, and gthread's keep-alive connections
@@ -50,7 +50,7 @@ logger_class = Logger
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "proxy.logs.JsonFormatter"}},
+    "formatters": {"json": {"()": "proxy.http.logs.JsonFormatter"}},
     "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json"}},
     "root": {"handlers": ["stderr"], "level": _settings.log_level.upper()},
     "loggers": {

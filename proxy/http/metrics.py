@@ -10,8 +10,15 @@ from __future__ import annotations
 import os
 from typing import Iterable, Sequence
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import multiprocess
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 # Label values come from the profile; any other field name a client sends shares one label,
 # so a hostile client cannot grow the number of series.

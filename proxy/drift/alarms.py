@@ -30,8 +30,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import redis
 
-from proxy.counters import Series
-from proxy.drift import Cell, Evidence, Shift, Thresholds, describe, judge, nested_windows
+from proxy.drift.watch import Cell, Evidence, Shift, Thresholds, describe, judge, nested_windows
+from proxy.store.counters import Series
 
 log = logging.getLogger("recguard.alarms")
 

@@ -14,15 +14,15 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from model.bundle import Bundle, load_bundle
-from proxy.anomaly_query import parse_time, query_anomalies
-from proxy.counters import Counters, make_redis_client
-from proxy.dashboard import dashboard_blueprint
-from proxy.health import health_report
-from proxy.openapi import openapi_document
+from proxy.http.dashboard import dashboard_blueprint
+from proxy.http.health import health_report
+from proxy.http.openapi import openapi_document
+from proxy.models.service import Recommender
 from proxy.request import BadRequest, parse_predict_body
 from proxy.runtime import Runtime
-from proxy.service import Recommender
 from proxy.settings import Settings
+from proxy.store.anomaly_query import parse_time, query_anomalies
+from proxy.store.counters import Counters, make_redis_client
 
 log = logging.getLogger("recguard.app")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from proxy.scoring import Recommendation
+from proxy.models.scorer import Recommendation
 
 
 class PopularityFallback:

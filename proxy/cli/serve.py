@@ -59,7 +59,7 @@ def serve_command(args: argparse.Namespace) -> int:
     # One BLAS thread per worker: workers are the parallelism, oversubscription only adds latency.
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env.setdefault(name, "1")
-    command = [sys.executable, "-m", "gunicorn", "-c", "python:proxy.gunicorn_config", "proxy.wsgi:app"]
+    command = [sys.executable, "-m", "gunicorn", "-c", "python:proxy.http.gunicorn_config", "proxy.http.wsgi:app"]
     os.execvpe(command[0], command, env)
     return 0
 
@@ -71,10 +71,10 @@ def anomalies_command(args: argparse.Namespace) -> int:
     import redis
 
     from model.errors import RecguardError
-    from proxy.alarms import read_alarms
-    from proxy.anomaly_query import format_table, parse_time, query_anomalies
-    from proxy.counters import make_redis_client
+    from proxy.drift.alarms import read_alarms
     from proxy.settings import redact_url
+    from proxy.store.anomaly_query import format_table, parse_time, query_anomalies
+    from proxy.store.counters import make_redis_client
 
     settings = _settings(args, ("redis_url", "redis_prefix"))
     now = datetime.now(timezone.utc)

@@ -7,8 +7,8 @@ from typing import Any
 
 import redis
 
-from proxy.anomaly_query import query_anomalies
 from proxy.runtime import Runtime
+from proxy.store.anomaly_query import query_anomalies
 
 RATE_WINDOW = timedelta(minutes=5)
 

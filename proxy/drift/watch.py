@@ -21,8 +21,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from proxy.counters import Number, Series
-from proxy.guard import DRIFT_QUARANTINE, Anomaly
+from proxy.guard.checks import DRIFT_QUARANTINE, Anomaly
+from proxy.store.counters import Number, Series
 
 MAX_MAGNITUDE = 1e12
 """Values this large are left out of the sums (their squares would swamp every other value);

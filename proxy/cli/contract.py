@@ -33,7 +33,7 @@ def contract_command(args: argparse.Namespace) -> int:
 
     from model.bundle import load_bundle
     from model.errors import RecguardError
-    from proxy.contract import request_schema
+    from proxy.guard.contract import request_schema
     from proxy.settings import Settings
 
     settings = Settings.from_env(bundle=args.bundle)
@@ -55,7 +55,7 @@ def check_command(args: argparse.Namespace) -> int:
 
     from model.bundle import load_bundle
     from model.errors import RecguardError
-    from proxy.check import check_file, format_report
+    from proxy.guard.report import check_file, format_report
     from proxy.settings import Settings
 
     path = Path(args.file)

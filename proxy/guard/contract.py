@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from proxy.guard import FieldRule, compile_rules
+from proxy.guard.checks import FieldRule, compile_rules
 from proxy.request import HISTORY_FIELD, K_FIELD
 from proxy.settings import Settings
 

@@ -15,9 +15,20 @@ from typing import Any, Iterable, Mapping
 
 from model.bundle import Bundle
 from model.errors import RecguardError
-from proxy.diagnosis import Diagnosis
-from proxy.guard import (MISSING_FIELD, NON_FINITE, OTHER_FIELD, OUT_OF_RANGE, TYPE_MISMATCH, UNEXPECTED_FIELD,
-                         UNKNOWN_CATEGORY, UNKNOWN_ITEM, Anomaly, FieldRule, Guard)
+from proxy.guard.checks import (
+    MISSING_FIELD,
+    NON_FINITE,
+    OTHER_FIELD,
+    OUT_OF_RANGE,
+    TYPE_MISMATCH,
+    UNEXPECTED_FIELD,
+    UNKNOWN_CATEGORY,
+    UNKNOWN_ITEM,
+    Anomaly,
+    FieldRule,
+    Guard,
+)
+from proxy.guard.diagnosis import Diagnosis
 from proxy.request import BadRequest, PredictRequest, parse_predict_body
 from proxy.settings import Settings
 

@@ -1,4 +1,4 @@
-"""The `recguard` command line: training commands come from model.commands, serving ones from proxy.commands.
+"""The `recguard` command line: training commands come from proxy.cli.training, serving ones from proxy.cli.serve.
 
 Both command modules import only argparse at import time, so `recguard serve` never loads
 training code and `recguard train` never loads Flask.
@@ -9,10 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from model import commands as model_commands
 from model.errors import RecguardError
-from proxy import commands as proxy_commands
-from proxy import contract_commands
+from proxy.cli import contract, serve, training
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,9 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Guard a recommendation model: train a bundle, serve it behind checks, ask what went wrong.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    model_commands.register(sub)
-    proxy_commands.register(sub)
-    contract_commands.register(sub)
+    training.register(sub)
+    serve.register(sub)
+    contract.register(sub)
     return parser
 
 

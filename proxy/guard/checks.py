@@ -90,7 +90,7 @@ def compile_rules(profile: Mapping[str, Any], *, range_tolerance: float, require
 
 
 Diagnose = Callable[[Mapping[str, Any], list[Anomaly]], list[Anomaly]]
-"""Given a request's fields and anomalies, more anomalies that explain them (proxy/diagnosis.py)."""
+"""Given a request's fields and anomalies, more anomalies that explain them (proxy/guard/diagnosis.py)."""
 
 
 class Guard:

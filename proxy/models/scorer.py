@@ -44,7 +44,7 @@ class Scorer:
 
     bounded = True
     """Its run time is set by the bundle's shapes, k and the history limit (no I/O, no locks): it
-    cannot hang, so the prediction service runs it on the request thread (proxy/service.py)."""
+    cannot hang, so the prediction service runs it on the request thread (proxy/models/service.py)."""
 
     def __init__(self, scoring: Mapping[str, Any], arrays: Mapping[str, np.ndarray]):
         self.item_ids: list[str] = [str(item) for item in arrays["item_ids"]]

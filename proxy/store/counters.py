@@ -36,7 +36,14 @@ from typing import Callable, Iterable
 import redis
 from redis.backoff import NoBackoff
 from redis.exceptions import (
-    AskError, ClusterDownError, NoScriptError, OutOfMemoryError, ReadOnlyError, RedisError, ResponseError, TryAgainError,
+    AskError,
+    ClusterDownError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
 )
 from redis.retry import Retry
 

@@ -13,9 +13,9 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
-from proxy.guard import MODEL_ERROR, MODEL_TIMEOUT, Anomaly, Guard
+from proxy.guard.checks import MODEL_ERROR, MODEL_TIMEOUT, Anomaly, Guard
+from proxy.models.scorer import ModelError, Recommendation
 from proxy.request import PredictRequest
-from proxy.scoring import ModelError, Recommendation
 
 log = logging.getLogger("recguard.service")
 

@@ -1,0 +1,1 @@
+"""The `recguard` command; training commands import torch only when run."""

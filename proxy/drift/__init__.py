@@ -1,0 +1,1 @@
+"""Drift windows, the request-path watch, alarms shared through Redis."""

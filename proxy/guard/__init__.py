@@ -1,0 +1,1 @@
+"""Rules compiled from the training profile, the checks, rename/merge diagnosis, the contract."""

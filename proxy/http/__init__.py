@@ -1,0 +1,1 @@
+"""The HTTP layer: the app factory, its routes, health, metrics, the gunicorn entry points."""

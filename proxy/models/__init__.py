@@ -1,0 +1,1 @@
+"""What answers a request: the bundle's scorer, the popularity fallback, the routing service."""

@@ -1,0 +1,1 @@
+"""Redis: the client, the counters and their key layout, queries over them."""
