@@ -1,7 +1,9 @@
-"""What a worker holds once its bundle is loaded, and the loading itself (in the background).
+"""The composition root: settings in, the parts of one worker out, wired; and their start and close.
 
-/readyz answers 503 until the bundle is loaded; `Runtime.settled` is set once loading ended,
-loaded or failed, so early requests can wait for it instead of failing.
+`Runtime` builds the Redis client and the counters at once, and the guard, the drift watch, the
+alarms, the model and the prediction service from the bundle once it is loaded (now or in the
+background). /readyz answers 503 until then; `Runtime.settled` is set once loading ended, loaded or
+failed, so early requests can wait for it instead of failing. Nothing else in proxy/ builds a part.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ import redis
 from model.bundle import Bundle
 from proxy.drift.alarms import AlarmMonitor
 from proxy.drift.watch import DriftWatch, Thresholds, cells_from_profile
-from proxy.guard.report import build_guard
+from proxy.guard.checks import Guard
+from proxy.guard.diagnosis import Diagnosis
 from proxy.http.metrics import Metrics
 from proxy.models.fallback import PopularityFallback
+from proxy.models.recommender import Recommender
 from proxy.models.scorer import Scorer
-from proxy.models.service import PredictionService, Recommender
+from proxy.models.service import PredictionService
 from proxy.settings import Settings
-from proxy.store.counters import Counters, Series
+from proxy.store.counters import Counters, Series, make_redis_client
 
 log = logging.getLogger("recguard.runtime")
 
@@ -43,15 +47,33 @@ class Loaded:
         return self.bundle.model_version
 
 
-class Runtime:
-    """Loads a bundle once (now or in a background thread) and hands out the loaded parts."""
+def build_guard(bundle: Bundle, settings: Settings) -> Guard:
+    """The guard for a bundle's profile and catalogue, with rename/merge diagnosis: the proxy's and `recguard check`'s."""
+    rules = settings.guard
+    diagnosis = Diagnosis(bundle.profile, range_tolerance=rules.range_tolerance)
+    return Guard(bundle.profile, (str(item) for item in bundle.arrays["item_ids"]), range_tolerance=rules.range_tolerance,
+                 required_presence=rules.required_presence, diagnose=diagnosis.diagnose)
 
-    def __init__(self, settings: Settings, counters: Counters | None, model: Recommender | None = None,
-                 redis_client: redis.Redis | None = None):
+
+class Runtime:
+    """One worker's parts: the store's client and counters at once, the rest once a bundle is installed.
+
+    `redis_client` replaces the client the settings name (a test's own server); `model` replaces the
+    bundle's scorer (a model that fails, in tests). With the guard off there is no Redis at all.
+    """
+
+    def __init__(self, settings: Settings, *, redis_client: redis.Redis | None = None,
+                 model: Recommender | None = None):
         self.settings = settings
-        self.counters = counters
         self.model = model
-        self.redis_client = redis_client
+        self.redis_client: redis.Redis | None = None
+        self.counters: Counters | None = None
+        if settings.guard.enabled:
+            store = settings.redis
+            self.redis_client = redis_client or make_redis_client(store.url, store.timeout)
+            self.counters = Counters(self.redis_client, prefix=store.prefix, ttl_seconds=store.counter_ttl_seconds,
+                                     flush_interval=store.flush_interval, max_pending=store.max_pending_counts)
+            self.counters.start()
         self.loaded: Loaded | None = None
         self.error: str | None = None
         self.settled = threading.Event()
@@ -64,7 +86,7 @@ class Runtime:
         scorer = self.model or Scorer.from_bundle(bundle)
         guard = drift = alarms = None
         recorders: list = [metrics]
-        if settings.guard:
+        if settings.guard.enabled:
             guard = build_guard(bundle, settings)
             if self.counters is not None:
                 recorders.append(self.counters)
@@ -72,28 +94,28 @@ class Runtime:
                     drift, alarms = self._drift(profile, metrics)
         service = PredictionService(
             scorer, PopularityFallback(bundle.popularity), guard,
-            model_timeout=settings.model_timeout_ms / 1000 if settings.guard else None,
-            recorders=recorders, executor_threads=settings.threads, drift=drift,
+            model_timeout=settings.limits.model_timeout_ms / 1000 if settings.guard.enabled else None,
+            recorders=recorders, executor_threads=settings.server.threads, drift=drift,
         )
         self.loaded = Loaded(bundle, service, metrics, alarms)
         self.settled.set()
-        log.info("bundle loaded", extra={"model_version": bundle.model_version, "guard": settings.guard})
+        log.info("bundle loaded", extra={"model_version": bundle.model_version, "guard": settings.guard.enabled})
 
     def _drift(self, profile: Mapping[str, Any], metrics: Metrics) -> tuple[DriftWatch, AlarmMonitor]:
         """The drift windows (fed by requests, written by the counters' flush) and this worker's
         alarm monitor, refreshed on the flush thread right after each flush."""
         settings = self.settings
-        series = Series("d", settings.drift_slot_seconds, settings.drift_window_seconds + 60)
+        series = Series("d", settings.drift.slot_seconds, settings.drift.window_seconds + 60)
         cells = cells_from_profile(profile)
-        thresholds = Thresholds(settings.alarm_z_score, settings.alarm_effect_size, settings.alarm_min_count)
+        thresholds = Thresholds(settings.drift.alarm_z_score, settings.drift.alarm_effect_size, settings.drift.alarm_min_count)
         watch = DriftWatch(profile, cells, series, self.counters.add_many, thresholds=thresholds,
                            wake=self.counters.flush_soon)
         monitor = AlarmMonitor(
-            self.redis_client, settings.redis_prefix, cells, series,
-            window_slots=math.ceil(settings.drift_window_seconds / settings.drift_slot_seconds),
+            self.redis_client, settings.redis.prefix, cells, series,
+            window_slots=math.ceil(settings.drift.window_seconds / settings.drift.slot_seconds),
             thresholds=thresholds,
             # a slot stays open to late writes for one flush interval of every worker
-            open_slots=math.ceil(settings.flush_interval / settings.drift_slot_seconds) + 1,
+            open_slots=math.ceil(settings.redis.flush_interval / settings.drift.slot_seconds) + 1,
             listeners=[watch.quarantine, lambda active: metrics.alarms.set(len(active))],
             recent=watch.take_recent,
         )
@@ -106,7 +128,7 @@ class Runtime:
         """Load the configured bundle on a thread so the worker answers /livez and /readyz meanwhile."""
         def run() -> None:
             try:
-                self.install(loader(str(self.settings.bundle)))
+                self.install(loader(str(self.settings.server.bundle)))
             except Exception as exc:  # reported by /readyz; the worker stays alive and not ready
                 self.error = f"{type(exc).__name__}: {exc}"
                 log.error("bundle failed to load", extra={"error": self.error})

@@ -1,15 +1,18 @@
-"""Serving settings: one typed object, read from RECGUARD_* variables and `recguard serve` flags, validated once.
+"""Serving settings: typed groups read from RECGUARD_* variables and `recguard serve` flags, validated once.
 
-A malformed value or an unknown RECGUARD_* variable (a typo) stops the start with a message
-naming the variable; nothing falls back silently to a default.
+Each setting has one flat name, the same as its variable without the prefix (`redis_url` is
+RECGUARD_REDIS_URL and `--redis-url`'s override) and lives in the group of the part that uses it
+(`settings.redis.url`). A malformed value or an unknown RECGUARD_* variable (a typo) stops the start
+with a message naming the variable; nothing falls back silently to a default.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from model.errors import RecguardError
@@ -22,69 +25,162 @@ class SettingsError(RecguardError):
     """A setting is malformed or unknown."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Everything the proxy can be told; each field is the env variable RECGUARD_<NAME>."""
+def setting(name: str, default: Any, **kwargs: Any) -> Any:
+    """A group field whose flat name (variable RECGUARD_<NAME>, flag override) is `name`."""
+    return field(default=default, metadata={"name": name}, **kwargs)
 
-    bundle: Path = Path("bundles/default")
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """The gunicorn server and what it serves."""
+
+    bundle: Path = setting("bundle", Path("bundles/default"))
     """Bundle directory to serve."""
-    bind: str = "127.0.0.1:8000"
+    bind: str = setting("bind", "127.0.0.1:8000")
     """host:port gunicorn listens on."""
-    workers: int = 2
+    workers: int = setting("workers", 2)
     """gunicorn worker processes."""
-    worker_class: str = "sync"
+    worker_class: str = setting("worker_class", "sync")
     """gunicorn worker class: sync (one request at a time per worker: the lowest tail latency,
     measured in docs/benchmarks.md) or gthread (`threads` per worker: keep-alive, slow clients)."""
-    threads: int = 4
+    threads: int = setting("threads", 4)
     """Threads per worker with gthread; also the size of each worker's model-budget pool."""
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    """Redis for counters and drift windows, shared by all workers and replicas."""
-    redis_prefix: str = "recguard"
-    """Key prefix of every Redis key recguard writes."""
-    redis_timeout: float = 0.25
-    """Seconds before a Redis call gives up (never on the request path)."""
-    counter_ttl_seconds: int = 7 * 24 * 3600
-    """How long a minute bucket lives in Redis."""
-    flush_interval: float = 0.5
-    """Seconds between two flushes of the in-memory counters."""
-    max_pending_counts: int = 200_000
-    """Counter fields kept in memory while Redis is down; past it the oldest are dropped and counted."""
-    max_body_bytes: int = 1024 * 1024
-    """Largest accepted request body."""
-    max_history: int = 500
-    """Longest accepted history list."""
-    default_k: int = 10
-    """Items returned when the request has no k."""
-    max_k: int = 100
-    """Largest accepted k."""
-    model_timeout_ms: float = 250.0
-    """Budget of one model call; past it the fallback answers (model_timeout)."""
-    range_tolerance: float = 0.05
-    """Slack around the training range, as a fraction of (max - min), before out_of_range."""
-    required_presence: float = 0.99
-    """A field present in at least this share of training rows is required (missing_field)."""
-    guard: bool = True
-    """False serves the bare model endpoint: no checks, no counters (the baseline)."""
-    drift_slot_seconds: int = 2
-    """Seconds of one drift-window slot in Redis: the finest time step of the drift windows."""
-    drift_window_seconds: int = 300
-    """The longest window a drift alarm looks back over."""
-    alarm_z_score: float = 8.0
-    """A drift alarm needs a window mean this many standard errors from the training mean (statistically clear)."""
-    alarm_effect_size: float = 0.5
-    """... and this many training standard deviations from it (practically large); it clears below half of that."""
-    alarm_min_count: int = 20
-    """Values a drift window needs before it can raise or clear an alarm."""
-    admin_token: str = field(default="", repr=False)
-    """Token for admin endpoints; empty turns them off."""
-    log_level: str = "INFO"
+    log_level: str = setting("log_level", "INFO")
     """Python logging level name."""
+
+    def checks(self) -> list[tuple[bool, str, str]]:
+        return [
+            (self.workers >= 1, "workers", "at least 1"),
+            (self.worker_class in WORKER_CLASSES, "worker_class", " or ".join(WORKER_CLASSES)),
+            (self.threads >= 1, "threads", "at least 1"),
+            (self.log_level.upper() in {"DEBUG", "INFO", "WARNING", "ERROR"}, "log_level", "DEBUG, INFO, WARNING or ERROR"),
+            (_valid_bind(self.bind), "bind", "HOST:PORT"),
+        ]
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    """The shared store: where it is and how counts reach it."""
+
+    url: str = setting("redis_url", "redis://127.0.0.1:6379/0")
+    """Redis for counters and drift windows, shared by all workers and replicas."""
+    prefix: str = setting("redis_prefix", "recguard")
+    """Key prefix of every Redis key recguard writes."""
+    timeout: float = setting("redis_timeout", 0.25)
+    """Seconds before a Redis call gives up (never on the request path)."""
+    counter_ttl_seconds: int = setting("counter_ttl_seconds", 7 * 24 * 3600)
+    """How long a minute bucket lives in Redis."""
+    flush_interval: float = setting("flush_interval", 0.5)
+    """Seconds between two flushes of the in-memory counters."""
+    max_pending_counts: int = setting("max_pending_counts", 200_000)
+    """Counter fields kept in memory while Redis is down; past it the oldest are dropped and counted."""
+
+    def checks(self) -> list[tuple[bool, str, str]]:
+        return [
+            (self.url.startswith(("redis://", "rediss://", "unix://")), "redis_url", "a redis://, rediss:// or unix:// URL"),
+            (bool(self.prefix) and ":" not in self.prefix, "redis_prefix", "non-empty, without ':'"),
+            (self.timeout > 0, "redis_timeout", "positive"),
+            (self.counter_ttl_seconds >= 60, "counter_ttl_seconds", "at least 60"),
+            (0 < self.flush_interval <= 60, "flush_interval", "in (0, 60]"),
+            (self.max_pending_counts >= 100, "max_pending_counts", "at least 100"),
+        ]
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """What one request may ask for, and the model's time budget."""
+
+    max_body_bytes: int = setting("max_body_bytes", 1024 * 1024)
+    """Largest accepted request body."""
+    max_history: int = setting("max_history", 500)
+    """Longest accepted history list."""
+    default_k: int = setting("default_k", 10)
+    """Items returned when the request has no k."""
+    max_k: int = setting("max_k", 100)
+    """Largest accepted k."""
+    model_timeout_ms: float = setting("model_timeout_ms", 250.0)
+    """Budget of one model call; past it the fallback answers (model_timeout)."""
+
+    def checks(self) -> list[tuple[bool, str, str]]:
+        return [
+            (self.max_body_bytes >= 1024, "max_body_bytes", "at least 1024"),
+            (self.max_history >= 0, "max_history", "0 or more"),
+            (1 <= self.max_k <= 10_000, "max_k", "in 1..10000"),
+            (1 <= self.default_k <= self.max_k, "default_k", "in 1..max_k"),
+            (self.model_timeout_ms > 0, "model_timeout_ms", "positive"),
+        ]
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    """The input checks compiled from the training profile."""
+
+    enabled: bool = setting("guard", True)
+    """False serves the bare model endpoint: no checks, no counters (the baseline)."""
+    range_tolerance: float = setting("range_tolerance", 0.05)
+    """Slack around the training range, as a fraction of (max - min), before out_of_range."""
+    required_presence: float = setting("required_presence", 0.99)
+    """A field present in at least this share of training rows is required (missing_field)."""
+
+    def checks(self) -> list[tuple[bool, str, str]]:
+        return [
+            (0 <= self.range_tolerance <= 10, "range_tolerance", "in 0..10"),
+            (0 < self.required_presence <= 1, "required_presence", "in (0, 1]"),
+        ]
+
+
+@dataclass(frozen=True)
+class DriftSettings:
+    """Drift windows and the alarms raised from them."""
+
+    slot_seconds: int = setting("drift_slot_seconds", 2)
+    """Seconds of one drift-window slot in Redis: the finest time step of the drift windows."""
+    window_seconds: int = setting("drift_window_seconds", 300)
+    """The longest window a drift alarm looks back over."""
+    alarm_z_score: float = setting("alarm_z_score", 8.0)
+    """A drift alarm needs a window mean this many standard errors from the training mean (statistically clear)."""
+    alarm_effect_size: float = setting("alarm_effect_size", 0.5)
+    """... and this many training standard deviations from it (practically large); it clears below half of that."""
+    alarm_min_count: int = setting("alarm_min_count", 20)
+    """Values a drift window needs before it can raise or clear an alarm."""
+
+    def checks(self) -> list[tuple[bool, str, str]]:
+        return [
+            (1 <= self.slot_seconds <= 60, "drift_slot_seconds", "in 1..60"),
+            (self.slot_seconds <= self.window_seconds <= 3600, "drift_window_seconds", "in drift_slot_seconds..3600"),
+            (self.alarm_z_score >= 1, "alarm_z_score", "at least 1"),
+            (self.alarm_effect_size > 0, "alarm_effect_size", "positive"),
+            (self.alarm_min_count >= 2, "alarm_min_count", "at least 2"),
+        ]
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    """Who may change state through the admin endpoints."""
+
+    token: str = setting("admin_token", "", repr=False)
+    """Token for admin endpoints; empty turns them off."""
+
+    def checks(self) -> list[tuple[bool, str, str]]:
+        return []
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the proxy can be told, in groups; each part is handed the group it needs."""
+
+    server: ServerSettings = field(default_factory=ServerSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    guard: GuardSettings = field(default_factory=GuardSettings)
+    drift: DriftSettings = field(default_factory=DriftSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
-        """Build from RECGUARD_* variables, then `overrides` (CLI flags; None means not given)."""
+        """Build from RECGUARD_* variables, then `overrides` by flat name (CLI flags; None means not given)."""
         environ = os.environ if environ is None else environ
-        known = {f.name for f in fields(cls)}
+        known = {name: spec for name, spec in _specs()}
         values: dict[str, Any] = {}
         for key, raw in environ.items():
             if not key.startswith(ENV_PREFIX):
@@ -92,54 +188,49 @@ class Settings:
             name = key[len(ENV_PREFIX):].lower()
             if name not in known:
                 raise SettingsError(f"{key}: unknown setting (known: {', '.join(sorted(known))})")
-            values[name] = _parse(name, raw, key)
+            values[name] = _parse(known[name], raw, key)
         for name, value in overrides.items():
+            if name not in known:
+                raise TypeError(f"unknown setting {name!r}")
             if value is not None:
-                values[name] = _parse(name, value, f"--{name.replace('_', '-')}") if isinstance(value, str) else value
-        settings = replace(cls(), **values)
+                values[name] = _parse(known[name], value, f"--{name.replace('_', '-')}") if isinstance(value, str) else value
+        groups = {}
+        for group in fields(cls):
+            group_values = {f.name: values[f.metadata["name"]] for f in fields(group.default_factory)
+                            if f.metadata["name"] in values}
+            groups[group.name] = replace(group.default_factory(), **group_values)
+        settings = cls(**groups)
         settings.validate()
         return settings
 
+    @staticmethod
+    def names() -> list[str]:
+        """Every flat setting name, in declaration order (RECGUARD_<NAME> upper-cased)."""
+        return [name for name, _ in _specs()]
+
+    def flat(self) -> dict[str, Any]:
+        """Every setting by its flat name."""
+        return {f.metadata["name"]: getattr(getattr(self, group.name), f.name)
+                for group in fields(self) for f in fields(getattr(self, group.name))}
+
     def to_env(self) -> dict[str, str]:
         """The RECGUARD_* variables that rebuild these settings in another process (gunicorn workers)."""
-        env = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            env[ENV_PREFIX + f.name.upper()] = ("1" if value else "0") if isinstance(value, bool) else str(value)
-        return env
+        return {ENV_PREFIX + name.upper(): ("1" if value else "0") if isinstance(value, bool) else str(value)
+                for name, value in self.flat().items()}
 
     def validate(self) -> None:
         """Raise SettingsError for a value out of its range."""
-        checks = [
-            (self.workers >= 1, "workers", "at least 1"),
-            (self.worker_class in WORKER_CLASSES, "worker_class", " or ".join(WORKER_CLASSES)),
-            (self.threads >= 1, "threads", "at least 1"),
-            (self.redis_url.startswith(("redis://", "rediss://", "unix://")), "redis_url", "a redis://, rediss:// or unix:// URL"),
-            (bool(self.redis_prefix) and ":" not in self.redis_prefix, "redis_prefix", "non-empty, without ':'"),
-            (self.redis_timeout > 0, "redis_timeout", "positive"),
-            (self.counter_ttl_seconds >= 60, "counter_ttl_seconds", "at least 60"),
-            (0 < self.flush_interval <= 60, "flush_interval", "in (0, 60]"),
-            (self.max_pending_counts >= 100, "max_pending_counts", "at least 100"),
-            (self.max_body_bytes >= 1024, "max_body_bytes", "at least 1024"),
-            (self.max_history >= 0, "max_history", "0 or more"),
-            (1 <= self.max_k <= 10_000, "max_k", "in 1..10000"),
-            (1 <= self.default_k <= self.max_k, "default_k", "in 1..max_k"),
-            (self.model_timeout_ms > 0, "model_timeout_ms", "positive"),
-            (0 <= self.range_tolerance <= 10, "range_tolerance", "in 0..10"),
-            (0 < self.required_presence <= 1, "required_presence", "in (0, 1]"),
-            (1 <= self.drift_slot_seconds <= 60, "drift_slot_seconds", "in 1..60"),
-            (self.drift_slot_seconds <= self.drift_window_seconds <= 3600, "drift_window_seconds",
-             "in drift_slot_seconds..3600"),
-            (self.alarm_z_score >= 1, "alarm_z_score", "at least 1"),
-            (self.alarm_effect_size > 0, "alarm_effect_size", "positive"),
-            (self.alarm_min_count >= 2, "alarm_min_count", "at least 2"),
-            (self.log_level.upper() in {"DEBUG", "INFO", "WARNING", "ERROR"}, "log_level", "DEBUG, INFO, WARNING or ERROR"),
-            (_valid_bind(self.bind), "bind", "HOST:PORT"),
-        ]
-        for ok, name, expected in checks:
-            if not ok:
-                shown = redact_url(self.redis_url) if name == "redis_url" else getattr(self, name)
-                raise SettingsError(f"{ENV_PREFIX}{name.upper()}: expected {expected}, got {shown!r}")
+        for group in fields(self):
+            for ok, name, expected in getattr(self, group.name).checks():
+                if not ok:
+                    shown = redact_url(self.redis.url) if name == "redis_url" else self.flat()[name]
+                    raise SettingsError(f"{ENV_PREFIX}{name.upper()}: expected {expected}, got {shown!r}")
+
+
+def _specs() -> Iterator[tuple[str, dataclasses.Field]]:
+    for group in fields(Settings):
+        for f in fields(group.default_factory):
+            yield f.metadata["name"], f
 
 
 def redact_url(url: str) -> str:
@@ -161,8 +252,8 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
-def _parse(name: str, raw: str, source: str) -> Any:
-    kind = {f.name: f.type for f in fields(Settings)}[name]
+def _parse(spec: dataclasses.Field, raw: str, source: str) -> Any:
+    kind = spec.type
     text = raw.strip()
     try:
         if kind == "bool":

@@ -53,12 +53,12 @@ def main(argv: list[str] | None = None) -> int:
         bundle = load_bundle(args.bundle)
         settings = Settings()
         cells = cells_from_profile(bundle.profile)
-        series = Series("d", settings.drift_slot_seconds, settings.drift_window_seconds + 60)
+        series = Series("d", settings.drift.slot_seconds, settings.drift.window_seconds + 60)
         counters = Counters(client, prefix="bench")
-        thresholds = Thresholds(settings.alarm_z_score, settings.alarm_effect_size, settings.alarm_min_count)
+        thresholds = Thresholds(settings.drift.alarm_z_score, settings.drift.alarm_effect_size, settings.drift.alarm_min_count)
         watch = DriftWatch(bundle.profile, cells, series, counters.add_many, thresholds=thresholds, wake=lambda: None)
         monitor = AlarmMonitor(client, "bench", cells, series,
-                               window_slots=settings.drift_window_seconds // settings.drift_slot_seconds,
+                               window_slots=settings.drift.window_seconds // settings.drift.slot_seconds,
                                thresholds=thresholds, open_slots=2, listeners=[watch.quarantine],
                                recent=watch.take_recent)
         with open(args.data / "holdout.jsonl") as lines:

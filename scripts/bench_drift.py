@@ -39,15 +39,15 @@ from model.bundle import load_bundle
 from model.evaluate import CORRUPTIONS, read_holdout
 from proxy.drift.alarms import AlarmMonitor, read_alarms
 from proxy.drift.watch import Cell, DriftWatch, Thresholds, assess, cells_from_profile, nested_windows
-from proxy.guard.report import build_guard
 from proxy.request import PredictRequest
+from proxy.runtime import build_guard
 from proxy.settings import Settings
 from proxy.store.counters import Counters, Series, make_redis_client
 
 POUNDS_PER_KG = CORRUPTIONS["lbs"]
 SETTINGS = Settings()
-THRESHOLDS = Thresholds(SETTINGS.alarm_z_score, SETTINGS.alarm_effect_size, SETTINGS.alarm_min_count)
-STEP = SETTINGS.flush_interval
+THRESHOLDS = Thresholds(SETTINGS.drift.alarm_z_score, SETTINGS.drift.alarm_effect_size, SETTINGS.drift.alarm_min_count)
+STEP = SETTINGS.redis.flush_interval
 PREFIX = "bench"
 
 
@@ -72,7 +72,7 @@ class Worker:
                                 wake=self._wake, clock=clock)
         self.alarms_seen = 0
         self.monitor = AlarmMonitor(client, PREFIX, cells, series,
-                                    SETTINGS.drift_window_seconds // SETTINGS.drift_slot_seconds, THRESHOLDS,
+                                    SETTINGS.drift.window_seconds // SETTINGS.drift.slot_seconds, THRESHOLDS,
                                     listeners=[self.watch.quarantine, self._count], recent=self.watch.take_recent,
                                     clock=clock)
 
@@ -110,7 +110,7 @@ class Closeness:
 
     def judge(self, now: float) -> None:
         current = self.series.slot(now)
-        slots = range(current, current - SETTINGS.drift_window_seconds // SETTINGS.drift_slot_seconds, -1)
+        slots = range(current, current - SETTINGS.drift.window_seconds // SETTINGS.drift.slot_seconds, -1)
         self.slots = {slot: rows for slot, rows in self.slots.items() if slot in slots}
         empty = np.zeros((len(self.cells), 3))
         matrix = np.stack([self.slots.get(slot, empty) for slot in slots])
@@ -251,10 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     bundle = load_bundle(args.bundle)
     holdout, _ = read_holdout(args.data)
     cells = cells_from_profile(bundle.profile)
-    series = Series("d", SETTINGS.drift_slot_seconds, SETTINGS.drift_window_seconds + 60)
+    series = Series("d", SETTINGS.drift.slot_seconds, SETTINGS.drift.window_seconds + 60)
     result: dict = {"bundle": bundle.model_version, "settings": {
-        "flush_interval": STEP, "drift_slot_seconds": SETTINGS.drift_slot_seconds,
-        "drift_window_seconds": SETTINGS.drift_window_seconds, "alarm_z_score": THRESHOLDS.z_score,
+        "flush_interval": STEP, "drift_slot_seconds": SETTINGS.drift.slot_seconds,
+        "drift_window_seconds": SETTINGS.drift.window_seconds, "alarm_z_score": THRESHOLDS.z_score,
         "alarm_effect_size": THRESHOLDS.effect_size, "alarm_min_count": THRESHOLDS.min_count}}
     with tempfile.TemporaryDirectory(prefix="recguard-bench-") as scratch:
         process, url = start_redis(Path(scratch))

@@ -285,7 +285,7 @@ def guard_cost(args: argparse.Namespace, redis_url: str, mixes: dict[str, Path],
     apps = {"guarded": create_app(guarded, bundle), "bare": create_app(Settings.from_env({}, guard=False), bundle)}
     figures: dict[str, float] = {}
     scorer = apps["guarded"].extensions["recguard"].loaded.service.model
-    pooled = PredictionService(Unbounded(scorer), scorer, None, model_timeout=guarded.model_timeout_ms / 1000)
+    pooled = PredictionService(Unbounded(scorer), scorer, None, model_timeout=guarded.limits.model_timeout_ms / 1000)
     try:
         for mix, path in mixes.items():
             requests = [parse_predict_body(line.encode(), default_k=10, max_k=100, max_history=500)
@@ -315,9 +315,12 @@ def guard_cost(args: argparse.Namespace, redis_url: str, mixes: dict[str, Path],
 
 
 class Unbounded:
-    """A model that hides the scorer's `bounded`: the service runs it on its budget pool."""
+    """The scorer declared not `bounded`: the service runs it on its budget pool."""
+
+    bounded = False
 
     def __init__(self, model: Any):
+        self.catalogue = model.catalogue
         self.recommend = model.recommend
 
 

@@ -37,7 +37,7 @@ def contract_command(args: argparse.Namespace) -> int:
     from proxy.settings import Settings
 
     settings = Settings.from_env(bundle=args.bundle)
-    bundle = load_bundle(settings.bundle)
+    bundle = load_bundle(settings.server.bundle)
     text = json.dumps(request_schema(bundle.profile, settings, model_version=bundle.model_version), indent=2) + "\n"
     if args.out is None:
         print(text, end="")
@@ -62,6 +62,6 @@ def check_command(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise RecguardError(f"{path}: no such file")
     settings = Settings.from_env(bundle=args.bundle)
-    report = check_file(path, load_bundle(settings.bundle), settings)
+    report = check_file(path, load_bundle(settings.server.bundle), settings)
     print(format_report(report, str(path), show=max(args.show, 0)), end="")
     return 0 if report.ok else 1

@@ -50,9 +50,9 @@ def serve_command(args: argparse.Namespace) -> int:
 
     settings = _settings(args, ("bundle", "bind", "workers", "worker_class", "threads", "redis_url", "redis_prefix",
                                 "model_timeout_ms", "flush_interval", "guard"))
-    bundle = load_bundle(settings.bundle)
-    print(f"recguard: serving {bundle.model_version} on {settings.bind} "
-          f"({settings.workers} {settings.worker_class} workers, guard {'on' if settings.guard else 'off'})", file=sys.stderr)
+    bundle = load_bundle(settings.server.bundle)
+    print(f"recguard: serving {bundle.model_version} on {settings.server.bind} "
+          f"({settings.server.workers} {settings.server.worker_class} workers, guard {'on' if settings.guard.enabled else 'off'})", file=sys.stderr)
     env = dict(os.environ)
     env.update(settings.to_env())
     env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="recguard-metrics-")
@@ -81,13 +81,13 @@ def anomalies_command(args: argparse.Namespace) -> int:
     try:
         since = parse_time(args.since, now)
         until = parse_time(args.until, now) if args.until else now
-        client = make_redis_client(settings.redis_url, timeout=2.0)
-        report = query_anomalies(client, settings.redis_prefix, since, until, field=args.field, kind=args.kind)
-        report.alarms = [alarm.to_json() for alarm in read_alarms(client, settings.redis_prefix)]
+        client = make_redis_client(settings.redis.url, timeout=2.0)
+        report = query_anomalies(client, settings.redis.prefix, since, until, field=args.field, kind=args.kind)
+        report.alarms = [alarm.to_json() for alarm in read_alarms(client, settings.redis.prefix)]
     except ValueError as exc:
         raise RecguardError(str(exc)) from None
     except redis.RedisError as exc:
-        reason = str(exc).replace(settings.redis_url, redact_url(settings.redis_url))
-        raise RecguardError(f"cannot read counters from {redact_url(settings.redis_url)}: {reason}") from None
+        reason = str(exc).replace(settings.redis.url, redact_url(settings.redis.url))
+        raise RecguardError(f"cannot read counters from {redact_url(settings.redis.url)}: {reason}") from None
     print(json.dumps(report.to_json(), indent=2) if args.json else format_table(report))
     return 0

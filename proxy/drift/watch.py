@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from proxy.guard.checks import DRIFT_QUARANTINE, Anomaly
+from proxy.guard.anomaly import DRIFT_QUARANTINE, Anomaly
 from proxy.store.counters import Number, Series
 
 MAX_MAGNITUDE = 1e12

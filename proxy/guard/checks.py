@@ -12,20 +12,17 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
+from proxy.guard.anomaly import (
+    MISSING_FIELD,
+    NON_FINITE,
+    OUT_OF_RANGE,
+    TYPE_MISMATCH,
+    UNEXPECTED_FIELD,
+    UNKNOWN_CATEGORY,
+    UNKNOWN_ITEM,
+    Anomaly,
+)
 from proxy.request import PredictRequest, json_type_name
-
-MISSING_FIELD = "missing_field"
-UNEXPECTED_FIELD = "unexpected_field"
-TYPE_MISMATCH = "type_mismatch"
-OUT_OF_RANGE = "out_of_range"
-UNKNOWN_CATEGORY = "unknown_category"
-NON_FINITE = "non_finite"
-UNKNOWN_ITEM = "unknown_item"
-MODEL_ERROR = "model_error"
-MODEL_TIMEOUT = "model_timeout"
-DRIFT_QUARANTINE = "drift_quarantine"
-SUSPECTED_RENAME = "suspected_rename"
-SUSPECTED_MERGE = "suspected_merge"
 
 # Field names a client invents are echoed and counted only when they look like names;
 # anything else (an e-mail used as a key, binary junk) is reported under one placeholder.
@@ -33,19 +30,6 @@ _SAFE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$")
 _SAFE_VALUE = re.compile(r"^[A-Za-z0-9 _\-]{1,32}$")
 OTHER_FIELD = "_other"
 MAX_UNEXPECTED_REPORTED = 16
-
-
-@dataclass(frozen=True, slots=True)
-class Anomaly:
-    """One thing wrong with a request: which field, what kind, and a detail safe to show anyone."""
-
-    field: str
-    kind: str
-    detail: str
-    routes: bool
-
-    def to_json(self) -> dict[str, str]:
-        return {"field": self.field, "kind": self.kind, "detail": self.detail}
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,21 +15,19 @@ from typing import Any, Iterable, Mapping
 
 from model.bundle import Bundle
 from model.errors import RecguardError
-from proxy.guard.checks import (
+from proxy.guard.anomaly import (
     MISSING_FIELD,
     NON_FINITE,
-    OTHER_FIELD,
     OUT_OF_RANGE,
     TYPE_MISMATCH,
     UNEXPECTED_FIELD,
     UNKNOWN_CATEGORY,
     UNKNOWN_ITEM,
     Anomaly,
-    FieldRule,
-    Guard,
 )
-from proxy.guard.diagnosis import Diagnosis
+from proxy.guard.checks import OTHER_FIELD, FieldRule, Guard
 from proxy.request import BadRequest, PredictRequest, parse_predict_body
+from proxy.runtime import build_guard
 from proxy.settings import Settings
 
 BAD_REQUEST = "bad_request"
@@ -71,14 +69,6 @@ class CheckReport:
         return self.outcomes[CLEAN] == self.requests
 
 
-def build_guard(bundle: Bundle, settings: Settings) -> Guard:
-    """The guard the proxy builds for `bundle` under `settings` (the proxy builds it here too)."""
-    diagnosis = Diagnosis(bundle.profile, range_tolerance=settings.range_tolerance)
-    return Guard(bundle.profile, (str(item) for item in bundle.arrays["item_ids"]),
-                 range_tolerance=settings.range_tolerance, required_presence=settings.required_presence,
-                 diagnose=diagnosis.diagnose)
-
-
 def check_lines(lines: Iterable[bytes], guard: Guard, profile: Mapping[str, Any], settings: Settings) -> CheckReport:
     """Check each non-blank line as a /predict body; line numbers start at 1."""
     report = CheckReport()
@@ -88,10 +78,10 @@ def check_lines(lines: Iterable[bytes], guard: Guard, profile: Mapping[str, Any]
         if not body.strip():
             continue
         try:
-            if len(body) > settings.max_body_bytes:
-                raise BadRequest(f"body larger than {settings.max_body_bytes} bytes", 413)
-            request = parse_predict_body(body, default_k=settings.default_k, max_k=settings.max_k,
-                                         max_history=settings.max_history)
+            if len(body) > settings.limits.max_body_bytes:
+                raise BadRequest(f"body larger than {settings.limits.max_body_bytes} bytes", 413)
+            request = parse_predict_body(body, default_k=settings.limits.default_k, max_k=settings.limits.max_k,
+                                         max_history=settings.limits.max_history)
         except BadRequest as exc:
             report.outcomes[REJECTED] += 1
             report.findings.append(Finding(number, "-", BAD_REQUEST, f"HTTP {exc.status}: {exc}", "a JSON object per line"))

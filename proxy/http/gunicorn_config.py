@@ -31,11 +31,11 @@ class Logger(glogging.Logger):
 
 _settings = Settings.from_env()
 
-bind = _settings.bind
-workers = _settings.workers
+bind = _settings.server.bind
+workers = _settings.server.workers
 # gunicorn quietly swaps sync for gthread when threads > 1: sync means one thread
-threads = _settings.threads if _settings.worker_class == "gthread" else 1
-worker_class = _settings.worker_class
+threads = _settings.server.threads if _settings.server.worker_class == "gthread" else 1
+worker_class = _settings.server.worker_class
 timeout = 30
 graceful_timeout = 10
 keepalive = 5
@@ -52,7 +52,7 @@ logconfig_dict = {
     "disable_existing_loggers": False,
     "formatters": {"json": {"()": "proxy.http.logs.JsonFormatter"}},
     "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json"}},
-    "root": {"handlers": ["stderr"], "level": _settings.log_level.upper()},
+    "root": {"handlers": ["stderr"], "level": _settings.server.log_level.upper()},
     "loggers": {
         "gunicorn.error": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
         "gunicorn.access": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},

@@ -49,7 +49,7 @@ def health_report(runtime: Runtime, client: redis.Redis | None, prefix: str) -> 
         "status": "degraded" if reasons else "ok",
         "reasons": reasons,
         "model_version": loaded.model_version if loaded else None,
-        "guard": runtime.settings.guard,
+        "guard": runtime.settings.guard.enabled,
         "redis": redis_state,
         "counters": None if counters is None else {
             "pending": counters.pending, "dropped": counters.dropped, "last_error": counters.last_error,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from proxy.guard.checks import (
+from proxy.guard.anomaly import (
     DRIFT_QUARANTINE,
     MISSING_FIELD,
     MODEL_ERROR,

@@ -5,5 +5,5 @@ from proxy.http.logs import configure_logging
 from proxy.settings import Settings
 
 settings = Settings.from_env()
-configure_logging(settings.log_level)
+configure_logging(settings.server.log_level)
 app = create_app(settings)

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from proxy.models.scorer import Recommendation
+from proxy.models.recommender import Recommendation
 
 
 class PopularityFallback:
     """Top items of the request's segment (e.g. its market) when known, else of all traffic."""
 
+    bounded = True
+    """A walk down precomputed lists: it cannot hang."""
+
     def __init__(self, popularity: Mapping[str, Any]):
         self.segment_field: str | None = popularity.get("segment_field")
         self.global_ranking = self._ranking(popularity["global"])
         self.segment_rankings = {name: self._ranking(table) for name, table in popularity.get("segments", {}).items()}
+        self.catalogue = [item for item, _ in self.global_ranking]
 
     @staticmethod
     def _ranking(table: Mapping[str, Any]) -> list[tuple[str, float]]:

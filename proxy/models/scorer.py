@@ -16,18 +16,7 @@ import numpy as np
 
 from model.bundle import Bundle
 from model.features import naive_number
-
-
-class ModelError(Exception):
-    """The model could not give a trustworthy answer (it raised, or its scores are not finite)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Recommendation:
-    """Top-k item ids with their scores, best first."""
-
-    items: list[str]
-    scores: list[float]
+from proxy.models.recommender import ModelError, Recommendation
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +32,11 @@ class Scorer:
     """Scores requests against the catalogue with the exported arrays of a bundle."""
 
     bounded = True
-    """Its run time is set by the bundle's shapes, k and the history limit (no I/O, no locks): it
-    cannot hang, so the prediction service runs it on the request thread (proxy/models/service.py)."""
+    """Its run time is set by the bundle's shapes, k and the history limit (no I/O, no locks)."""
 
     def __init__(self, scoring: Mapping[str, Any], arrays: Mapping[str, np.ndarray]):
         self.item_ids: list[str] = [str(item) for item in arrays["item_ids"]]
+        self.catalogue = self.item_ids
         self.item_index = {item: i for i, item in enumerate(self.item_ids)}
         self.item_embeddings = np.ascontiguousarray(arrays["item_embeddings"], dtype=np.float32)
         self.item_bias = np.ascontiguousarray(arrays["item_bias"], dtype=np.float32)

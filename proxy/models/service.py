@@ -13,18 +13,15 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
-from proxy.guard.checks import MODEL_ERROR, MODEL_TIMEOUT, Anomaly, Guard
-from proxy.models.scorer import ModelError, Recommendation
+from proxy.guard.anomaly import MODEL_ERROR, MODEL_TIMEOUT, Anomaly
+from proxy.guard.checks import Guard
+from proxy.models.recommender import ModelError, Recommendation, Recommender
 from proxy.request import PredictRequest
 
 log = logging.getLogger("recguard.service")
 
 MODEL = "model"
 FALLBACK = "fallback"
-
-
-class Recommender(Protocol):
-    def recommend(self, fields: dict, history: Sequence[str], k: int) -> Recommendation: ...
 
 
 class RequestRecorder(Protocol):
@@ -67,11 +64,10 @@ class PredictionService:
         self.recorders = list(recorders)
         # A hung model call can only be abandoned, not interrupted: it runs on a pool thread
         # while the request thread waits at most model_timeout, then answers from the fallback.
-        # A model that declares itself `bounded` (the bundle's numpy Scorer: fixed shapes, no I/O,
-        # no locks) cannot hang, and the hop to the pool thread and back would cost more than its
-        # own ~0.1 ms (docs/benchmarks.md): it runs on the request thread and a call found past the
-        # budget afterwards is answered from the fallback all the same.
-        self._inline = bool(getattr(model, "bounded", False))
+        # A `bounded` model (the bundle's numpy Scorer) cannot hang, and the hop to the pool thread
+        # and back would cost more than its own ~0.1 ms (docs/benchmarks.md): it runs on the request
+        # thread and a call found past the budget afterwards is answered from the fallback all the same.
+        self._inline = model.bounded
         self._executor = (ThreadPoolExecutor(max_workers=executor_threads, thread_name_prefix="model")
                           if model_timeout and not self._inline else None)
 

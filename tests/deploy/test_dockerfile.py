@@ -59,7 +59,7 @@ def test_the_final_stage_runs_as_a_numeric_non_root_user(stages):
 
 def test_exposed_port_is_the_bind_port(stages):
     runtime = final(stages)
-    port = Settings.from_env({"RECGUARD_BIND": runtime.env()["RECGUARD_BIND"]}).bind.rpartition(":")[2]
+    port = Settings.from_env({"RECGUARD_BIND": runtime.env()["RECGUARD_BIND"]}).server.bind.rpartition(":")[2]
     assert runtime.last("EXPOSE").arguments.split() == [port]
     assert runtime.env()["RECGUARD_BIND"].startswith("0.0.0.0:"), "listen on all interfaces inside the container"
 
@@ -67,7 +67,7 @@ def test_exposed_port_is_the_bind_port(stages):
 def test_image_settings_are_valid_recguard_settings(stages):
     env = {key: value for key, value in final(stages).env().items() if key.startswith("RECGUARD_")}
     settings = Settings.from_env(env)
-    assert str(settings.bundle) == "/bundle"
+    assert str(settings.server.bundle) == "/bundle"
 
 
 def test_health_check_calls_livez(stages, get_routes):

@@ -81,7 +81,7 @@ def test_probes_hit_real_endpoints_on_the_served_port(container, get_routes, man
     assert http["path"] == path and path in get_routes
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     port = ports.get(http["port"], http["port"])
-    bind = Settings.from_env(environment(manifests, container)).bind
+    bind = Settings.from_env(environment(manifests, container)).server.bind
     assert bind.startswith("0.0.0.0:") and int(bind.rpartition(":")[2]) == port
 
 

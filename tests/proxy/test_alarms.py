@@ -26,7 +26,7 @@ from tests.proxy.conftest import holdout_requests
 PREFIX = "recguard"
 POUNDS_PER_KG = 2.20462
 DEFAULTS = Settings()
-THRESHOLDS = Thresholds(DEFAULTS.alarm_z_score, DEFAULTS.alarm_effect_size, DEFAULTS.alarm_min_count)
+THRESHOLDS = Thresholds(DEFAULTS.drift.alarm_z_score, DEFAULTS.drift.alarm_effect_size, DEFAULTS.drift.alarm_min_count)
 T0 = 1_795_000_000.0
 INTERVAL = 0.5
 
@@ -44,12 +44,12 @@ class Worker:
 
     def __init__(self, client, profile: dict, clock: Clock):
         cells = cells_from_profile(profile)
-        series = Series("d", DEFAULTS.drift_slot_seconds, DEFAULTS.drift_window_seconds + 60)
+        series = Series("d", DEFAULTS.drift.slot_seconds, DEFAULTS.drift.window_seconds + 60)
         self.counters = Counters(client, prefix=PREFIX, clock=clock)
         self.watch = DriftWatch(profile, cells, series, self.counters.add_many)
         self.published: list[list] = []
         self.monitor = AlarmMonitor(client, PREFIX, cells, series,
-                                    DEFAULTS.drift_window_seconds // DEFAULTS.drift_slot_seconds, THRESHOLDS,
+                                    DEFAULTS.drift.window_seconds // DEFAULTS.drift.slot_seconds, THRESHOLDS,
                                     listeners=[self.watch.quarantine, self.published.append], clock=clock)
 
     def tick(self) -> None:
@@ -200,7 +200,7 @@ def test_a_slow_shift_is_quoted_with_the_window_that_raised_it(world, redis_clie
         worker.tick()
     alarms = {alarm.id: alarm for alarm in read_alarms(redis_client, PREFIX)}
     alarm = alarms["weight_kg:DE"]
-    assert alarm.unit is None and alarm.z >= DEFAULTS.alarm_z_score
-    assert alarm.window["count"] > 2 * DEFAULTS.alarm_min_count
+    assert alarm.unit is None and alarm.z >= DEFAULTS.drift.alarm_z_score
+    assert alarm.window["count"] > 2 * DEFAULTS.drift.alarm_min_count
     quoted_z = float(alarm.detail.rpartition("(z=")[2].rstrip(")"))
-    assert quoted_z == pytest.approx(alarm.z, abs=0.06) and quoted_z >= DEFAULTS.alarm_z_score
+    assert quoted_z == pytest.approx(alarm.z, abs=0.06) and quoted_z >= DEFAULTS.drift.alarm_z_score

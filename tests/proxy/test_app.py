@@ -216,11 +216,17 @@ def test_bundle_that_fails_to_load_keeps_the_worker_alive_and_unready(settings, 
 
 
 class RaisingModel:
+    bounded = False
+    catalogue = ["item_1"]
+
     def recommend(self, fields, history, k):
         raise RuntimeError("boom")
 
 
 class HangingModel:
+    bounded = False
+    catalogue = ["item_1"]
+
     def __init__(self):
         self.release = threading.Event()
 

@@ -10,10 +10,10 @@ from jsonschema import Draft202012Validator
 
 from model.errors import RecguardError
 from proxy.cli import contract as contract_commands
-from proxy.guard.checks import UNKNOWN_ITEM
+from proxy.guard.anomaly import UNKNOWN_ITEM
 from proxy.guard.contract import request_schema
-from proxy.guard.report import build_guard
 from proxy.request import parse_predict_body
+from proxy.runtime import build_guard
 from proxy.settings import Settings
 from tests.proxy.conftest import merged_names, renamed_email
 
@@ -99,7 +99,7 @@ def test_schema_and_guard_agree(validator, loaded_bundle, contract_settings, tin
     """What the schema rejects the guard reports, and the reverse (catalogue membership aside)."""
     guard = build_guard(loaded_bundle, contract_settings)
     weight = loaded_bundle.profile["fields"]["weight_kg"]
-    high = weight["max"] + contract_settings.range_tolerance * (weight["max"] - weight["min"])
+    high = weight["max"] + contract_settings.guard.range_tolerance * (weight["max"] - weight["min"])
     base = tiny_holdout[1]
     variants = [base, renamed_email(base), merged_names(base), {**base, "country": "MX"}, {**base, "age": "41"},
                 {**base, "weight_kg": high - 0.01}, {**base, "weight_kg": high + 0.01}, {**base, "height_cm": -1},

@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from proxy.guard.report import build_guard
 from proxy.request import PredictRequest
+from proxy.runtime import build_guard
 from proxy.settings import Settings
 from tests.proxy.conftest import merged_names, renamed_email
 

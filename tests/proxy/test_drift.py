@@ -429,9 +429,9 @@ def test_a_busy_market_switching_to_pounds_is_quarantined_within_200_of_its_requ
 
     profile, holdout = clean_world
     defaults = Settings()
-    thresholds = Thresholds(defaults.alarm_z_score, defaults.alarm_effect_size, defaults.alarm_min_count)
+    thresholds = Thresholds(defaults.drift.alarm_z_score, defaults.drift.alarm_effect_size, defaults.drift.alarm_min_count)
     cells = cells_from_profile(profile)
-    series = Series("d", defaults.drift_slot_seconds, defaults.drift_window_seconds + 60)
+    series = Series("d", defaults.drift.slot_seconds, defaults.drift.window_seconds + 60)
     now = [1_795_000_000.0]
     clock = lambda: now[0]  # noqa: E731
 
@@ -442,7 +442,7 @@ def test_a_busy_market_switching_to_pounds_is_quarantined_within_200_of_its_requ
             self.watch = DriftWatch(profile, cells, series, self.counters.add_many, thresholds=thresholds,
                                     wake=lambda: setattr(self, "woken", True))
             self.monitor = AlarmMonitor(redis_client, "recguard", cells, series,
-                                        defaults.drift_window_seconds // defaults.drift_slot_seconds, thresholds,
+                                        defaults.drift.window_seconds // defaults.drift.slot_seconds, thresholds,
                                         listeners=[self.watch.quarantine], recent=self.watch.take_recent,
                                         clock=clock)
             self.early_at = -1.0
@@ -459,7 +459,7 @@ def test_a_busy_market_switching_to_pounds_is_quarantined_within_200_of_its_requ
              for body in americans if body["weight_kg"] <= heaviest]
     assert all(body["weight_kg"] <= profile["fields"]["weight_kg"]["max"] for body in light)
     rng = np.random.default_rng(21)
-    step, next_tick = 1.0 / rate, now[0] + defaults.flush_interval
+    step, next_tick = 1.0 / rate, now[0] + defaults.redis.flush_interval
     detected_after = us_requests = 0
     for number in range(30 * rate // 10 + 4_000):
         switched = number >= 30 * rate // 10  # 3 s of clean traffic first
@@ -476,11 +476,11 @@ def test_a_busy_market_switching_to_pounds_is_quarantined_within_200_of_its_requ
                 detected_after = us_requests
                 break
         now[0] += step
-        if worker.woken and now[0] - worker.early_at >= defaults.flush_interval / 10:
+        if worker.woken and now[0] - worker.early_at >= defaults.redis.flush_interval / 10:
             worker.early_at = now[0]
             worker.tick()
         if now[0] >= next_tick:
-            next_tick += defaults.flush_interval
+            next_tick += defaults.redis.flush_interval
             for each in workers:
                 each.tick()
     assert 0 < detected_after <= 200, f"{us_requests} requests of the market, no quarantine"

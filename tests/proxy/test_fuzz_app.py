@@ -57,7 +57,7 @@ def apps(tiny_bundle, redis_server):
                                          admin_token="s3cret-token")
     guarded = create_app(guarded_settings, bundle)
     bare = create_app(Settings.from_env({}, bundle=tiny_bundle, guard=False), bundle)
-    yield guarded, bare, guarded_settings.redis_prefix
+    yield guarded, bare, guarded_settings.redis.prefix
     guarded.extensions["recguard"].close()
 
 

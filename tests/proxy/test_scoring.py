@@ -6,7 +6,8 @@ import math
 import pytest
 
 from model.evaluate import NumpyScorer, corrupt
-from proxy.models.scorer import ModelError, Scorer
+from proxy.models.recommender import ModelError
+from proxy.models.scorer import Scorer
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
-from proxy.guard.checks import MODEL_TIMEOUT
-from proxy.models.scorer import Recommendation
+from proxy.guard.anomaly import MODEL_TIMEOUT
+from proxy.models.recommender import Recommendation
 from proxy.models.service import PredictionService
 from proxy.request import PredictRequest
 
@@ -19,6 +19,7 @@ class Fixed:
     def __init__(self, delay: float = 0.0, bounded: bool = False):
         self.delay = delay
         self.bounded = bounded
+        self.catalogue = ["item_1", "item_2"]
         self.threads: list[str] = []
 
     def recommend(self, fields, history, k) -> Recommendation:

@@ -10,7 +10,7 @@ from proxy.settings import Settings, SettingsError
 def test_environment_then_flags():
     settings = Settings.from_env({"RECGUARD_WORKERS": "3", "RECGUARD_GUARD": "false", "PATH": "/bin"},
                                  workers=5, bundle=None)
-    assert settings.workers == 5 and settings.guard is False and settings.bundle == Path("bundles/default")
+    assert settings.server.workers == 5 and settings.guard.enabled is False and settings.server.bundle == Path("bundles/default")
 
 
 def test_round_trip_through_the_environment():

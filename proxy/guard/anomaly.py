@@ -1,0 +1,31 @@
+"""What can be wrong with a request, and the kinds the guard, the drift watch and the models report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MISSING_FIELD = "missing_field"
+UNEXPECTED_FIELD = "unexpected_field"
+TYPE_MISMATCH = "type_mismatch"
+OUT_OF_RANGE = "out_of_range"
+UNKNOWN_CATEGORY = "unknown_category"
+NON_FINITE = "non_finite"
+UNKNOWN_ITEM = "unknown_item"
+MODEL_ERROR = "model_error"
+MODEL_TIMEOUT = "model_timeout"
+DRIFT_QUARANTINE = "drift_quarantine"
+SUSPECTED_RENAME = "suspected_rename"
+SUSPECTED_MERGE = "suspected_merge"
+
+
+@dataclass(frozen=True, slots=True)
+class Anomaly:
+    """One thing wrong with a request: which field, what kind, and a detail safe to show anyone."""
+
+    field: str
+    kind: str
+    detail: str
+    routes: bool
+
+    def to_json(self) -> dict[str, str]:
+        return {"field": self.field, "kind": self.kind, "detail": self.detail}

@@ -1,0 +1,31 @@
+"""JSON answers shared by every blueprint: NaN never leaves, errors are `{"error": ...}`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from flask import Response, request
+
+from proxy.runtime import Runtime
+
+log = logging.getLogger("recguard.app")
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A JSON response; NaN never leaves the proxy (allow_nan=False)."""
+    return Response(json.dumps(body, allow_nan=False), status=status, mimetype="application/json", headers=headers)
+
+
+def error_response(message: str, status: int) -> Response:
+    """A 4xx/5xx answer whose body names what went wrong."""
+    return json_response({"error": message}, status)
+
+
+def reject(runtime: Runtime, message: str, status: int) -> Response:
+    """A refused request: counted in the metrics and logged (without the body), then answered."""
+    if runtime.loaded is not None:
+        runtime.loaded.metrics.rejected.labels(str(status)).inc()
+    log.info("request rejected", extra={"status": status, "reason": message, "path": request.path})
+    return error_response(message, status)
