@@ -214,9 +214,11 @@ class Counters:
         """Add `amount` to `field` of the current minute's bucket (ints stay exact, floats are sums)."""
         self.add_many(((field, amount),))
 
-    def add_many(self, amounts: Iterable[tuple[str, Number]], series: Series | None = None) -> None:
-        """Add each (field, amount) to the current bucket of `series` (default: the minute buckets),
-        under one lock. Memory only; written by the next flush, in the same batch as everything else."""
+    def add_many(self, amounts: Iterable[tuple[str, Number]], series: Series | None = None,
+                 at: float | None = None) -> None:
+        """Add each (field, amount) to the bucket of `series` (default: the minute buckets) that holds the
+        clock time `at` (default: now), under one lock. Memory only; written by the next flush, in the
+        same batch as everything else."""
         amounts = list(amounts)
         for field, amount in amounts:
             if isinstance(amount, float) and not math.isfinite(amount):
@@ -224,7 +226,7 @@ class Counters:
             if field.startswith(MARKER_PREFIX):
                 raise ValueError(f"counter {field!r}: the prefix {MARKER_PREFIX!r} is reserved")
         series = series or self._minutes
-        slot = (series, series.slot(self._clock()))
+        slot = (series, series.slot(self._clock() if at is None else at))
         with self._lock:
             bucket = self._current.get(slot)
             if bucket is None:

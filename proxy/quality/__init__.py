@@ -1,0 +1,1 @@
+"""The feedback loop: signed tickets on answers, clicks counted against them, live hit rates, the quality alarm."""

@@ -1,0 +1,134 @@
+"""Signed feedback tickets: what an answer served, handed to the site and back with the click.
+
+A ticket is `<payload>.<tag>`, both unpadded base64url. The payload packs the format version,
+the issue time (epoch seconds), the source, the request id, the model version, the segment and
+the served items as catalogue indices; the tag is HMAC-SHA256 over the payload under the
+deployment's secret, cut to 16 bytes (RFC 2104 allows truncation to half the output; 128 bits is
+far past what an attacker could guess online). No state is kept anywhere: any replica holding the
+secret can check a ticket, and the site stores nothing. Nothing personal goes in: the segment is a
+declared segment value (a market) and the items are positions in the catalogue.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import struct
+from dataclasses import dataclass
+
+VERSION = 1
+TAG_BYTES = 16
+MAX_TEXT = 255
+"""Longest request id, model version or segment a ticket carries, in UTF-8 bytes."""
+MAX_ITEMS = 10_000
+SOURCES = ("model", "fallback", "holdback")
+_HEAD = struct.Struct(">BIB")
+
+
+class TicketError(ValueError):
+    """A ticket that cannot be trusted: malformed, forged or altered, or expired."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """What one answer served, as the ticket says."""
+
+    request_id: str
+    issued_at: int
+    model_version: str
+    source: str
+    segment: str
+    items: tuple[int, ...]
+    """Catalogue indices of the served items, best first."""
+
+    def rank_of(self, index: int) -> int | None:
+        """1-based rank of a catalogue index among the served items, None when it was not served."""
+        try:
+            return self.items.index(index) + 1
+        except ValueError:
+            return None
+
+
+def _text(value: str, name: str) -> bytes:
+    data = value.encode("utf-8", "replace")
+    if len(data) > MAX_TEXT:
+        raise ValueError(f"{name} longer than {MAX_TEXT} bytes")
+    return bytes((len(data),)) + data
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class TicketSigner:
+    """Issues and checks tickets under one secret, valid for `window_seconds` after issue."""
+
+    def __init__(self, secret: str | bytes, window_seconds: float):
+        if not secret:
+            raise ValueError("a ticket secret must not be empty")
+        self._key = secret.encode() if isinstance(secret, str) else secret
+        self.window_seconds = window_seconds
+
+    def _tag(self, payload: bytes) -> bytes:
+        return hmac.new(self._key, payload, hashlib.sha256).digest()[:TAG_BYTES]
+
+    def issue(self, ticket: Ticket) -> str:
+        """The signed token of `ticket`."""
+        if len(ticket.items) > MAX_ITEMS:
+            raise ValueError(f"a ticket carries at most {MAX_ITEMS} items")
+        payload = b"".join((
+            _HEAD.pack(VERSION, ticket.issued_at, SOURCES.index(ticket.source)),
+            _text(ticket.request_id, "request id"), _text(ticket.model_version, "model version"),
+            _text(ticket.segment, "segment"),
+            struct.pack(f">{len(ticket.items)}I", *ticket.items),
+        ))
+        return f"{_b64(payload)}.{_b64(self._tag(payload))}"
+
+    def verify(self, token: str, now: float) -> Ticket:
+        """The ticket `token` carries; TicketError saying why when it is malformed, forged, altered,
+        issued in the future or older than the window."""
+        if not isinstance(token, str) or token.count(".") != 1 or len(token) > 64 * 1024:
+            raise TicketError("malformed ticket: expected <payload>.<signature> as issued in X-Recguard-Ticket")
+        payload_text, tag_text = token.split(".")
+        try:
+            payload, tag = _unb64(payload_text), _unb64(tag_text)
+        except (binascii.Error, ValueError):
+            raise TicketError("malformed ticket: not base64url") from None
+        if not hmac.compare_digest(tag, self._tag(payload)):
+            raise TicketError("ticket signature does not match: forged, altered, or signed with another secret")
+        ticket = _unpack(payload)
+        age = now - ticket.issued_at
+        if age > self.window_seconds:
+            raise TicketError(f"ticket expired: issued {age:.0f} s ago, feedback is accepted for "
+                              f"{self.window_seconds:.0f} s")
+        if age < -60:
+            raise TicketError("ticket issued in the future: clocks of the replicas disagree")
+        return ticket
+
+
+def _unpack(payload: bytes) -> Ticket:
+    # A signed payload was packed by us; these checks only guard against a secret shared with an
+    # older or broken issuer.
+    try:
+        version, issued_at, source = _HEAD.unpack_from(payload, 0)
+        if version != VERSION or source >= len(SOURCES):
+            raise TicketError(f"ticket of an unknown format (version {version})")
+        offset = _HEAD.size
+        texts = []
+        for _ in range(3):
+            length = payload[offset]
+            texts.append(payload[offset + 1:offset + 1 + length].decode("utf-8"))
+            offset += 1 + length
+        rest = payload[offset:]
+        if len(rest) % 4:
+            raise TicketError("malformed ticket payload")
+        items = struct.unpack(f">{len(rest) // 4}I", rest)
+    except (struct.error, IndexError, UnicodeDecodeError):
+        raise TicketError("malformed ticket payload") from None
+    return Ticket(texts[0], issued_at, texts[1], SOURCES[source], texts[2], tuple(items))

@@ -1,0 +1,115 @@
+"""Feedback against tickets, counted in a real Redis: once per (ticket, item, event), nothing lost while Redis is away."""
+
+from datetime import datetime, timezone
+
+import redis
+
+from proxy.quality.alarm import QualityMonitor, QualityThresholds
+from proxy.quality.feedback import Event, FeedbackLedger
+from proxy.quality.report import parse_group_keys, query_quality
+from proxy.quality.tickets import Ticket
+from proxy.store.counters import Counters, make_redis_client
+from tests.conftest import RedisServer, free_port
+
+T0 = 1_790_000_000.0
+
+
+class Clock:
+    def __init__(self, now: float = T0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def ledger_on(client: redis.Redis, clock: Clock) -> tuple[Counters, FeedbackLedger]:
+    counters = Counters(client, clock=clock)
+    return counters, FeedbackLedger(counters, client, prefix="recguard", window_seconds=86_400, ttl_seconds=3600)
+
+
+def ticket(request_id: str, source: str = "model", items=(3, 1, 2), segment: str = "JP", at: float = T0) -> Ticket:
+    return Ticket(request_id, int(at), "v1", source, segment, tuple(items))
+
+
+def flush(counters: Counters, ledger: FeedbackLedger) -> None:
+    assert ledger.flush()
+    assert counters.flush()
+
+
+def report(client, by="version,source,segment"):
+    moment = datetime.fromtimestamp(T0, timezone.utc)
+    return {tuple(g[k] for k in parse_group_keys(by)): g
+            for g in query_quality(client, "recguard", moment, moment, parse_group_keys(by)).to_json()["groups"]}
+
+
+def test_hits_ranks_and_duplicates(redis_server, redis_client):
+    clock = Clock()
+    counters, ledger = ledger_on(make_redis_client(redis_server.url), clock)
+    for _ in range(4):
+        ledger.impression("v1", "model", "JP")
+    first, second = ticket("a"), ticket("b")
+    ledger.accept([Event(first, "ka", 1, "click"), Event(first, "ka", 1, "click"),   # the same click twice
+                   Event(first, "ka", 2, "purchase"),                                # a second hit, same answer
+                   Event(second, "kb", 9, "click")])                                 # not served: no hit
+    clock.now += 30
+    flush(counters, ledger)
+    ledger.accept([Event(first, "ka", 1, "click")])  # retried by the site a minute later
+    flush(counters, ledger)
+    group = report(redis_client)[("v1", "model", "JP")]
+    assert group["impressions"] == 4 and group["feedback"] == 3 and group["hits"] == 2
+    assert group["answers_hit"] == 1 and group["hit_rate"] == 0.25
+    assert group["mrr"] == 0.125  # the first hit was at rank 2: 1/2 over 4 answers
+    assert group["interval"][0] < 0.25 < group["interval"][1]
+
+
+def test_feedback_waits_while_redis_is_down_and_counts_once_back(tmp_path):
+    server = RedisServer(tmp_path, port=free_port()).start()
+    client = make_redis_client(server.url)
+    counters, ledger = ledger_on(client, Clock())
+    ledger.impression("v1", "model", "JP")
+    server.stop()
+    ledger.accept([Event(ticket("a"), "ka", 3, "click")])
+    assert not ledger.flush() and ledger.pending == 1
+    assert not counters.flush()
+    server.start()
+    try:
+        flush(counters, ledger)
+        group = report(server.client())[("v1", "model", "JP")]
+        assert (group["impressions"], group["hits"], group["answers_hit"]) == (1, 1, 1)
+        assert ledger.pending == 0 and ledger.dropped == 0
+    finally:
+        server.stop()
+
+
+def test_grouping_keys(redis_server, redis_client):
+    counters, ledger = ledger_on(make_redis_client(redis_server.url), Clock())
+    for source, segment in [("model", "JP"), ("model", "DE"), ("holdback", "JP"), ("fallback", "DE")]:
+        ledger.impression("v1", source, segment)
+    flush(counters, ledger)
+    assert set(report(redis_client, "source")) == {("model",), ("holdback",), ("fallback",)}
+    assert report(redis_client, "source")[("model",)]["impressions"] == 2
+    assert set(report(redis_client, "segment,version")) == {("v1", "JP"), ("v1", "DE")}
+
+
+def test_the_monitor_alarms_when_the_model_falls_below_its_offline_figure(redis_server, redis_client):
+    clock = Clock()
+    counters, ledger = ledger_on(make_redis_client(redis_server.url), clock)
+    monitor = QualityMonitor(make_redis_client(redis_server.url), "recguard", "v1", 0.22,
+                             QualityThresholds(min_impressions=200), clock=clock)
+    served = 0
+    for minute in range(30):
+        for i in range(100):
+            ledger.impression("v1", "model", "JP")
+            request = ticket(f"r{served}", at=clock.now)
+            served += 1
+            if i < 22 - (12 if minute >= 10 else 0):  # 22 % for ten minutes, then 10 %
+                ledger.accept([Event(request, f"k{served}", 3, "click")])
+        flush(counters, ledger)
+        alarms = monitor.refresh()
+        clock.now += 60
+        if minute < 10:
+            assert alarms == [], f"clean minute {minute}"
+        elif alarms:
+            break
+    assert alarms and alarms[0].baseline == "offline" and minute <= 20
+    assert monitor.clear(alarms[0].id) and monitor.active == []
