@@ -19,17 +19,35 @@ import redis
 from model.bundle import Bundle
 from proxy.drift.alarms import AlarmMonitor
 from proxy.drift.watch import DriftWatch, Thresholds, cells_from_profile
+from proxy.guard.anomaly import QUALITY_QUARANTINE, Anomaly
 from proxy.guard.checks import Guard
 from proxy.guard.diagnosis import Diagnosis
 from proxy.http.metrics import Metrics
 from proxy.models.fallback import PopularityFallback
+from proxy.models.holdback import Holdback
 from proxy.models.recommender import Recommender
 from proxy.models.scorer import Scorer
 from proxy.models.service import PredictionService
+from proxy.quality.alarm import QualityMonitor, QualityThresholds
+from proxy.quality.desk import TicketDesk
+from proxy.quality.feedback import FeedbackLedger
+from proxy.quality.tickets import TicketSigner
 from proxy.settings import Settings
 from proxy.store.counters import Counters, Series, make_redis_client
 
 log = logging.getLogger("recguard.runtime")
+
+
+def offline_figures(bundle: Bundle) -> dict[str, Any]:
+    """The offline figures `recguard train` recorded in the manifest (model and popularity on the
+    holdout), or {} for a bundle without them."""
+    return dict(bundle.manifest.get("offline") or {})
+
+
+def offline_hit_rate(bundle: Bundle) -> float | None:
+    """The model's offline hit_rate@10, if the manifest has it."""
+    figure = (offline_figures(bundle).get("model") or {}).get("hit_rate@10")
+    return float(figure) if isinstance(figure, (int, float)) else None
 
 
 @dataclass
@@ -41,6 +59,10 @@ class Loaded:
     metrics: Metrics
     alarms: AlarmMonitor | None = None
     """Drift alarms as this worker sees them (None without the guard)."""
+    desk: TicketDesk | None = None
+    """Tickets and feedback (None while no feedback secret is configured)."""
+    quality: QualityMonitor | None = None
+    """Quality alarms as this worker sees them (None while feedback is off)."""
 
     @property
     def model_version(self) -> str:
@@ -84,7 +106,7 @@ class Runtime:
         profile = bundle.profile
         metrics = Metrics(profile["fields"])
         scorer = self.model or Scorer.from_bundle(bundle)
-        guard = drift = alarms = None
+        guard = drift = alarms = desk = quality = holdback = quarantine = None
         recorders: list = [metrics]
         if settings.guard.enabled:
             guard = build_guard(bundle, settings)
@@ -92,12 +114,18 @@ class Runtime:
                 recorders.append(self.counters)
                 if self.redis_client is not None:
                     drift, alarms = self._drift(profile, metrics)
+                    if settings.feedback.secret:
+                        desk, quality = self._quality(bundle, metrics)
+                        holdback = Holdback.from_profile(settings.feedback.holdback, profile)
+                        if settings.feedback.quality_quarantine:
+                            quarantine = self._quality_quarantine(quality, desk)
         service = PredictionService(
             scorer, PopularityFallback(bundle.popularity), guard,
             model_timeout=settings.limits.model_timeout_ms / 1000 if settings.guard.enabled else None,
             recorders=recorders, executor_threads=settings.server.threads, drift=drift,
+            holdback=holdback, stamp=desk, quarantine=quarantine,
         )
-        self.loaded = Loaded(bundle, service, metrics, alarms)
+        self.loaded = Loaded(bundle, service, metrics, alarms, desk, quality)
         self.settled.set()
         log.info("bundle loaded", extra={"model_version": bundle.model_version, "guard": settings.guard.enabled})
 
@@ -123,6 +151,38 @@ class Runtime:
         monitor.refresh()
         self.counters.on_flush(monitor.refresh)
         return watch, monitor
+
+    def _quality(self, bundle: Bundle, metrics: Metrics) -> tuple[TicketDesk, QualityMonitor]:
+        """The ticket desk (impressions and tickets on the request path, feedback de-duplicated on the
+        flush thread) and this worker's quality monitor, refreshed after flushes."""
+        feedback, store = self.settings.feedback, self.settings.redis
+        ledger = FeedbackLedger(self.counters, self.redis_client, prefix=store.prefix,
+                                window_seconds=feedback.window, ttl_seconds=store.counter_ttl_seconds,
+                                listener=metrics.record_feedback)
+        profile = bundle.profile
+        segment_field = profile.get("segment_field")
+        segments = (profile["fields"].get(segment_field, {}).get("domain") or {}) if segment_field else {}
+        desk = TicketDesk(TicketSigner(feedback.secret, feedback.window), ledger, bundle.model_version,
+                          [str(item) for item in bundle.arrays["item_ids"]], segment_field, list(segments),
+                          on_impression=lambda version, source: metrics.impressions.labels(version, source).inc())
+        thresholds = QualityThresholds(feedback.quality_drop, feedback.quality_threshold,
+                                       feedback.quality_min_impressions, feedback.quality_window_minutes)
+        monitor = QualityMonitor(self.redis_client, store.prefix, bundle.model_version, offline_hit_rate(bundle),
+                                 thresholds, use_offline=feedback.quality_offline,
+                                 listeners=[lambda active: metrics.quality_alarms.set(len(active))])
+        self.counters.on_flush(ledger.flush)
+        self.counters.on_flush(monitor.maybe_refresh)
+        monitor.refresh()
+        return desk, monitor
+
+    @staticmethod
+    def _quality_quarantine(monitor: QualityMonitor, desk: TicketDesk) -> Callable[[dict], Anomaly | None]:
+        def quarantine(fields: dict) -> Anomaly | None:
+            alarm = monitor.quarantined(desk.segment_of(fields))
+            if alarm is None:
+                return None
+            return Anomaly("model", QUALITY_QUARANTINE, f"quality alarm {alarm.id}: {alarm.detail}", True)
+        return quarantine
 
     def load_in_background(self, loader: Callable[[str], Bundle]) -> threading.Thread:
         """Load the configured bundle on a thread so the worker answers /livez and /readyz meanwhile."""

@@ -155,6 +155,42 @@ class DriftSettings:
 
 
 @dataclass(frozen=True)
+class FeedbackSettings:
+    """Tickets, feedback, the holdback control group and the quality alarm."""
+
+    secret: str = setting("feedback_secret", "", repr=False)
+    """Key of the HMAC that signs tickets, the same on every replica; empty: no tickets, /feedback off."""
+    window: int = setting("feedback_window", 24 * 3600)
+    """Seconds after an answer during which its ticket is accepted (and de-duplicated)."""
+    token: str = setting("feedback_token", "", repr=False)
+    """When set, POST /feedback needs `Authorization: Bearer <token>`."""
+    holdback: float = setting("holdback", 0.01)
+    """Share of users (by a hash of their id) whose clean requests the fallback answers as the control group."""
+    quality_window_minutes: int = setting("quality_window_minutes", 60)
+    """Minutes of live counts the quality alarm judges."""
+    quality_drop: float = setting("quality_drop", 0.2)
+    """Relative drop of the hit rate the quality alarm tests for."""
+    quality_threshold: float = setting("quality_threshold", 12.0)
+    """CUSUM threshold of the quality alarm (log likelihood ratio; false alarms at most minutes × e^-h)."""
+    quality_min_impressions: int = setting("quality_min_impressions", 200)
+    """Model answers a quality alarm needs at the least."""
+    quality_offline: bool = setting("quality_offline", True)
+    """Also test the live hit rate against the bundle's offline figure (the site reports every next take)."""
+    quality_quarantine: bool = setting("quality_quarantine", False)
+    """Route a segment to the fallback while a quality alarm holds on it."""
+
+    def checks(self) -> list[tuple[bool, str, str]]:
+        return [
+            (self.window >= 60, "feedback_window", "at least 60"),
+            (0 <= self.holdback < 1, "holdback", "in [0, 1)"),
+            (1 <= self.quality_window_minutes <= 7 * 24 * 60, "quality_window_minutes", "in 1..10080"),
+            (0 < self.quality_drop < 1, "quality_drop", "in (0, 1)"),
+            (self.quality_threshold > 0, "quality_threshold", "positive"),
+            (self.quality_min_impressions >= 1, "quality_min_impressions", "at least 1"),
+        ]
+
+
+@dataclass(frozen=True)
 class AdminSettings:
     """Who may change state through the admin endpoints."""
 
@@ -174,6 +210,7 @@ class Settings:
     limits: LimitSettings = field(default_factory=LimitSettings)
     guard: GuardSettings = field(default_factory=GuardSettings)
     drift: DriftSettings = field(default_factory=DriftSettings)
+    feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
 
     @classmethod

@@ -37,6 +37,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     anomalies.add_argument("--json", action="store_true", help="print JSON instead of a table")
     anomalies.set_defaults(handler=anomalies_command)
 
+    quality = sub.add_parser("quality", help="live hit rates from the site's feedback, per version, source and segment")
+    quality.add_argument("--since", default="1h", help="90s, 15m, 1h, 2d or an ISO-8601 time (default 1h)")
+    quality.add_argument("--until", help="like --since (default now)")
+    quality.add_argument("--by", default="version,source,segment",
+                         help="comma-separated grouping keys: version, source, segment (default all three)")
+    quality.add_argument("--bundle", help="a bundle whose offline figures to show beside the live ones")
+    quality.add_argument("--redis", dest="redis_url", help="Redis URL (RECGUARD_REDIS_URL)")
+    quality.add_argument("--redis-prefix", help="Redis key prefix (RECGUARD_REDIS_PREFIX)")
+    quality.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    quality.set_defaults(handler=quality_command)
+
 
 def _settings(args: argparse.Namespace, names: tuple[str, ...]):
     from proxy.settings import Settings
@@ -90,4 +101,36 @@ def anomalies_command(args: argparse.Namespace) -> int:
         reason = str(exc).replace(settings.redis.url, redact_url(settings.redis.url))
         raise RecguardError(f"cannot read counters from {redact_url(settings.redis.url)}: {reason}") from None
     print(json.dumps(report.to_json(), indent=2) if args.json else format_table(report))
+    return 0
+
+
+def quality_command(args: argparse.Namespace) -> int:
+    """Print the live quality of a time range, read straight from Redis."""
+    from datetime import datetime, timezone
+
+    import redis
+
+    from model.bundle import load_bundle
+    from model.errors import RecguardError
+    from proxy.quality.report import format_quality_table, parse_group_keys, query_quality
+    from proxy.runtime import offline_figures
+    from proxy.settings import redact_url
+    from proxy.store.anomaly_query import parse_time
+    from proxy.store.counters import make_redis_client
+
+    settings = _settings(args, ("redis_url", "redis_prefix"))
+    now = datetime.now(timezone.utc)
+    try:
+        since = parse_time(args.since, now)
+        until = parse_time(args.until, now) if args.until else now
+        client = make_redis_client(settings.redis.url, timeout=2.0)
+        report = query_quality(client, settings.redis.prefix, since, until, parse_group_keys(args.by))
+    except ValueError as exc:
+        raise RecguardError(str(exc)) from None
+    except redis.RedisError as exc:
+        reason = str(exc).replace(settings.redis.url, redact_url(settings.redis.url))
+        raise RecguardError(f"cannot read counts from {redact_url(settings.redis.url)}: {reason}") from None
+    if args.bundle:
+        report.offline = offline_figures(load_bundle(args.bundle))
+    print(json.dumps(report.to_json(), indent=2) if args.json else format_quality_table(report))
     return 0

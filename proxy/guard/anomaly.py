@@ -16,6 +16,7 @@ MODEL_TIMEOUT = "model_timeout"
 DRIFT_QUARANTINE = "drift_quarantine"
 SUSPECTED_RENAME = "suspected_rename"
 SUSPECTED_MERGE = "suspected_merge"
+QUALITY_QUARANTINE = "quality_quarantine"
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,10 @@ def admin_blueprint(runtime: Runtime) -> Blueprint:
 
     @blueprint.post("/alarms/<path:alarm_id>/clear")
     def clear_alarm(alarm_id: str) -> Response:
-        monitor = runtime.loaded.alarms if runtime.loaded is not None else None
+        loaded = runtime.loaded
+        monitor = loaded.alarms if loaded is not None else None
+        if alarm_id.startswith("quality:") and loaded is not None:
+            monitor = loaded.quality
         if not token or monitor is None:
             return error_response("admin endpoints are off: no admin token is configured", 404)
         supplied = request.headers.get("Authorization", "").encode()

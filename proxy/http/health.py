@@ -44,6 +44,8 @@ def health_report(runtime: Runtime, client: redis.Redis | None, prefix: str) -> 
         reasons.append(f"{counters.dropped} counts dropped while redis was down")
     alarms = loaded.alarms.active if loaded is not None and loaded.alarms is not None else []
     reasons.extend(f"drift alarm {alarm.id}: {alarm.detail}" for alarm in alarms)
+    quality = loaded.quality.active if loaded is not None and loaded.quality is not None else []
+    reasons.extend(f"quality alarm {alarm.id}: {alarm.detail}" for alarm in quality)
 
     return {
         "status": "degraded" if reasons else "ok",
@@ -55,5 +57,9 @@ def health_report(runtime: Runtime, client: redis.Redis | None, prefix: str) -> 
             "pending": counters.pending, "dropped": counters.dropped, "last_error": counters.last_error,
         },
         "rates": rates,
-        "alarms": [alarm.to_json() for alarm in alarms],
+        "alarms": [alarm.to_json() for alarm in [*alarms, *quality]],
+        "feedback": None if loaded is None or loaded.desk is None else {
+            "pending": loaded.desk.ledger.pending, "dropped": loaded.desk.ledger.dropped,
+            "last_error": loaded.desk.ledger.last_error,
+        },
     }

@@ -50,6 +50,23 @@ class Metrics:
         # livemax: a worker that died with an alarm active must not hold the gauge up for ever
         self.alarms = Gauge("recguard_active_alarms", "Drift alarms active, as last seen by a worker.",
                             registry=self.registry, multiprocess_mode="livemax")
+        self.quality_alarms = Gauge("recguard_active_quality_alarms", "Quality alarms active, as last seen by a worker.",
+                                    registry=self.registry, multiprocess_mode="livemax")
+        # version and source: a bundle has one version, sources are model, fallback, holdback
+        self.impressions = Counter("recguard_impressions", "Answers served with a feedback ticket.",
+                                   ["version", "source"], registry=self.registry)
+        self.feedback = Counter("recguard_feedback_events", "Feedback events counted (after de-duplication).",
+                                ["version", "source", "event"], registry=self.registry)
+        self.hits = Counter("recguard_feedback_hits", "Feedback events on an item the answer served.",
+                            ["version", "source"], registry=self.registry)
+        self.feedback_rejected = Counter("recguard_feedback_rejected", "Feedback events refused, by status.",
+                                         ["status"], registry=self.registry)
+
+    def record_feedback(self, version: str, source: str, event: str, hit: bool) -> None:
+        """Count one feedback event the ledger found new."""
+        self.feedback.labels(version, source, event).inc()
+        if hit:
+            self.hits.labels(version, source).inc()
 
     def record_request(self, source: str, anomalies: Sequence[tuple[str, str]]) -> None:
         """Count one answered prediction request."""

@@ -12,6 +12,7 @@ from proxy.guard.anomaly import (
     MODEL_TIMEOUT,
     NON_FINITE,
     OUT_OF_RANGE,
+    QUALITY_QUARANTINE,
     SUSPECTED_MERGE,
     SUSPECTED_RENAME,
     TYPE_MISMATCH,
@@ -21,7 +22,9 @@ from proxy.guard.anomaly import (
 )
 
 ANOMALY_KINDS = [MISSING_FIELD, UNEXPECTED_FIELD, TYPE_MISMATCH, OUT_OF_RANGE, UNKNOWN_CATEGORY, NON_FINITE,
-                 UNKNOWN_ITEM, MODEL_ERROR, MODEL_TIMEOUT, DRIFT_QUARANTINE, SUSPECTED_RENAME, SUSPECTED_MERGE]
+                 UNKNOWN_ITEM, MODEL_ERROR, MODEL_TIMEOUT, DRIFT_QUARANTINE, SUSPECTED_RENAME, SUSPECTED_MERGE,
+                 QUALITY_QUARANTINE]
+SOURCES = ["model", "fallback", "holdback"]
 
 
 def _json(schema_ref: str, description: str) -> dict[str, Any]:
@@ -40,7 +43,11 @@ _PREDICT = {
     "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}}},
     "responses": {
         "200": {**_json("Prediction", "Recommended items"),
-                "headers": {"X-Recguard-Source": {"schema": {"type": "string", "enum": ["model", "fallback"]}}}},
+                "headers": {"X-Recguard-Source": {"schema": {"type": "string", "enum": SOURCES}},
+                            "X-Request-Id": {"schema": {"type": "string"},
+                                             "description": "The caller's X-Request-Id, else a new one"},
+                            "X-Recguard-Ticket": {"schema": {"type": "string"},
+                                                  "description": "The signed feedback ticket (when feedback is on)"}}},
         "400": _error("Not JSON, not an object, bad k or bad history"),
         "413": _error("Body over the size limit"),
         "415": _error("Content-Type is not JSON"),
@@ -97,6 +104,39 @@ def openapi_document() -> dict[str, Any]:
                     "503": _error("Redis unavailable"),
                 },
             }},
+            "/feedback": {"post": {
+                "operationId": "feedback",
+                "summary": "Report what the user took after an answer: its ticket, the item, the event",
+                "description": "One event `{ticket, item, event}` or a batch `{events: [...]}` of up to 1,000. "
+                               "The same (ticket, item, event) counts once. Needs `Authorization: Bearer "
+                               "<RECGUARD_FEEDBACK_TOKEN>` when that is set.",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "$ref": "#/components/schemas/FeedbackRequest"}}}},
+                "responses": {
+                    "202": {"description": "Accepted for counting", "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["accepted", "rejected"],
+                        "properties": {"accepted": {"type": "integer"}, "rejected": {"type": "array"}}}}}},
+                    "400": _error("Malformed body, event or ticket"),
+                    "401": _error("Feedback token missing"),
+                    "403": _error("Ticket forged or altered, or feedback token wrong"),
+                    "404": _error("Feedback is off (no RECGUARD_FEEDBACK_SECRET)"),
+                    "410": _error("Ticket expired"),
+                    "413": _error("Body over the size limit"),
+                    "415": _error("Content-Type is not JSON"),
+                },
+            }},
+            "/quality": _get(
+                "Live hit rates per model version, source and segment, with 95 % Wilson intervals",
+                _json("QualityReport", "Live quality"),
+                parameters=[
+                    {"name": "since", "in": "query", "schema": {"type": "string", "default": "1h"}},
+                    {"name": "until", "in": "query", "schema": {"type": "string"}},
+                    {"name": "by", "in": "query", "schema": {"type": "string", "default": "version,source,segment"},
+                     "description": "Comma-separated subset of version, source, segment"},
+                ],
+                responses={"400": _error("Bad time range or grouping"), "404": _error("Feedback is off"),
+                           "503": _error("Redis unavailable")},
+            ),
             "/metrics": _get("Prometheus metrics", {"description": "Prometheus text format",
                                                      "content": {"text/plain": {"schema": {"type": "string"}}}}),
             "/dashboard": _get("The anomaly dashboard (a self-contained HTML page)",
@@ -120,8 +160,9 @@ def openapi_document() -> dict[str, Any]:
                            "properties": {
                                "items": {"type": "array", "items": {"type": "string"}},
                                "scores": {"type": "array", "items": {"type": "number"}},
-                               "source": {"type": "string", "enum": ["model", "fallback"]},
+                               "source": {"type": "string", "enum": SOURCES},
                                "model_version": {"type": "string"},
+                               "ticket": {"type": "string", "description": "The feedback ticket, when feedback is on"},
                                "anomalies": {"type": "array", "items": {"$ref": "#/components/schemas/Anomaly"}}}},
             "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
             "Alarm": {"type": "object", "required": ["id", "kind", "field", "segment", "detail", "raised_at"],
@@ -137,8 +178,36 @@ def openapi_document() -> dict[str, Any]:
                           "z": {"type": ["number", "null"], "description": "Standard errors from the training mean"},
                           "window": {"type": ["object", "null"], "description": "The window the alarm quotes: count, mean, std"},
                           "training": {"type": ["object", "null"], "description": "The training baseline: mean, std"}}},
+            "QualityAlarm": {"type": "object", "required": ["id", "kind", "version", "segment", "baseline", "detail"],
+                             "properties": {
+                                 "id": {"type": "string", "description": "`quality:<version>:<segment>:<baseline>`"},
+                                 "kind": {"type": "string", "enum": ["quality"]},
+                                 "version": {"type": "string"}, "segment": {"type": "string"},
+                                 "baseline": {"type": "string", "enum": ["holdback", "offline"]},
+                                 "detail": {"type": "string"}, "statistic": {"type": "number"},
+                                 "impressions": {"type": "integer"}, "hit_rate": {"type": "number"},
+                                 "expected": {"type": ["number", "null"]}}},
+            "AnyAlarm": {"oneOf": [{"$ref": "#/components/schemas/Alarm"}, {"$ref": "#/components/schemas/QualityAlarm"}]},
+            "FeedbackEvent": {"type": "object", "required": ["ticket", "item"], "additionalProperties": False,
+                              "properties": {"ticket": {"type": "string"}, "item": {"type": "string"},
+                                             "event": {"type": "string", "enum": ["click", "purchase"],
+                                                       "default": "click"}}},
+            "FeedbackRequest": {"oneOf": [
+                {"$ref": "#/components/schemas/FeedbackEvent"},
+                {"type": "object", "required": ["events"], "additionalProperties": False, "properties": {
+                    "events": {"type": "array", "minItems": 1, "maxItems": 1000,
+                               "items": {"$ref": "#/components/schemas/FeedbackEvent"}}}}]},
+            "QualityReport": {"type": "object", "required": ["since", "until", "by", "groups"], "properties": {
+                "since": {"type": "string"}, "until": {"type": "string"}, "by": {"type": "array"},
+                "groups": {"type": "array", "items": {"type": "object", "properties": {
+                    "version": {"type": "string"}, "source": {"type": "string"}, "segment": {"type": "string"},
+                    "impressions": {"type": "integer"}, "feedback": {"type": "integer"}, "hits": {"type": "integer"},
+                    "answers_hit": {"type": "integer"}, "hit_rate": {"type": ["number", "null"]},
+                    "interval": {"type": ["array", "null"]}, "mrr": {"type": ["number", "null"]}}}},
+                "offline": {"type": "object"},
+                "alarms": {"type": "array", "items": {"$ref": "#/components/schemas/QualityAlarm"}}}},
             "AlarmList": {"type": "object", "required": ["alarms"], "properties": {
-                "alarms": {"type": "array", "items": {"$ref": "#/components/schemas/Alarm"}},
+                "alarms": {"type": "array", "items": {"$ref": "#/components/schemas/AnyAlarm"}},
                 "last_error": {"type": ["string", "null"],
                                "description": "Why the last refresh failed (the last known alarms stay in force)"}}},
             "Status": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
@@ -148,13 +217,14 @@ def openapi_document() -> dict[str, Any]:
                 "model_version": {"type": ["string", "null"]},
                 "redis": {"type": "string", "enum": ["up", "down", "disabled"]},
                 "rates": {"type": ["object", "null"]},
-                "alarms": {"type": "array", "items": {"$ref": "#/components/schemas/Alarm"}}}},
+                "alarms": {"type": "array", "items": {"$ref": "#/components/schemas/AnyAlarm"}},
+                "feedback": {"type": ["object", "null"]}}},
             "AnomalyReport": {"type": "object", "required": ["requests", "anomalous_requests", "fallback_requests"],
                               "properties": {
                                   "requests": {"type": "integer"}, "anomalous_requests": {"type": "integer"},
                                   "fallback_requests": {"type": "integer"},
                                   "by_field": {"type": "object"}, "by_kind": {"type": "object"},
                                   "series": {"type": "array", "items": {"type": "object"}},
-                                  "alarms": {"type": "array", "items": {"$ref": "#/components/schemas/Alarm"}}}},
+                                  "alarms": {"type": "array", "items": {"$ref": "#/components/schemas/AnyAlarm"}}}},
         }, "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer", "description": "RECGUARD_ADMIN_TOKEN"}}},
     }

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import time
+import uuid
 
 from flask import Blueprint, Response, request
 from werkzeug.exceptions import HTTPException
@@ -13,7 +15,17 @@ from proxy.runtime import Runtime
 
 JSON_TYPES = ("application/json",)
 SOURCE_HEADER = "X-Recguard-Source"
+REQUEST_ID_HEADER = "X-Request-Id"
+TICKET_HEADER = "X-Recguard-Ticket"
+# a caller's request id is echoed and signed into the ticket: printable ASCII, bounded
+_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,200}")
 STARTUP_WAIT_SECONDS = 5.0
+
+
+def request_id() -> str:
+    """The caller's X-Request-Id when it is a sane token, else a new one."""
+    supplied = request.headers.get(REQUEST_ID_HEADER, "")
+    return supplied if _REQUEST_ID.fullmatch(supplied) else uuid.uuid4().hex
 
 
 def _is_json(mimetype: str) -> bool:
@@ -53,13 +65,15 @@ def predict_blueprint(runtime: Runtime) -> Blueprint:
                                         max_history=limits.max_history)
         except BadRequest as exc:
             return reject(runtime, str(exc), exc.status)
-        prediction = loaded.service.predict(parsed)
-        response = json_response(
-            {"items": prediction.items, "scores": prediction.scores, "source": prediction.source,
-             "model_version": loaded.model_version,
-             "anomalies": [anomaly.to_json() for anomaly in prediction.anomalies]},
-            headers={SOURCE_HEADER: prediction.source},
-        )
+        rid = request_id()
+        prediction = loaded.service.predict(parsed, rid)
+        answer = {"items": prediction.items, "scores": prediction.scores, "source": prediction.source,
+                  "model_version": loaded.model_version,
+                  "anomalies": [anomaly.to_json() for anomaly in prediction.anomalies]}
+        headers = {SOURCE_HEADER: prediction.source, REQUEST_ID_HEADER: rid}
+        if prediction.ticket is not None:
+            answer["ticket"] = headers[TICKET_HEADER] = prediction.ticket
+        response = json_response(answer, headers=headers)
         loaded.metrics.latency.observe(time.perf_counter() - started)
         return response
 

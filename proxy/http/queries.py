@@ -8,10 +8,22 @@ import redis
 from flask import Blueprint, Response, request
 
 from proxy.http.responses import error_response, json_response
-from proxy.runtime import Runtime
+from proxy.quality.report import parse_group_keys, query_quality
+from proxy.runtime import Runtime, offline_figures
 from proxy.store.anomaly_query import parse_time, query_anomalies
 
 DEFAULT_SINCE = "15m"
+DEFAULT_QUALITY_SINCE = "1h"
+
+
+def active_alarms(runtime: Runtime) -> list[dict]:
+    """Every active alarm of this worker as JSON: drift alarms, then quality alarms."""
+    loaded = runtime.loaded
+    if loaded is None:
+        return []
+    drift = [alarm.to_json() for alarm in loaded.alarms.active] if loaded.alarms is not None else []
+    quality = [alarm.to_json() for alarm in loaded.quality.active] if loaded.quality is not None else []
+    return drift + quality
 
 
 def queries_blueprint(runtime: Runtime) -> Blueprint:
@@ -34,9 +46,7 @@ def queries_blueprint(runtime: Runtime) -> Blueprint:
             return error_response(str(exc), 400)
         except redis.RedisError:
             return error_response("redis unavailable: anomaly counts cannot be read right now", 503)
-        monitor = runtime.loaded.alarms if runtime.loaded is not None else None
-        if monitor is not None:
-            report.alarms = [alarm.to_json() for alarm in monitor.active]
+        report.alarms = active_alarms(runtime)
         return json_response(report.to_json())
 
     @blueprint.get("/alarms")
@@ -44,7 +54,31 @@ def queries_blueprint(runtime: Runtime) -> Blueprint:
         monitor = runtime.loaded.alarms if runtime.loaded is not None else None
         if monitor is None:
             return error_response("drift alarms are off (--no-guard, or the bundle is not loaded yet)", 404)
-        return json_response({"alarms": [alarm.to_json() for alarm in monitor.active],
-                              "last_error": monitor.last_error})
+        quality = runtime.loaded.quality
+        return json_response({"alarms": active_alarms(runtime),
+                              "last_error": monitor.last_error or (quality.last_error if quality else None)})
+
+    @blueprint.get("/quality")
+    def quality() -> Response:
+        loaded = runtime.loaded
+        if loaded is None or loaded.quality is None:
+            return error_response("live quality is off: no RECGUARD_FEEDBACK_SECRET is configured "
+                                  "(or the bundle is not loaded yet)", 404)
+        now = datetime.now(timezone.utc)
+        try:
+            since = parse_time(request.args.get("since", DEFAULT_QUALITY_SINCE), now)
+            until = parse_time(request.args["until"], now) if "until" in request.args else now
+            per_minute = request.args.get("series", "0")
+            if per_minute not in ("0", "1"):
+                raise ValueError(f"series: expected 0 or 1, got {per_minute!r}")
+            report = query_quality(runtime.redis_client, prefix, since, until, parse_group_keys(request.args.get("by")),
+                                   segment=request.args.get("segment"), per_minute=per_minute == "1")
+        except ValueError as exc:
+            return error_response(str(exc), 400)
+        except redis.RedisError:
+            return error_response("redis unavailable: quality counts cannot be read right now", 503)
+        report.offline = offline_figures(loaded.bundle)
+        report.alarms = [alarm.to_json() for alarm in loaded.quality.active]
+        return json_response(report.to_json())
 
     return blueprint

@@ -22,6 +22,7 @@ log = logging.getLogger("recguard.service")
 
 MODEL = "model"
 FALLBACK = "fallback"
+HOLDBACK = "holdback"
 
 
 class RequestRecorder(Protocol):
@@ -32,6 +33,14 @@ class DriftObserver(Protocol):
     def observe(self, fields: dict) -> Sequence[Anomaly]: ...
 
 
+class ControlGroup(Protocol):
+    def holds(self, fields: dict) -> bool: ...
+
+
+class AnswerStamp(Protocol):
+    def stamp(self, source: str, items: Sequence[str], fields: dict, request_id: str) -> str: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Prediction:
     """The answer to one request and how it was reached."""
@@ -40,6 +49,8 @@ class Prediction:
     scores: list[float]
     source: str
     anomalies: list[Anomaly] = field(default_factory=list)
+    ticket: str | None = None
+    """The signed feedback ticket of this answer (None while feedback is off)."""
 
 
 class PredictionService:
@@ -55,11 +66,17 @@ class PredictionService:
         recorders: Sequence[RequestRecorder] = (),
         executor_threads: int = 4,
         drift: DriftObserver | None = None,
+        holdback: ControlGroup | None = None,
+        stamp: AnswerStamp | None = None,
+        quarantine: Callable[[dict], Anomaly | None] | None = None,
     ):
         self.model = model
         self.fallback = fallback
         self.guard = guard
         self.drift = drift
+        self.holdback = holdback
+        self.stamp = stamp
+        self.quarantine = quarantine
         self.model_timeout = model_timeout
         self.recorders = list(recorders)
         # A hung model call can only be abandoned, not interrupted: it runs on a pool thread
@@ -71,14 +88,22 @@ class PredictionService:
         self._executor = (ThreadPoolExecutor(max_workers=executor_threads, thread_name_prefix="model")
                           if model_timeout and not self._inline else None)
 
-    def predict(self, request: PredictRequest) -> Prediction:
+    def predict(self, request: PredictRequest, request_id: str = "") -> Prediction:
         """Answer one request; never raises for anything the model does."""
         anomalies = self.guard.check(request) if self.guard is not None else []
         if self.drift is not None:
             # feeds the drift windows and adds drift_quarantine when the segment is under an alarm
             anomalies += self.drift.observe(request.fields)
+        if self.quarantine is not None:
+            held = self.quarantine(request.fields)
+            if held is not None:
+                anomalies.append(held)
         if any(anomaly.routes for anomaly in anomalies):
             prediction = self._fallback(request, anomalies)
+        elif self.holdback is not None and self.holdback.holds(request.fields):
+            # a clean request of the control group: the fallback's answer, counted apart
+            recommendation = self.fallback.recommend(request.fields, request.history, request.k)
+            prediction = Prediction(recommendation.items, recommendation.scores, HOLDBACK, anomalies)
         else:
             failure, recommendation = self._run_model(request)
             if failure is not None:
@@ -89,6 +114,9 @@ class PredictionService:
             pairs = [(anomaly.field, anomaly.kind) for anomaly in prediction.anomalies]
             for recorder in self.recorders:
                 recorder.record_request(prediction.source, pairs)
+        if self.stamp is not None:
+            ticket = self.stamp.stamp(prediction.source, prediction.items, request.fields, request_id)
+            prediction = Prediction(prediction.items, prediction.scores, prediction.source, prediction.anomalies, ticket)
         return prediction
 
     def _run_model(self, request: PredictRequest) -> tuple[Anomaly | None, Recommendation | None]:

@@ -23,7 +23,7 @@ import logging
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import redis
 from redis.exceptions import NoScriptError, RedisError
@@ -67,8 +67,10 @@ class Event:
     ticket: Ticket
     key: str
     """The ticket's de-duplication key (from its signature)."""
-    item: int
-    """Catalogue index of the item the user took."""
+    item: str
+    """The id of the item the user took."""
+    index: int | None
+    """Its catalogue index; None for an item outside the catalogue (feedback, never a hit)."""
     kind: str
 
 
@@ -76,7 +78,8 @@ class FeedbackLedger:
     """Counts impressions and feedback of one worker into the counters' quality series."""
 
     def __init__(self, counters: Counters, client: redis.Redis, *, prefix: str, window_seconds: int,
-                 ttl_seconds: int, max_pending: int = 100_000):
+                 ttl_seconds: int, max_pending: int = 100_000,
+                 listener: Callable[[str, str, str, bool], None] | None = None):
         self._counters = counters
         self._client = client
         self._prefix = prefix
@@ -88,6 +91,8 @@ class FeedbackLedger:
         self._max_pending = max_pending
         self.dropped = 0
         self.last_error: str | None = None
+        self._listener = listener
+        """Called with (version, source, event, hit) for every event found new."""
 
     def impression(self, version: str, source: str, segment: str) -> None:
         """Count one answer served. Memory only."""
@@ -150,8 +155,8 @@ class FeedbackLedger:
     def _send(self, batch: list[Event]) -> list:
         pipe = self._client.pipeline(transaction=False)
         for event in batch:
-            served = event.ticket.rank_of(event.item) is not None
-            pipe.evalsha(self._script.sha, 1, f"{self._prefix}:t:{event.key}", f"{event.item}:{event.kind}",
+            served = event.index is not None and event.ticket.rank_of(event.index) is not None
+            pipe.evalsha(self._script.sha, 1, f"{self._prefix}:t:{event.key}", f"{event.item}\x1f{event.kind}",
                          "1" if served else "0", self._window)
         return pipe.execute(raise_on_error=False)
 
@@ -159,9 +164,11 @@ class FeedbackLedger:
         ticket = event.ticket
         group = (ticket.model_version, ticket.source, ticket.segment)
         amounts: list[tuple[str, int | float]] = [(group_field("fb", *group), 1)]
-        rank = ticket.rank_of(event.item)
+        rank = None if event.index is None else ticket.rank_of(event.index)
         if rank is not None:
             amounts.append((group_field("hit", *group), 1))
             if first_hit:
                 amounts += [(group_field("ans", *group), 1), (group_field("rr", *group), 1.0 / rank)]
         self._counters.add_many(amounts, self.series, at=ticket.issued_at)
+        if self._listener is not None:
+            self._listener(ticket.model_version, ticket.source, event.kind, rank is not None)

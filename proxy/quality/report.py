@@ -57,15 +57,25 @@ class QualityReport:
     until: datetime
     by: tuple[str, ...]
     groups: list[tuple[dict[str, str], Totals]]
+    series: dict[tuple[str, ...], list[tuple[int, Totals]]] | None = None
+    """Per group, the totals of each minute (when asked for)."""
     offline: Mapping[str, Any] = field(default_factory=dict)
     alarms: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "since": _iso(self.since), "until": _iso(self.until), "by": list(self.by),
-            "groups": [{**keys, **totals.to_json()} for keys, totals in self.groups],
+            "groups": [{**keys, **totals.to_json(), **self._series_of(keys)} for keys, totals in self.groups],
             "offline": dict(self.offline), "alarms": self.alarms,
         }
+
+
+    def _series_of(self, keys: dict[str, str]) -> dict[str, Any]:
+        if self.series is None:
+            return {}
+        points = self.series.get(tuple(keys.values()), [])
+        return {"series": [{"minute": _iso(datetime.fromtimestamp(minute * 60, timezone.utc)), **totals.to_json()}
+                           for minute, totals in points]}
 
 
 def parse_group_keys(text: str | None) -> tuple[str, ...]:
@@ -97,14 +107,15 @@ def split_field(name: str) -> tuple[str, tuple[str, str, str]] | None:
     return parts[0], (parts[1], parts[2], parts[3])
 
 
-def totals_by(buckets: Iterable[Mapping[str, str]], by: Sequence[str]) -> dict[tuple[str, ...], Totals]:
-    """Sum buckets into one Totals per combination of the `by` keys."""
+def totals_by(buckets: Iterable[Mapping[str, str]], by: Sequence[str],
+              segment: str | None = None) -> dict[tuple[str, ...], Totals]:
+    """Sum buckets into one Totals per combination of the `by` keys (only `segment`'s counts when given)."""
     positions = [GROUP_KEYS.index(key) for key in by]
     sums: dict[tuple[str, ...], Totals] = {}
     for bucket in buckets:
         for name, value in bucket.items():
             parsed = split_field(name)
-            if parsed is None:
+            if parsed is None or (segment is not None and parsed[1][2] != segment):
                 continue
             kind, group = parsed
             key = tuple(group[i] for i in positions)
@@ -113,19 +124,28 @@ def totals_by(buckets: Iterable[Mapping[str, str]], by: Sequence[str]) -> dict[t
 
 
 def query_quality(client: redis.Redis, prefix: str, since: datetime, until: datetime,
-                  by: Sequence[str] = GROUP_KEYS) -> QualityReport:
-    """Live quality of [since, until] grouped by `by`, most impressions first. ValueError for a bad
-    range, redis.RedisError when Redis cannot be read."""
+                  by: Sequence[str] = GROUP_KEYS, *, segment: str | None = None,
+                  per_minute: bool = False) -> QualityReport:
+    """Live quality of [since, until] grouped by `by`, most impressions first; only one segment's
+    counts when `segment` is given; with each group's per-minute series when `per_minute`.
+    ValueError for a bad range, redis.RedisError when Redis cannot be read."""
     since, until = since.astimezone(timezone.utc), until.astimezone(timezone.utc)
     if since > until:
         raise ValueError(f"since ({_iso(since)}) is after until ({_iso(until)})")
     if until - since > MAX_RANGE:
         raise ValueError(f"range too long: at most {MAX_RANGE.days} days (counts expire after that)")
-    buckets = read_minutes(client, prefix, int(since.timestamp() // 60), int(until.timestamp() // 60))
-    sums = totals_by(buckets, by)
+    first = int(since.timestamp() // 60)
+    buckets = read_minutes(client, prefix, first, int(until.timestamp() // 60))
+    sums = totals_by(buckets, by, segment)
     groups = sorted(((dict(zip(by, key)), totals) for key, totals in sums.items()),
                     key=lambda pair: (-pair[1].impressions, tuple(pair[0].values())))
-    return QualityReport(since, until, tuple(by), groups)
+    series = None
+    if per_minute:
+        series = {key: [] for key in sums}
+        for minute, bucket in enumerate(buckets, start=first):
+            for key, totals in totals_by([bucket], by, segment).items():
+                series[key].append((minute, totals))
+    return QualityReport(since, until, tuple(by), groups, series)
 
 
 def format_quality_table(report: QualityReport) -> str:

@@ -28,7 +28,12 @@ _HEAD = struct.Struct(">BIB")
 
 
 class TicketError(ValueError):
-    """A ticket that cannot be trusted: malformed, forged or altered, or expired."""
+    """A ticket that cannot be trusted; `status` is the HTTP answer: 400 malformed, 403 forged or
+    altered, 410 expired."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,12 +106,12 @@ class TicketSigner:
         except (binascii.Error, ValueError):
             raise TicketError("malformed ticket: not base64url") from None
         if not hmac.compare_digest(tag, self._tag(payload)):
-            raise TicketError("ticket signature does not match: forged, altered, or signed with another secret")
+            raise TicketError("ticket signature does not match: forged, altered, or signed with another secret", 403)
         ticket = _unpack(payload)
         age = now - ticket.issued_at
         if age > self.window_seconds:
             raise TicketError(f"ticket expired: issued {age:.0f} s ago, feedback is accepted for "
-                              f"{self.window_seconds:.0f} s")
+                              f"{self.window_seconds:.0f} s", 410)
         if age < -60:
             raise TicketError("ticket issued in the future: clocks of the replicas disagree")
         return ticket

@@ -135,3 +135,21 @@ def test_the_page_says_why_when_counts_are_off(tiny_bundle, redis_server, loaded
     assert dashboard.body_state == "error"
     assert "anomaly counting is off" in dashboard.texts["error"]
     assert dashboard.texts["model-version"] == loaded_bundle.model_version
+
+
+def test_live_hit_rates_appear_per_source(tiny_bundle, redis_server, redis_client, tiny_holdout, tmp_path):
+    proxy = ProxyProcess(tiny_bundle, redis_server.url, workers=1, log_path=tmp_path / "proxy.log",
+                         env={"RECGUARD_FEEDBACK_SECRET": "s", "RECGUARD_HOLDBACK": "0"}).start()
+    try:
+        answers = [proxy.predict(body).json() for body in tiny_holdout[:8]]
+        for answer in answers[:2]:  # two of eight answers led to a click on a served item
+            assert proxy.post("/feedback", json={"ticket": answer["ticket"], "item": answer["items"][0]}).status_code == 202
+        deadline = time.monotonic() + 10
+        while proxy.get("/quality?by=source").json()["groups"][0]["answers_hit"] < 2:
+            assert time.monotonic() < deadline, "feedback never counted"
+            time.sleep(0.1)
+        dashboard = render(proxy.url + "/dashboard", tmp_path)
+    finally:
+        proxy.stop()
+    assert dashboard.body_state == "ready", dashboard.texts.get("error")
+    assert "model: 25.0% of 8" in dashboard.texts["legend-quality"]

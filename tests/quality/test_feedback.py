@@ -48,12 +48,12 @@ def test_hits_ranks_and_duplicates(redis_server, redis_client):
     for _ in range(4):
         ledger.impression("v1", "model", "JP")
     first, second = ticket("a"), ticket("b")
-    ledger.accept([Event(first, "ka", 1, "click"), Event(first, "ka", 1, "click"),   # the same click twice
-                   Event(first, "ka", 2, "purchase"),                                # a second hit, same answer
-                   Event(second, "kb", 9, "click")])                                 # not served: no hit
+    ledger.accept([Event(first, "ka", "item_1", 1, "click"), Event(first, "ka", "item_1", 1, "click"),   # the same click twice
+                   Event(first, "ka", "item_2", 2, "purchase"),                                # a second hit, same answer
+                   Event(second, "kb", "item_9", 9, "click")])                                 # not served: no hit
     clock.now += 30
     flush(counters, ledger)
-    ledger.accept([Event(first, "ka", 1, "click")])  # retried by the site a minute later
+    ledger.accept([Event(first, "ka", "item_1", 1, "click")])  # retried by the site a minute later
     flush(counters, ledger)
     group = report(redis_client)[("v1", "model", "JP")]
     assert group["impressions"] == 4 and group["feedback"] == 3 and group["hits"] == 2
@@ -68,7 +68,7 @@ def test_feedback_waits_while_redis_is_down_and_counts_once_back(tmp_path):
     counters, ledger = ledger_on(client, Clock())
     ledger.impression("v1", "model", "JP")
     server.stop()
-    ledger.accept([Event(ticket("a"), "ka", 3, "click")])
+    ledger.accept([Event(ticket("a"), "ka", "item_3", 3, "click")])
     assert not ledger.flush() and ledger.pending == 1
     assert not counters.flush()
     server.start()
@@ -103,7 +103,7 @@ def test_the_monitor_alarms_when_the_model_falls_below_its_offline_figure(redis_
             request = ticket(f"r{served}", at=clock.now)
             served += 1
             if i < 22 - (12 if minute >= 10 else 0):  # 22 % for ten minutes, then 10 %
-                ledger.accept([Event(request, f"k{served}", 3, "click")])
+                ledger.accept([Event(request, f"k{served}", "item_3", 3, "click")])
         flush(counters, ledger)
         alarms = monitor.refresh()
         clock.now += 60

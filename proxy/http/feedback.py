@@ -1,0 +1,60 @@
+"""POST /feedback: the site hands back an answer's ticket with the item the user took."""
+
+from __future__ import annotations
+
+import hmac
+
+from flask import Blueprint, Response, request
+
+from proxy.http.responses import error_response, json_response
+from proxy.quality.desk import FeedbackError
+from proxy.runtime import Runtime
+
+
+def feedback_blueprint(runtime: Runtime) -> Blueprint:
+    """POST /feedback of `runtime`; off (404) while no feedback secret is configured."""
+    blueprint = Blueprint("feedback", __name__)
+    settings = runtime.settings
+
+    @blueprint.post("/feedback")
+    def feedback() -> Response:
+        loaded = runtime.loaded
+        desk = loaded.desk if loaded is not None else None
+        if desk is None:
+            return error_response("feedback is off: no RECGUARD_FEEDBACK_SECRET is configured "
+                                  "(or the bundle is not loaded yet)", 404)
+        token = settings.feedback.token
+        if token:
+            supplied = request.headers.get("Authorization", "")
+            if not supplied:
+                return _unauthorized()
+            if not hmac.compare_digest(supplied.encode(), f"Bearer {token}".encode()):
+                return error_response("feedback token wrong", 403)
+        if request.mimetype != "application/json":
+            return error_response("Content-Type must be application/json", 415)
+        body = request.get_data(cache=False)
+        if len(body) > settings.limits.max_body_bytes:
+            return error_response(f"body larger than {settings.limits.max_body_bytes} bytes", 413)
+        try:
+            reading = desk.read(body)
+        except FeedbackError as exc:
+            loaded.metrics.feedback_rejected.labels(str(exc.status)).inc()
+            return error_response(str(exc), exc.status)
+        for _, error in reading.errors:
+            loaded.metrics.feedback_rejected.labels(str(error.status)).inc()
+        if not reading.batch and reading.errors:
+            error = reading.errors[0][1]
+            return error_response(str(error), error.status)
+        rejected = [{"index": index, "status": error.status, "error": str(error)} for index, error in reading.errors]
+        if not reading.events:
+            return json_response({"error": "no event could be counted", "accepted": 0, "rejected": rejected},
+                                 reading.errors[0][1].status)
+        desk.ledger.accept(reading.events)
+        return json_response({"accepted": len(reading.events), "rejected": rejected}, 202)
+
+    def _unauthorized() -> Response:
+        response = error_response("feedback token missing (Authorization: Bearer <token>)", 401)
+        response.headers["WWW-Authenticate"] = 'Bearer realm="recguard feedback"'
+        return response
+
+    return blueprint
