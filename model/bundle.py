@@ -3,12 +3,17 @@
 Layout (see docs/bundle.md for the contract of each file)::
 
     BUNDLE/
-      manifest.json   versions, created_at, model_version, sha256 of every other file
+      manifest.json   versions, kind, created_at, model_version, sha256 of every other file,
+                      the offline evaluation when there was a holdout
       profile.json    the training profile the guard checks requests against
       popularity.json global and per-segment top-N, for the fallback
-      scoring.json    how a request becomes the user-tower input (feature order, scaling, vocabularies)
-      scoring.npz     exported numpy arrays: item ids and embeddings, user-tower weights
-      model.pt        the torch state_dict, for inspection and retraining; serving never reads it
+      catalogue.json  the item ids
+      scoring.json    how a request becomes the user-tower input (feature order, scaling, vocabularies)  } full
+      scoring.npz     exported numpy arrays: item ids and embeddings, user-tower weights                } bundles
+      model.pt        the torch state_dict, for inspection and retraining; serving never reads it        } only
+
+A *guard-only* bundle (`recguard profile`) has no model files: it guards a team's own model
+served behind `--upstream`. Bundles of format 1 (no catalogue.json, always full) still load.
 
 This module is imported by serving, so it imports neither torch nor torch_geometric.
 """
@@ -31,9 +36,14 @@ import numpy as np
 
 from model.errors import RecguardError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 MANIFEST = "manifest.json"
-REQUIRED_FILES = ("profile.json", "popularity.json", "scoring.json", "scoring.npz", "model.pt")
+GUARD_FILES = ("profile.json", "popularity.json", "catalogue.json")
+MODEL_FILES = ("scoring.json", "scoring.npz", "model.pt")
+REQUIRED_FILES = GUARD_FILES + MODEL_FILES
+FULL = "full"
+GUARD_ONLY = "guard-only"
 _LIBRARIES = ("recguard", "torch", "torch_geometric", "numpy")
 
 
@@ -49,12 +59,18 @@ class Bundle:
     manifest: dict[str, Any]
     profile: dict[str, Any]
     popularity: dict[str, Any]
-    scoring: dict[str, Any]
-    arrays: dict[str, np.ndarray]
+    catalogue: list[str]
+    scoring: dict[str, Any] | None = None
+    arrays: dict[str, np.ndarray] | None = None
 
     @property
     def model_version(self) -> str:
         return self.manifest["model_version"]
+
+    @property
+    def has_model(self) -> bool:
+        """False for a guard-only bundle: nothing here can score a request."""
+        return self.scoring is not None
 
 
 def _sha256(data: bytes) -> str:
@@ -86,30 +102,39 @@ def write_bundle(
     *,
     profile: Mapping[str, Any],
     popularity: Mapping[str, Any],
-    scoring: Mapping[str, Any],
-    arrays: Mapping[str, np.ndarray],
-    model_state: bytes,
+    catalogue: list[str],
+    scoring: Mapping[str, Any] | None = None,
+    arrays: Mapping[str, np.ndarray] | None = None,
+    model_state: bytes | None = None,
+    evaluation: Mapping[str, Any] | None = None,
     created_at: datetime | None = None,
 ) -> Path:
-    """Write a complete bundle to `out` atomically (a half-written bundle is never visible) and return its path."""
+    """Write a bundle to `out` atomically (a half-written bundle is never visible) and return its path:
+    full with `scoring`, `arrays` and `model_state`, guard-only without any of them."""
+    model_parts = (scoring, arrays, model_state)
+    if any(part is None for part in model_parts) and any(part is not None for part in model_parts):
+        raise ValueError("a full bundle needs scoring, arrays and model_state; a guard-only bundle none of them")
     files = {
         "profile.json": _json_bytes(profile),
         "popularity.json": _json_bytes(popularity),
-        "scoring.json": _json_bytes(scoring),
-        "scoring.npz": _npz_bytes(arrays),
-        "model.pt": model_state,
+        "catalogue.json": _json_bytes({"item_ids": list(catalogue)}),
     }
+    if scoring is not None:
+        files |= {"scoring.json": _json_bytes(scoring), "scoring.npz": _npz_bytes(arrays), "model.pt": model_state}
     checksums = {name: _sha256(data) for name, data in files.items()}
     created = (created_at or datetime.now(timezone.utc)).replace(microsecond=0)
     stamp = created.strftime("%Y-%m-%dT%H:%M:%SZ")
     content_hash = _sha256("".join(checksums[n] for n in sorted(checksums)).encode())
     manifest = {
         "format": FORMAT_VERSION,
+        "kind": FULL if scoring is not None else GUARD_ONLY,
         "created_at": stamp,
         "model_version": f"{stamp}-{content_hash[:4]}",
         "libraries": _library_versions(),
         "files": checksums,
     }
+    if evaluation is not None:
+        manifest["evaluation"] = dict(evaluation)
     files[MANIFEST] = _json_bytes(manifest)
 
     target = Path(out)
@@ -151,23 +176,38 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         raise BundleError(f"{MANIFEST}: missing; {root} is not a recguard bundle")
     manifest = _parse_json(MANIFEST, manifest_file.read_bytes())
     checksums = manifest.get("files") if isinstance(manifest, dict) else None
-    if not isinstance(checksums, dict) or manifest.get("format") != FORMAT_VERSION:
+    if not isinstance(checksums, dict) or manifest.get("format") not in READABLE_FORMATS:
         raise BundleError(f"{MANIFEST}: unsupported or malformed manifest (expected format {FORMAT_VERSION})")
-    for name in REQUIRED_FILES:
+    kind = manifest.get("kind", FULL)
+    if kind not in (FULL, GUARD_ONLY):
+        raise BundleError(f"{MANIFEST}: unknown bundle kind {kind!r} (expected {FULL} or {GUARD_ONLY})")
+    required = (GUARD_FILES if manifest["format"] > 1 else GUARD_FILES[:2]) + (MODEL_FILES if kind == FULL else ())
+    for name in required:
         if name not in checksums:
             raise BundleError(f"{name}: not listed in the manifest")
 
-    blobs = {name: _read_verified(root, name, checksums[name]) for name in REQUIRED_FILES}
-    try:
-        with np.load(io.BytesIO(blobs["scoring.npz"]), allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except (ValueError, OSError) as exc:
-        raise BundleError(f"scoring.npz: unreadable ({exc})") from None
+    blobs = {name: _read_verified(root, name, checksums[name]) for name in required}
+    arrays = scoring = None
+    if kind == FULL:
+        try:
+            with np.load(io.BytesIO(blobs["scoring.npz"]), allow_pickle=False) as npz:
+                arrays = {key: npz[key] for key in npz.files}
+        except (ValueError, OSError) as exc:
+            raise BundleError(f"scoring.npz: unreadable ({exc})") from None
+        scoring = _parse_json("scoring.json", blobs["scoring.json"])
+    if "catalogue.json" in blobs:
+        listed = _parse_json("catalogue.json", blobs["catalogue.json"])
+        catalogue = listed.get("item_ids") if isinstance(listed, dict) else None
+        if not isinstance(catalogue, list) or not all(isinstance(item, str) for item in catalogue):
+            raise BundleError('catalogue.json: expected {"item_ids": [item ids]}')
+    else:
+        catalogue = [str(item) for item in arrays["item_ids"]]
     return Bundle(
         path=root,
         manifest=manifest,
         profile=_parse_json("profile.json", blobs["profile.json"]),
         popularity=_parse_json("popularity.json", blobs["popularity.json"]),
-        scoring=_parse_json("scoring.json", blobs["scoring.json"]),
+        catalogue=catalogue,
+        scoring=scoring,
         arrays=arrays,
     )

@@ -1,7 +1,17 @@
-"""Read and validate a data directory written by `recguard generate` (or by the shop's own export).
+"""A team's logs as declared in dataset.toml: the schema, the three CSV files, checked once here.
 
-users.csv values are typed once here: a column whose every non-empty value is an integer
-becomes int, a numeric one float, anything else stays a string; an empty cell is None.
+dataset.toml says which file holds users, items and interactions and what each column is
+for (docs/own-data.md)::
+
+    [users]         file, id, numeric, categorical, segment, personal
+    [items]         file, id, numeric, categorical
+    [interactions]  file, user, item, time
+
+Every mistake is a RecguardError whose one-line message names the file, the column and,
+for a value, the line. Values are typed once: a declared numeric column as numbers (int
+when every value is whole), categorical, segment, personal and id columns as strings, and
+every other users column (a contract field: profiled and checked, never read by the model)
+as int, float or string, whichever all its values are. An empty cell is None.
 """
 
 from __future__ import annotations
@@ -9,7 +19,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import re
-from dataclasses import dataclass
+import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,22 +28,70 @@ import numpy as np
 
 from model.errors import RecguardError
 
-TRAINING_FILES = ("users.csv", "items.csv", "interactions.csv")
-# Only what training reads is required; every other users.csv column is profiled as it comes.
-REQUIRED_COLUMNS = {
-    "users.csv": ("user_id", "country", "weight_kg", "height_cm", "age"),
-    "items.csv": ("item_id", "category", "size", "price"),
-    "interactions.csv": ("user_id", "item_id", "timestamp"),
-}
-NUMERIC_COLUMNS = {"users.csv": ("weight_kg", "height_cm", "age"), "items.csv": ("price",)}
+DATASET_FILE = "dataset.toml"
+HOLDOUT_FILE = "holdout.jsonl"
+MAX_UNKNOWN_SHARE = 0.01
+"""Interactions naming a user or item absent from users/items are dropped up to this share, refused past it."""
 _INTEGER = re.compile(r"^[+-]?[0-9]+$")
+_KEYS = {
+    "users": {"file": str, "id": str, "numeric": list, "categorical": list, "segment": str, "personal": list},
+    "items": {"file": str, "id": str, "numeric": list, "categorical": list},
+    "interactions": {"file": str, "user": str, "item": str, "time": str},
+}
+_REQUIRED = {"users": ("file", "id"), "items": ("file", "id"), "interactions": ("file", "user", "item", "time")}
+
+
+@dataclass(frozen=True)
+class Table:
+    """One declared CSV file and the roles of its columns."""
+
+    file: Path
+    id: str
+    numeric: tuple[str, ...] = ()
+    categorical: tuple[str, ...] = ()
+    segment: str | None = None
+    personal: tuple[str, ...] = ()
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """Columns the model reads: numeric, then categorical."""
+        return self.numeric + self.categorical
+
+
+@dataclass(frozen=True)
+class Events:
+    """The interactions file: which columns name the user, the item and the time."""
+
+    file: Path
+    user: str
+    item: str
+    time: str
+
+
+@dataclass(frozen=True)
+class Schema:
+    """dataset.toml, read and checked: where the files are and what each column means."""
+
+    path: Path
+    users: Table
+    items: Table
+    interactions: Events
+
+    @property
+    def root(self) -> Path:
+        """The directory of dataset.toml, which relative file names start from."""
+        return self.path.parent
+
+    @property
+    def files(self) -> tuple[Path, Path, Path]:
+        return self.users.file, self.items.file, self.interactions.file
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """The training logs: typed signup rows, the catalogue, and each user's items in time order."""
+    """The training logs: typed user rows, the catalogue, and each user's items in time order."""
 
-    root: Path
+    schema: Schema
     user_fields: tuple[str, ...]
     users: list[dict[str, Any]]
     items: list[dict[str, Any]]
@@ -40,41 +99,112 @@ class Dataset:
     sequences: list[np.ndarray]
     interactions: int
     sha256: str
+    dropped: int = 0
+    """Interactions left out because they name a user or an item the other files do not have."""
+    user_ids: list[str] = field(default_factory=list)
 
-    def column(self, field: str) -> list[Any]:
-        """All users' values of one signup field, None where empty."""
-        return [user[field] for user in self.users]
+    @property
+    def root(self) -> Path:
+        return self.schema.root
+
+    def column(self, name: str) -> list[Any]:
+        """All users' values of one users column, None where empty."""
+        return [user[name] for user in self.users]
 
 
-def _read_csv(root: Path, name: str) -> tuple[list[str], list[list[str]]]:
-    path = root / name
+def _section(path: Path, document: dict[str, Any], section: str) -> dict[str, Any]:
+    label = path.name
+    table = document.get(section)
+    if not isinstance(table, dict):
+        raise RecguardError(f"{label}: missing section [{section}]")
+    for key, value in table.items():
+        expected = _KEYS[section].get(key)
+        if expected is None:
+            raise RecguardError(f"{label}: [{section}] unknown key {key!r} (known: {', '.join(_KEYS[section])})")
+        if expected is list:
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                raise RecguardError(f"{label}: [{section}] {key} must be a list of column names")
+        elif not isinstance(value, str) or not value:
+            raise RecguardError(f"{label}: [{section}] {key} must be a column name" if key != "file" else
+                                f"{label}: [{section}] file must be a file name")
+    for key in _REQUIRED[section]:
+        if key not in table:
+            raise RecguardError(f"{label}: [{section}] missing key {key!r}")
+    return table
+
+
+def _check_roles(path: Path, section: str, table: dict[str, Any]) -> None:
+    """A column has one role (the segment may also be a categorical feature)."""
+    seen: dict[str, str] = {}
+    roles = [("id", [table["id"]])] + [(key, table.get(key, [])) for key in ("numeric", "categorical", "personal")]
+    for role, columns in roles:
+        for column in columns:
+            if column in seen:
+                if seen[column] == role:
+                    raise RecguardError(f"{path.name}: [{section}] column {column!r} listed twice in {role}")
+                raise RecguardError(f"{path.name}: [{section}] column {column!r} is both {seen[column]} and {role}")
+            seen[column] = role
+    segment = table.get("segment")
+    if segment is not None and seen.get(segment) in ("id", "numeric", "personal"):
+        raise RecguardError(f"{path.name}: [{section}] segment {segment!r} is also {seen[segment]}; "
+                            f"a segment is a categorical column")
+
+
+def read_schema(path: str | Path) -> Schema:
+    """Read and check dataset.toml at `path`; RecguardError names the file, the section and the key."""
+    path = Path(path)
     if not path.is_file():
-        raise RecguardError(f"{name}: not found in {root}")
+        raise RecguardError(f"{path.name}: not found in {path.parent} (declare the data: docs/own-data.md)")
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise RecguardError(f"{path.name}: not valid TOML ({exc})") from None
+    unknown = sorted(set(document) - set(_KEYS))
+    if unknown:
+        raise RecguardError(f"{path.name}: unknown section [{unknown[0]}] (known: users, items, interactions)")
+    sections = {name: _section(path, document, name) for name in _KEYS}
+    for name in ("users", "items"):
+        _check_roles(path, name, sections[name])
+    users, items, events = sections["users"], sections["items"], sections["interactions"]
+    return Schema(
+        path=path,
+        users=Table(path.parent / users["file"], users["id"], tuple(users.get("numeric", ())),
+                    tuple(users.get("categorical", ())), users.get("segment"), tuple(users.get("personal", ()))),
+        items=Table(path.parent / items["file"], items["id"], tuple(items.get("numeric", ())),
+                    tuple(items.get("categorical", ()))),
+        interactions=Events(path.parent / events["file"], events["user"], events["item"], events["time"]),
+    )
+
+
+def locate_schema(data: str | Path | None, dataset: str | Path | None) -> Path:
+    """The dataset.toml to read: `dataset` when given, else DATA/dataset.toml."""
+    if dataset is not None:
+        return Path(dataset)
+    if data is None:
+        raise RecguardError("say where the data is: --data DIR (with DIR/dataset.toml) or --dataset FILE")
+    root = Path(data)
+    if not root.is_dir():
+        raise RecguardError(f"data directory {root} does not exist (run `recguard generate --out {root}`)")
+    return root / DATASET_FILE
+
+
+def read_csv(path: Path, declared: list[str]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of one CSV file; every declared column must be in the header, every row as wide."""
+    name = path.name
+    if not path.is_file():
+        raise RecguardError(f"{name}: not found in {path.parent}")
     with path.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.reader(handle))
     if not rows:
         raise RecguardError(f"{name}: empty file, expected a header line")
     header = rows[0]
-    missing = [column for column in REQUIRED_COLUMNS[name] if column not in header]
+    missing = [column for column in declared if column not in header]
     if missing:
         raise RecguardError(f"{name}: missing column {', '.join(map(repr, missing))} (found: {', '.join(header)})")
     for number, row in enumerate(rows[1:], start=2):
         if len(row) != len(header):
             raise RecguardError(f"{name}: line {number} has {len(row)} fields, the header has {len(header)}")
     return header, rows[1:]
-
-
-def _typed_column(name: str, column: str, values: list[str]) -> list[Any]:
-    present = [v for v in values if v != ""]
-    if present and all(_INTEGER.match(v) for v in present):
-        return [int(v) if v != "" else None for v in values]
-    try:
-        return [float(v) if v != "" else None for v in values]
-    except ValueError:
-        if column in NUMERIC_COLUMNS.get(name, ()):
-            bad = next(i for i, v in enumerate(values) if v != "" and not _is_float(v))
-            raise RecguardError(f"{name}: column {column!r} must be numeric, line {bad + 2} has {values[bad]!r}") from None
-        return [v if v != "" else None for v in values]
 
 
 def _is_float(value: str) -> bool:
@@ -85,57 +215,125 @@ def _is_float(value: str) -> bool:
     return True
 
 
-def _records(name: str, header: list[str], rows: list[list[str]]) -> list[dict[str, Any]]:
-    columns = {c: _typed_column(name, c, [row[j] for row in rows]) for j, c in enumerate(header)}
-    return [{c: columns[c][i] for c in header} for i in range(len(rows))]
+def _numbers(name: str, column: str, values: list[str]) -> list[Any]:
+    for line, value in enumerate(values, start=2):
+        if value != "" and not _is_float(value):
+            raise RecguardError(f"{name}: column {column!r} is declared numeric, line {line} has {value!r}")
+    present = [v for v in values if v != ""]
+    if present and all(_INTEGER.match(v) for v in present):
+        return [int(v) if v != "" else None for v in values]
+    return [float(v) if v != "" else None for v in values]
 
 
-def data_sha256(root: Path) -> str:
-    """sha256 over the bytes of users.csv, items.csv and interactions.csv, in that order."""
+def _inferred(values: list[str]) -> list[Any]:
+    """An undeclared column as the JSON type all its values share."""
+    present = [v for v in values if v != ""]
+    if present and all(_INTEGER.match(v) for v in present):
+        return [int(v) if v != "" else None for v in values]
+    if present and all(_is_float(v) for v in present):
+        return [float(v) if v != "" else None for v in values]
+    return [v if v != "" else None for v in values]
+
+
+def typed_columns(table: Table, header: list[str], rows: list[list[str]]) -> dict[str, list[Any]]:
+    """Every column of a users or items file, typed by its declared role (see the module docstring)."""
+    strings = {table.id, *table.categorical, *table.personal} | ({table.segment} if table.segment else set())
+    columns = {}
+    for j, column in enumerate(header):
+        values = [row[j] for row in rows]
+        if column in table.numeric:
+            columns[column] = _numbers(table.file.name, column, values)
+        elif column in strings:
+            columns[column] = [v if v != "" else None for v in values]
+        else:
+            columns[column] = _inferred(values)
+    return columns
+
+
+def _ids(table: Table, header: list[str], rows: list[list[str]]) -> dict[str, int]:
+    column = header.index(table.id)
+    index: dict[str, int] = {}
+    for n, row in enumerate(rows):
+        value = row[column]
+        if value == "":
+            raise RecguardError(f"{table.file.name}: column {table.id!r} (the id) is empty on line {n + 2}")
+        if value in index:
+            raise RecguardError(f"{table.file.name}: column {table.id!r} (the id) repeats {value!r} on line {n + 2} "
+                                f"(first on line {index[value] + 2})")
+        index[value] = n
+    return index
+
+
+def _records(columns: dict[str, list[Any]], header: list[str], count: int) -> list[dict[str, Any]]:
+    return [{c: columns[c][i] for c in header} for i in range(count)]
+
+
+def _time_order(name: str, column: str, stamps: list[str]) -> np.ndarray:
+    """Sort keys of the time column: numbers when every value is one (epoch seconds), else the text (ISO 8601)."""
+    for line, stamp in enumerate(stamps, start=2):
+        if stamp == "":
+            raise RecguardError(f"{name}: column {column!r} (the time) is empty on line {line}")
+    if stamps and all(_is_float(s) for s in stamps):
+        return np.array([float(s) for s in stamps])
+    return np.array(stamps)
+
+
+def data_sha256(schema: Schema) -> str:
+    """sha256 over the bytes of the users, items and interactions files, in that order."""
     digest = hashlib.sha256()
-    for name in TRAINING_FILES:
-        digest.update((root / name).read_bytes())
+    for path in schema.files:
+        digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
-def load_dataset(root: str | Path) -> Dataset:
-    """Read users.csv, items.csv and interactions.csv from `root`; RecguardError says what is wrong."""
-    root = Path(root)
-    if not root.is_dir():
-        raise RecguardError(f"data directory {root} does not exist (run `recguard generate --out {root}`)")
-    user_header, user_rows = _read_csv(root, "users.csv")
-    item_header, item_rows = _read_csv(root, "items.csv")
-    event_header, event_rows = _read_csv(root, "interactions.csv")
-    users = _records("users.csv", user_header, user_rows)
-    items = _records("items.csv", item_header, item_rows)
-    if not users or not items:
-        raise RecguardError(f"{'users.csv' if not users else 'items.csv'}: no rows")
+def _unknown_refs(events: Events, rows: list[list[str]], column: int, known: dict[str, int], what: str,
+                  target: str) -> np.ndarray:
+    """Row mask of interactions whose `column` names something `known` lacks; refused past MAX_UNKNOWN_SHARE."""
+    unknown = np.array([row[column] not in known for row in rows], dtype=bool)
+    count = int(unknown.sum())
+    if count and count > MAX_UNKNOWN_SHARE * len(rows):
+        first = int(np.flatnonzero(unknown)[0])
+        name = events.user if what == "a user" else events.item
+        raise RecguardError(
+            f"{events.file.name}: column {name!r}: {count} of {len(rows)} rows name {what} not in {target} "
+            f"(first on line {first + 2}: {rows[first][column]!r}); at most {MAX_UNKNOWN_SHARE:.0%} may")
+    return unknown
 
-    user_index = {str(u["user_id"]): i for i, u in enumerate(users)}
-    item_ids = [row[item_header.index("item_id")] for row in item_rows]
-    item_index = {item: i for i, item in enumerate(item_ids)}
-    u_col, i_col, t_col = (event_header.index(c) for c in ("user_id", "item_id", "timestamp"))
-    owners = np.empty(len(event_rows), dtype=np.int64)
-    picked = np.empty(len(event_rows), dtype=np.int64)
-    for n, row in enumerate(event_rows):
-        try:
-            owners[n] = user_index[row[u_col]]
-            picked[n] = item_index[row[i_col]]
-        except KeyError as exc:
-            file = "users.csv" if exc.args[0] == row[u_col] else "items.csv"
-            raise RecguardError(f"interactions.csv: line {n + 2} refers to {exc.args[0]!r}, which is not in {file}") from None
-    stamps = np.array([row[t_col] for row in event_rows])
-    order = np.lexsort((stamps, owners)) if len(event_rows) else np.empty(0, dtype=np.int64)
+
+def load_dataset(data: str | Path | None = None, dataset: str | Path | None = None) -> Dataset:
+    """Read the data declared by DATA/dataset.toml (or by the `dataset` file); RecguardError says what is wrong."""
+    schema = read_schema(locate_schema(data, dataset))
+    users_t, items_t, events = schema.users, schema.items, schema.interactions
+    user_header, user_rows = read_csv(users_t.file, [users_t.id, *users_t.numeric, *users_t.categorical,
+                                                      *users_t.personal, *([users_t.segment] if users_t.segment else [])])
+    item_header, item_rows = read_csv(items_t.file, [items_t.id, *items_t.numeric, *items_t.categorical])
+    event_header, event_rows = read_csv(events.file, [events.user, events.item, events.time])
+    if not user_rows or not item_rows:
+        raise RecguardError(f"{(users_t if not user_rows else items_t).file.name}: no rows")
+    user_index = _ids(users_t, user_header, user_rows)
+    item_index = _ids(items_t, item_header, item_rows)
+    users = _records(typed_columns(users_t, user_header, user_rows), user_header, len(user_rows))
+    items = _records(typed_columns(items_t, item_header, item_rows), item_header, len(item_rows))
+
+    u_col, i_col, t_col = (event_header.index(c) for c in (events.user, events.item, events.time))
+    unknown = (_unknown_refs(events, event_rows, u_col, user_index, "a user", users_t.file.name)
+               | _unknown_refs(events, event_rows, i_col, item_index, "an item", items_t.file.name))
+    kept = [row for row, bad in zip(event_rows, unknown) if not bad]
+    stamps = _time_order(events.file.name, events.time, [row[t_col] for row in event_rows])[~unknown]
+    owners = np.array([user_index[row[u_col]] for row in kept], dtype=np.int64)
+    picked = np.array([item_index[row[i_col]] for row in kept], dtype=np.int64)
+    order = np.lexsort((stamps, owners)) if len(kept) else np.empty(0, dtype=np.int64)
     bounds = np.searchsorted(owners[order], np.arange(len(users) + 1))
     ordered = picked[order]
-    sequences = [ordered[bounds[u] : bounds[u + 1]] for u in range(len(users))]
     return Dataset(
-        root=root,
+        schema=schema,
         user_fields=tuple(user_header),
         users=users,
         items=items,
-        item_ids=item_ids,
-        sequences=sequences,
-        interactions=len(event_rows),
-        sha256=data_sha256(root),
+        item_ids=[row[item_header.index(items_t.id)] for row in item_rows],
+        sequences=[ordered[bounds[u]: bounds[u + 1]] for u in range(len(users))],
+        interactions=len(kept),
+        sha256=data_sha256(schema),
+        dropped=int(unknown.sum()),
+        user_ids=[row[user_header.index(users_t.id)] for row in user_rows],
     )

@@ -1,76 +1,42 @@
-"""Offline evaluation of a bundle on held-out users, with the numpy reference scorer of docs/bundle.md.
+"""Offline evaluation of a bundle on held-out users, with the serving scorer and the serving fallback.
 
-Evaluation reads only the bundle (never torch), so the figures it prints are those of the
-exported model, scored exactly as the contract says serving scores it.
+Evaluation reads only the bundle (never torch) and answers each held-out request with the
+very objects the proxy answers with (proxy/models/scorer.py, proxy/models/fallback.py), so
+the figures it prints are those of the exported model as it is served.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from model.bundle import load_bundle
+from model.dataset import HOLDOUT_FILE
 from model.errors import RecguardError
-from model.features import encode
-from model.popularity import recommend
+from proxy.models.fallback import PopularityFallback
+from proxy.models.recommender import ModelError
+from proxy.models.scorer import Scorer
 
 K = 10
 # Unit mistakes a form can make: the factor that turns the trained unit into the wrong one.
 CORRUPTIONS = {"lbs": 2.20462, "inches": 1 / 2.54}
+_KINDS = "scale=F, rename=NEW, drop, map=OLD=NEW, " + ", ".join(CORRUPTIONS)
 
 
-class NumpyScorer:
-    """Scores requests from scoring.json + scoring.npz alone, following docs/bundle.md to the letter."""
+@dataclass(frozen=True)
+class Corruption:
+    """One change a redesigned form makes to every held-out request that has the field."""
 
-    def __init__(self, scoring: Mapping[str, Any], arrays: Mapping[str, np.ndarray]):
-        self.inputs = scoring["inputs"]
-        self.layers = [(arrays[f"{name}_weight"], arrays[f"{name}_bias"]) for name in scoring["layers"]]
-        self.item_ids = [str(item) for item in arrays["item_ids"]]
-        self.index = {item: i for i, item in enumerate(self.item_ids)}
-        self.item_embeddings = arrays["item_embeddings"]
-        self.item_bias = arrays["item_bias"]
-        self.history_embeddings = arrays["history_embeddings"]
-
-    def history_indices(self, request: Mapping[str, Any]) -> list[int]:
-        """Catalogue indices of the request's known history items; unknown ids are ignored."""
-        history = request.get("history") or []
-        return [self.index[item] for item in history if isinstance(item, str) and item in self.index]
-
-    def user_vectors(self, requests: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        """One user vector per request: the tower over the encoded form, plus the mean known-history embedding."""
-        h = encode(self.inputs, requests)
-        for i, (weight, bias) in enumerate(self.layers):
-            h = h @ weight.T + bias
-            if i < len(self.layers) - 1:
-                h = np.maximum(h, 0.0)
-        for row, request in enumerate(requests):
-            known = self.history_indices(request)
-            if known:
-                h[row] += self.history_embeddings[known].mean(axis=0)
-        return h
-
-    def scores(self, requests: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        """Scores of every catalogue item (columns, in catalogue order) for every request (rows)."""
-        return self.user_vectors(requests) @ self.item_embeddings.T + self.item_bias
-
-    def top_k(self, request: Mapping[str, Any], k: int = K) -> list[int]:
-        """Indices of the k best items for one request, history excluded, ties in catalogue order."""
-        scores = self.scores([request])[0]
-        scores[self.history_indices(request)] = -np.inf
-        return top_indices(scores, k)
-
-
-def top_indices(scores: np.ndarray, k: int) -> list[int]:
-    """Indices of the k highest scores, ties broken by the lower index, without sorting the whole array."""
-    k = min(k, scores.size)
-    threshold = np.partition(scores, scores.size - k)[scores.size - k]
-    candidates = np.flatnonzero(scores >= threshold)
-    order = np.lexsort((candidates, -scores[candidates]))
-    return candidates[order[:k]].tolist()
+    spec: str
+    field: str
+    kind: str
+    argument: Any = None
 
 
 def ranking_metrics(top: np.ndarray, targets: np.ndarray) -> dict[str, float]:
@@ -83,27 +49,71 @@ def ranking_metrics(top: np.ndarray, targets: np.ndarray) -> dict[str, float]:
     return {f"hit_rate@{k}": round(float(found.mean()), 4), f"ndcg@{k}": round(float(gain.mean()), 4)}
 
 
-def parse_corruption(spec: str) -> tuple[str, str]:
-    """'weight_kg:lbs' -> ('weight_kg', 'lbs'); RecguardError for anything else."""
+def parse_corruption(spec: str) -> Corruption:
+    """A --corrupt spec: FIELD:scale=F, FIELD:rename=NEW, FIELD:drop, FIELD:map=OLD=NEW, or a unit
+    shorthand of CORRUPTIONS (FIELD:lbs is FIELD:scale=2.20462); RecguardError for anything else."""
     field, _, kind = spec.partition(":")
-    if not field or kind not in CORRUPTIONS:
-        raise RecguardError(f"--corrupt {spec!r}: expected FIELD:KIND with KIND one of {', '.join(CORRUPTIONS)}")
-    return field, kind
+    name, _, argument = kind.partition("=")
+    bad = RecguardError(f"--corrupt {spec!r}: expected FIELD:KIND with KIND one of {_KINDS}")
+    if not field:
+        raise bad
+    if kind in CORRUPTIONS:
+        return Corruption(spec, field, "scale", CORRUPTIONS[kind])
+    if name == "scale":
+        try:
+            factor = float(argument)
+        except ValueError:
+            raise RecguardError(f"--corrupt {spec!r}: scale needs a number, got {argument!r}") from None
+        if not math.isfinite(factor):
+            raise RecguardError(f"--corrupt {spec!r}: scale needs a finite number")
+        return Corruption(spec, field, "scale", factor)
+    if name == "rename" and argument:
+        return Corruption(spec, field, "rename", argument)
+    if kind == "drop":
+        return Corruption(spec, field, "drop")
+    if name == "map" and "=" in argument:
+        old, _, new = argument.partition("=")
+        return Corruption(spec, field, "map", (old, new))
+    raise bad
 
 
-def corrupt(requests: list[dict[str, Any]], field: str, kind: str) -> list[dict[str, Any]]:
-    """Copies of `requests` with `field` converted to the wrong unit `kind`."""
-    if not any(isinstance(r.get(field), (int, float)) for r in requests):
-        raise RecguardError(f"--corrupt {field}:{kind}: the held-out requests have no numeric field {field!r}")
-    factor = CORRUPTIONS[kind]
-    return [r | {field: r[field] * factor} if isinstance(r.get(field), (int, float)) else r for r in requests]
+def corrupt(requests: list[dict[str, Any]], change: Corruption) -> list[dict[str, Any]]:
+    """Copies of `requests` as the changed form would send them."""
+    field = change.field
+    if change.kind == "scale":
+        if not any(_is_number(r.get(field)) for r in requests):
+            raise RecguardError(f"--corrupt {change.spec}: the held-out requests have no numeric field {field!r}")
+        return [r | {field: r[field] * change.argument} if _is_number(r.get(field)) else r for r in requests]
+    if not any(field in r for r in requests):
+        raise RecguardError(f"--corrupt {change.spec}: the held-out requests have no field {field!r}")
+    if change.kind == "rename":
+        return [{(change.argument if k == field else k): v for k, v in r.items()} for r in requests]
+    if change.kind == "drop":
+        return [{k: v for k, v in r.items() if k != field} for r in requests]
+    old, new = change.argument
+    return [r | {field: new} if r.get(field) == old else r for r in requests]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def holdout_path(data: str | os.PathLike | None, dataset: str | os.PathLike | None) -> Path:
+    """holdout.jsonl in DATA, or beside the `dataset` file."""
+    if data is not None:
+        return Path(data) / HOLDOUT_FILE
+    if dataset is not None:
+        return Path(dataset).parent / HOLDOUT_FILE
+    raise RecguardError("say where the held-out users are: --data DIR (with DIR/holdout.jsonl) or --dataset FILE")
 
 
 def read_holdout(data_dir: str | os.PathLike) -> tuple[list[dict[str, Any]], list[str]]:
-    """Requests and next items of holdout.jsonl."""
-    path = Path(data_dir) / "holdout.jsonl"
+    """Requests and next items of DATA_DIR/holdout.jsonl (or of the holdout.jsonl file given)."""
+    path = Path(data_dir)
+    if path.is_dir() or path.name != HOLDOUT_FILE:
+        path = path / HOLDOUT_FILE
     if not path.is_file():
-        raise RecguardError(f"holdout.jsonl: not found in {data_dir}")
+        raise RecguardError(f"{HOLDOUT_FILE}: not found in {path.parent}")
     requests, targets = [], []
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
@@ -115,31 +125,50 @@ def read_holdout(data_dir: str | os.PathLike) -> tuple[list[dict[str, Any]], lis
             history = request.get("history", []) if isinstance(request, dict) else None
             if not isinstance(target, str) or not isinstance(history, list) or not all(isinstance(i, str) for i in history):
                 raise RecguardError(
-                    f"holdout.jsonl: line {number} is not {{\"request\": {{..., \"history\": [item ids]}}, \"next_item\": item id}}"
+                    f"{HOLDOUT_FILE}: line {number} is not {{\"request\": {{..., \"history\": [item ids]}}, \"next_item\": item id}}"
                 )
             requests.append(request)
             targets.append(target)
     if not requests:
-        raise RecguardError("holdout.jsonl: no held-out users")
+        raise RecguardError(f"{HOLDOUT_FILE}: no held-out users")
     return requests, targets
 
 
-def evaluate(bundle_path: str | os.PathLike, data_dir: str | os.PathLike, corruptions: Sequence[str] = ()) -> dict[str, dict[str, float]]:
-    """hit_rate@10 and ndcg@10 of the bundle's model and of its popularity fallback on the held-out users."""
+Recommend = Callable[[Mapping[str, Any], Sequence[str], int], Any]
+
+
+def score(recommend: Recommend, requests: Sequence[Mapping[str, Any]], targets: Sequence[str]) -> dict[str, float]:
+    """hit_rate@K and ndcg@K of a recommender (the serving Scorer's or fallback's `recommend`) on
+    held-out requests; a request it cannot answer (ModelError) counts as a miss."""
+    top = []
+    for request in requests:
+        fields = {key: value for key, value in request.items() if key != "history"}
+        try:
+            items = recommend(fields, request.get("history") or [], K).items
+        except ModelError:
+            items = []
+        top.append(items[:K] + [""] * (K - len(items[:K])))
+    return ranking_metrics(np.array(top, dtype=object), np.array(targets, dtype=object))
+
+
+def evaluate_parts(scorer: Scorer | None, fallback: PopularityFallback, requests: list[dict[str, Any]],
+                   targets: list[str]) -> dict[str, Any]:
+    """Figures of the model (when there is one) and of popularity on the held-out requests."""
+    figures: dict[str, Any] = {}
+    if scorer is not None:
+        figures["model"] = score(scorer.recommend, requests, targets)
+    figures["popularity"] = score(fallback.recommend, requests, targets)
+    figures["holdout_users"] = len(requests)
+    return figures
+
+
+def evaluate(bundle_path: str | os.PathLike, data_dir: str | os.PathLike, corruptions: Sequence[str] = ()) -> dict[str, Any]:
+    """hit_rate@10 and ndcg@10 of the bundle's model (a full bundle) and of its popularity fallback on
+    the held-out users, after the `corruptions` (FIELD:KIND, see parse_corruption)."""
     bundle = load_bundle(bundle_path)
+    changes = [parse_corruption(spec) for spec in corruptions]
     requests, targets = read_holdout(data_dir)
-    for spec in corruptions:
-        requests = corrupt(requests, *parse_corruption(spec))
-    scorer = NumpyScorer(bundle.scoring, bundle.arrays)
-    scores = scorer.scores(requests)
-    model_top, popular_top = [], []
-    for row, request in enumerate(requests):
-        history = set(request.get("history") or [])
-        scores[row, scorer.history_indices(request)] = -np.inf
-        model_top.append([scorer.item_ids[i] for i in top_indices(scores[row], K)])
-        popular = recommend(bundle.popularity, request, K, exclude=history)
-        popular_top.append(popular + [""] * (K - len(popular)))
-    return {
-        "model": ranking_metrics(np.array(model_top), np.array(targets)),
-        "popularity": ranking_metrics(np.array(popular_top), np.array(targets)),
-    }
+    for change in changes:
+        requests = corrupt(requests, change)
+    scorer = Scorer.from_bundle(bundle) if bundle.has_model else None
+    return evaluate_parts(scorer, PopularityFallback(bundle.popularity), requests, targets)

@@ -1,8 +1,8 @@
-"""The user tower's input: which signup fields it reads and how a request becomes a vector.
+"""Encoders built from the declared schema: the user tower's input and the item encoder's.
 
-The specs returned by `fit_inputs` are the `inputs` of scoring.json (docs/bundle.md), and
-`encode` is the one implementation of them used both to train and to evaluate, so the
-torch model and the exported numpy scorer see identical inputs.
+The specs returned by `fit_inputs` are the `inputs` of scoring.json (docs/bundle.md); `encode`
+implements them for training, and proxy/models/scorer.py for serving and evaluation (a test
+holds the two to the same numbers).
 """
 
 from __future__ import annotations
@@ -12,22 +12,59 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-CATEGORICAL_FEATURES = ("country",)
-NUMERIC_FEATURES = ("weight_kg", "height_cm", "age")
-FEATURES = CATEGORICAL_FEATURES + NUMERIC_FEATURES
+from model.dataset import Table
+
+MAX_VOCAB = 200
+"""At most this many values of a categorical column get a slot of their own (the most frequent);
+the rest, like a value training never saw, encode as unknown."""
+NUMERIC_BANDS = 8
+"""An item's numeric feature enters the item encoder as one of this many quantile bands."""
 
 
-def fit_inputs(users: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """scoring.json `inputs` learned from training users: one-hot vocabularies and standardisation statistics."""
+def _vocab(values: Sequence[Any]) -> list[str]:
+    counts: dict[str, int] = {}
+    for value in values:
+        if value is not None:
+            counts[str(value)] = counts.get(str(value), 0) + 1
+    frequent = sorted(counts, key=lambda v: (-counts[v], v))[:MAX_VOCAB]
+    return sorted(frequent)
+
+
+def fit_inputs(users: Table, records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """scoring.json `inputs` learned from the training users of a declared users table: a one-hot
+    vocabulary per categorical column, then mean and std per numeric one (a missing value encodes
+    as the mean)."""
     inputs: list[dict[str, Any]] = []
-    for field in CATEGORICAL_FEATURES:
-        vocab = sorted({str(u[field]) for u in users if u[field] is not None})
-        inputs.append({"field": field, "encoding": "one_hot", "vocab": vocab})
-    for field in NUMERIC_FEATURES:
-        values = np.array([u[field] for u in users if u[field] is not None], dtype=np.float64)
-        std = float(values.std())
-        inputs.append({"field": field, "encoding": "standard", "mean": float(values.mean()), "std": std if std > 0 else 1.0})
+    for name in users.categorical:
+        inputs.append({"field": name, "encoding": "one_hot", "vocab": _vocab([r[name] for r in records])})
+    for name in users.numeric:
+        values = np.array([r[name] for r in records if r[name] is not None], dtype=np.float64)
+        mean = float(values.mean()) if values.size else 0.0
+        std = float(values.std()) if values.size else 0.0
+        inputs.append({"field": name, "encoding": "standard", "mean": mean, "std": std if std > 0 else 1.0,
+                       "missing": mean})
     return inputs
+
+
+def item_features(items: Table, records: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, list[int]]:
+    """The item encoder's input: per item, one code per declared item feature (a categorical value's
+    vocabulary position, a number's quantile band), 0 for a missing or rare value; and the number
+    of codes of each column. An item table without features gets one constant column."""
+    columns, cardinalities = [], []
+    for name in items.categorical:
+        position = {value: i + 1 for i, value in enumerate(_vocab([r[name] for r in records]))}
+        columns.append([position.get(str(r[name]), 0) if r[name] is not None else 0 for r in records])
+        cardinalities.append(len(position) + 1)
+    for name in items.numeric:
+        raw = np.array([np.nan if r[name] is None else float(r[name]) for r in records])
+        present = raw[~np.isnan(raw)]
+        edges = np.quantile(present, np.linspace(0, 1, NUMERIC_BANDS + 1)[1:-1]) if present.size else np.empty(0)
+        bands = np.searchsorted(edges, np.nan_to_num(raw), side="right") + 1
+        columns.append(np.where(np.isnan(raw), 0, bands).tolist())
+        cardinalities.append(NUMERIC_BANDS + 1)
+    if not columns:
+        columns, cardinalities = [[0] * len(records)], [1]
+    return np.array(columns, dtype=np.int64).T.copy(), cardinalities
 
 
 def input_width(inputs: Sequence[Mapping[str, Any]]) -> int:
@@ -66,7 +103,9 @@ def encode(inputs: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, A
                     out[row, column + hit] = 1.0
             column += len(spec["vocab"])
         else:
-            raw = np.array([naive_number(record.get(field)) for record in records], dtype=np.float64)
+            missing = spec.get("missing", 0.0)
+            raw = np.array([missing if record.get(field) is None else naive_number(record.get(field))
+                            for record in records], dtype=np.float64)
             out[:, column] = (raw - spec["mean"]) / spec["std"]
             column += 1
     return out

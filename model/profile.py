@@ -8,20 +8,18 @@ merged field by what its values look like, without the profile holding a single 
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from model.dataset import Dataset
-from model.features import FEATURES
+from model.dataset import Dataset, Table
 from model.shapes import CHAR_CLASSES, char_classes
 
 SCHEMA_VERSION = 1
-SEGMENT_FIELD = "country"
 HISTORY_FIELD = "history"
-IDENTIFIERS = ("user_id", "email")
-PERSONAL = ("email", "first_name", "last_name")
 QUANTILES = (0.001, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 0.999)
 # A string field with at most this many distinct values is categorical and gets a domain.
 MAX_DOMAIN = 100
@@ -36,10 +34,10 @@ def _json_type(values: list[Any]) -> str:
     return "string"
 
 
-def _role(field: str) -> str:
-    if field in FEATURES:
+def _role(users: Table, field: str) -> str:
+    if field in users.features:
         return "feature"
-    return "identifier" if field in IDENTIFIERS else "contract"
+    return "identifier" if field == users.id else "contract"
 
 
 def _stats(values: np.ndarray) -> dict[str, float]:
@@ -99,7 +97,10 @@ def item_id_pattern(item_ids: list[str]) -> str:
 
 
 def build_profile(data: Dataset) -> dict[str, Any]:
-    """The profile of the users in `data`: role, type, presence and statistics of every signup field."""
+    """The profile of the users in `data`: role, type, presence and statistics of every users column
+    (docs/bundle.md), roles and personal fields as dataset.toml declares them."""
+    users = data.schema.users
+    segment_field = users.segment
     rows = len(data.users)
     fields: dict[str, Any] = {}
     for field in data.user_fields:
@@ -107,14 +108,14 @@ def build_profile(data: Dataset) -> dict[str, Any]:
         present = [v for v in column if v is not None]
         json_type = _json_type(present)
         entry: dict[str, Any] = {
-            "role": _role(field),
+            "role": _role(users, field),
             "type": json_type,
-            "personal": field in PERSONAL,
+            "personal": field in users.personal,
             "presence": round(len(present) / rows, _DIGITS),
         }
         if present and json_type != "string":
-            with_segments = entry["role"] == "feature" and field != SEGMENT_FIELD
-            segments = [u[SEGMENT_FIELD] for u in data.users if u[field] is not None] if with_segments else None
+            with_segments = entry["role"] == "feature" and segment_field is not None
+            segments = [u[segment_field] for u in data.users if u[field] is not None] if with_segments else None
             entry |= _numeric(present, segments)
         elif present:
             entry["shape"] = _shape([str(v) for v in present])
@@ -127,8 +128,17 @@ def build_profile(data: Dataset) -> dict[str, Any]:
         "schema_version": SCHEMA_VERSION,
         "data_sha256": data.sha256,
         "rows": rows,
-        "segment_field": SEGMENT_FIELD,
+        "segment_field": segment_field,
         "history_field": HISTORY_FIELD,
         "fields": fields,
         "catalogue": {"item_id_pattern": item_id_pattern(data.item_ids), "count": len(data.item_ids)},
     }
+
+
+def write_guard_bundle(data: Dataset, out: str | os.PathLike) -> Path:
+    """A guard-only bundle for `data` (docs/bundle.md): profile, popularity and catalogue, no model;
+    what `recguard profile` writes for a team that serves its own model behind --upstream."""
+    from model.bundle import write_bundle
+    from model.popularity import build_popularity
+
+    return write_bundle(out, profile=build_profile(data), popularity=build_popularity(data), catalogue=data.item_ids)

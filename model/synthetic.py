@@ -245,20 +245,57 @@ def _signup(people: Shoppers, user_ids: list[str], u: int) -> dict[str, Any]:
     }
 
 
+DATASET_TOML = """\
+# The synthetic shop (recguard generate): what each column means.
+[users]
+file = "users.csv"
+id = "user_id"
+numeric = ["weight_kg", "height_cm", "age"]
+categorical = ["country"]
+segment = "country"
+personal = ["email", "first_name", "last_name"]
+
+[items]
+file = "items.csv"
+id = "item_id"
+numeric = ["price"]
+categorical = ["category", "size"]
+
+[interactions]
+file = "interactions.csv"
+user = "user_id"
+item = "item_id"
+time = "timestamp"
+"""
+WORLDS = ("shop", "streaming")
+
+
 def generate(
     out: Path,
     *,
-    users: int = 20_000,
-    items: int = 5_000,
+    world: str = "shop",
+    users: int | None = None,
+    items: int | None = None,
     holdout: int | None = None,
     seed: int = 0,
     progress: Callable[[str], None] = lambda message: None,
 ) -> dict[str, int]:
-    """Write users.csv, items.csv, interactions.csv and holdout.jsonl to `out`; return row counts.
+    """Write a world's logs, its dataset.toml and holdout.jsonl to `out`; return row counts.
 
-    `users` shoppers go to the training files and `holdout` more (default users // 10) to
-    holdout.jsonl only, each with a history of 1-3 items and the item picked next.
+    The shop (default 20,000 users, 5,000 items) writes users.csv, items.csv and
+    interactions.csv; the streaming world (model/streaming.py) its own files. `users` go to the
+    training files and `holdout` more (default users // 10) to holdout.jsonl only, each with a
+    short history and the item picked next.
     """
+    if world == "streaming":
+        from model.streaming import generate_streaming
+
+        sizes = {name: value for name, value in (("users", users), ("items", items)) if value is not None}
+        return generate_streaming(out, holdout=holdout, seed=seed, progress=progress, **sizes)
+    if world != "shop":
+        raise RecguardError(f"unknown world {world!r} (known: {', '.join(WORLDS)})")
+    users = 20_000 if users is None else users
+    items = 5_000 if items is None else items
     holdout = users // 10 if holdout is None else holdout
     if users < 1 or items < 4 or holdout < 0:
         raise RecguardError("generate needs at least 1 user, 4 items and a holdout of 0 or more users")
@@ -278,6 +315,7 @@ def generate(
     item_ids = [f"item_{i:05d}" for i in range(items)]
     user_ids = [f"u_{u + 1:06d}" for u in range(total)]
     out.mkdir(parents=True, exist_ok=True)
+    (out / "dataset.toml").write_text(DATASET_TOML, encoding="utf-8")
     _write(
         out / "items.csv",
         ["item_id,category,size,price"]

@@ -1,21 +1,29 @@
-"""Training: from a data directory to a verified bundle (docs/bundle.md).
+"""Training: from a declared data set to a verified bundle (docs/bundle.md).
 
 Training mirrors serving on purpose. Each training example is one interaction of a
 training user, with the user's signup form and the few items they interacted with just
 before it as the history: exactly what a request carries. Validation users are held out of
-the graph and of the loss and scored like held-out requests (history = their first 1-3
-items, target = the next one).
+the graph and of the loss and scored the way the holdout is: a history as long as the
+holdout's (drawn from its history lengths; without a holdout, everything but the last
+item), the item after it as the target. So the per-epoch validation figure predicts what
+`recguard evaluate` will print.
+
+What the data decides (docs/model.md): the batch size (at least MIN_STEPS_PER_EPOCH steps per
+epoch), the epoch budget (about TARGET_STEPS optimiser steps), early stopping (no better
+validation hit rate for `patience` epochs), the validation users (a tenth of those with two
+or more interactions, at most `validation_users`) and the history window of the examples.
 """
 
 from __future__ import annotations
 
 import copy
 import io
+import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -25,29 +33,37 @@ from torch import Tensor
 from model.bundle import write_bundle
 from model.dataset import Dataset
 from model.errors import RecguardError
-from model.evaluate import ranking_metrics
-from model.features import encode, fit_inputs
+from model.evaluate import evaluate_parts, ranking_metrics
+from model.features import encode, fit_inputs, item_features
 from model.popularity import build_popularity
 from model.profile import build_profile
 from model.recommender import NO_ITEM, GraphRecommender, ItemEncoder, UserTower
+from proxy.models.fallback import PopularityFallback
+from proxy.models.scorer import Scorer
 
-PRICE_BANDS = 8
+TARGET_STEPS = 200
+MIN_STEPS_PER_EPOCH = 8
+MIN_EPOCHS, MAX_EPOCHS = 8, 100
+MAX_BATCH, MIN_BATCH = 32768, 256
+MAX_HISTORY_WINDOW = 10
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyper-parameters; the defaults train the default data set in a few minutes on 2 cores."""
+    """Hyper-parameters; None means "chosen from the data" (see the module docstring)."""
 
-    epochs: int = 12
+    epochs: int | None = None
+    """At most this many epochs (early stopping may end sooner)."""
     seed: int = 0
     dim: int = 64
     hidden: int = 128
     num_layers: int = 2
     # Every step re-propagates the whole graph, so few large batches beat many small ones.
-    batch_size: int = 32768
+    batch_size: int | None = None
     lr: float = 0.02
     negatives: int = 8
-    history_window: int = 3
+    history_window: int | None = None
+    patience: int = 5
     # At most this many, and at most a tenth of the users with two or more interactions.
     validation_users: int = 1000
     # One thread: with two, OpenMP spin-waiting against any other busy process (a test
@@ -77,21 +93,6 @@ class Prepared:
     validation: Examples
 
 
-def _item_features(items: list[dict[str, Any]]) -> tuple[Tensor, list[int]]:
-    columns = []
-    cardinalities = []
-    for field in ("category", "size"):
-        values = [str(item[field]) for item in items]
-        vocab = {v: i for i, v in enumerate(sorted(set(values)))}
-        columns.append([vocab[v] for v in values])
-        cardinalities.append(len(vocab))
-    prices = np.array([float(item["price"]) for item in items])
-    edges = np.quantile(prices, np.linspace(0, 1, PRICE_BANDS + 1)[1:-1])
-    columns.append(np.searchsorted(edges, prices, side="right").tolist())
-    cardinalities.append(PRICE_BANDS)
-    return torch.tensor(columns, dtype=torch.long).T.contiguous(), cardinalities
-
-
 def _sliding_examples(users: np.ndarray, sequences: list[np.ndarray], window: int) -> Examples:
     """One example per interaction of `users`: the item as target, up to `window` items before it as history."""
     lengths = np.array([len(sequences[u]) for u in users], dtype=np.int64)
@@ -105,23 +106,38 @@ def _sliding_examples(users: np.ndarray, sequences: list[np.ndarray], window: in
     return Examples(torch.from_numpy(np.repeat(users, lengths)), torch.from_numpy(history), torch.from_numpy(flat))
 
 
-def _holdout_examples(users: np.ndarray, sequences: list[np.ndarray], rng: np.random.Generator) -> Examples:
-    """Like a held-out request: the first 1-3 items as history, the next one as target."""
-    history = np.full((len(users), 3), NO_ITEM, dtype=np.int64)
+def _holdout_examples(users: np.ndarray, sequences: list[np.ndarray], rng: np.random.Generator,
+                      history_lengths: Sequence[int]) -> Examples:
+    """Like a held-out request: a history of a length drawn from `history_lengths` (all but the last
+    item when empty), the item after it as the target."""
+    lengths = [min(int(rng.choice(history_lengths)) if len(history_lengths) else len(sequences[u]) - 1,
+                   len(sequences[u]) - 1) for u in users]
+    history = np.full((len(users), max(max(lengths, default=1), 1)), NO_ITEM, dtype=np.int64)
     target = np.empty(len(users), dtype=np.int64)
-    for row, u in enumerate(users):
-        h = min(int(rng.integers(1, 4)), len(sequences[u]) - 1)
+    for row, (u, h) in enumerate(zip(users, lengths)):
+        h = max(h, 1)
         history[row, :h] = sequences[u][:h]
         target[row] = sequences[u][h]
     return Examples(torch.from_numpy(users), torch.from_numpy(history), torch.from_numpy(target))
 
 
-def prepare(data: Dataset, inputs: list[dict[str, Any]], config: TrainConfig) -> Prepared:
-    """Encode users, split off validation users, build the user-item graph and the training examples."""
+def history_window(config: TrainConfig, history_lengths: Sequence[int]) -> int:
+    """How many items before a training example's target form its history: as many as the longest
+    held-out history, at most MAX_HISTORY_WINDOW."""
+    if config.history_window is not None:
+        return config.history_window
+    return max(1, min(max(history_lengths, default=MAX_HISTORY_WINDOW), MAX_HISTORY_WINDOW))
+
+
+def prepare(data: Dataset, inputs: list[dict[str, Any]], config: TrainConfig,
+            history_lengths: Sequence[int] = ()) -> Prepared:
+    """Encode users, split off validation users, build the user-item graph and the training examples;
+    `history_lengths` are the held-out requests' (validation mimics them)."""
     rng = np.random.default_rng(config.seed)
     eligible = np.flatnonzero([len(s) >= 2 for s in data.sequences])
     if len(eligible) < 2:
-        raise RecguardError("interactions.csv: fewer than 2 users with 2 or more interactions, too few to train and validate")
+        raise RecguardError(f"{data.schema.interactions.file.name}: fewer than 2 users with 2 or more interactions, "
+                            f"too few to train and validate")
     n_validation = min(config.validation_users, max(1, len(eligible) // 10))
     validation = np.sort(rng.choice(eligible, n_validation, replace=False))
     train_users = np.setdiff1d(np.arange(len(data.users)), validation)
@@ -131,16 +147,24 @@ def prepare(data: Dataset, inputs: list[dict[str, Any]], config: TrainConfig) ->
     graph_items = np.concatenate([data.sequences[u] for u in train_users]) + len(train_users)
     edge_index = torch.from_numpy(np.stack([np.concatenate([graph_users, graph_items]),
                                             np.concatenate([graph_items, graph_users])]))
-    item_features, cardinalities = _item_features(data.items)
+    codes, cardinalities = item_features(data.schema.items, data.items)
     return Prepared(
         user_x=torch.from_numpy(encode(inputs, data.users)),
         train_users=torch.from_numpy(train_users),
         edge_index=edge_index,
-        item_features=item_features,
+        item_features=torch.from_numpy(codes),
         item_cardinalities=cardinalities,
-        train=_sliding_examples(train_users, data.sequences, config.history_window),
-        validation=_holdout_examples(validation, data.sequences, rng),
+        train=_sliding_examples(train_users, data.sequences, history_window(config, history_lengths)),
+        validation=_holdout_examples(validation, data.sequences, rng, history_lengths),
     )
+
+
+def schedule(config: TrainConfig, examples: int) -> tuple[int, int]:
+    """Batch size and most epochs for `examples` training examples (see the module docstring)."""
+    batch = config.batch_size or max(MIN_BATCH, min(MAX_BATCH, examples // MIN_STEPS_PER_EPOCH))
+    steps = max(1, math.ceil(examples / batch))
+    epochs = config.epochs or max(MIN_EPOCHS, min(MAX_EPOCHS, math.ceil(TARGET_STEPS / steps)))
+    return batch, epochs
 
 
 def build_model(prepared: Prepared, config: TrainConfig) -> GraphRecommender:
@@ -175,19 +199,22 @@ def validate(model: GraphRecommender, prepared: Prepared, k: int = 10) -> dict[s
 
 
 def fit(prepared: Prepared, config: TrainConfig, progress: Callable[[str], None]) -> GraphRecommender:
-    """Train with Adam on BPR, one line per epoch; return the model of the best validation epoch."""
+    """Train with Adam on BPR, one line per epoch, until the epoch budget or `patience` epochs without
+    a better validation hit rate; return the model of the best validation epoch."""
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     model = build_model(prepared, config)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
     n_items = prepared.item_features.size(0)
-    best = (-1.0, copy.deepcopy(model.state_dict()))
-    for epoch in range(1, config.epochs + 1):
+    batch_size, epochs = schedule(config, len(prepared.train.target))
+    progress(f"batches of {batch_size}, at most {epochs} epochs, stopping after {config.patience} without progress")
+    best = (-1.0, copy.deepcopy(model.state_dict()), 0)
+    for epoch in range(1, epochs + 1):
         started = time.perf_counter()
         model.train()
         order = torch.randperm(len(prepared.train.target), generator=generator)
         total, batches = 0.0, 0
-        for rows in order.split(config.batch_size):
+        for rows in order.split(batch_size):
             batch = Examples(prepared.train.users[rows], prepared.train.history[rows], prepared.train.target[rows])
             negatives = torch.randint(n_items, (len(rows), config.negatives), generator=generator)
             loss = bpr_loss(model, prepared, batch, negatives)
@@ -197,12 +224,15 @@ def fit(prepared: Prepared, config: TrainConfig, progress: Callable[[str], None]
             total, batches = total + loss.item(), batches + 1
         metrics = validate(model, prepared)
         progress(
-            f"epoch {epoch}/{config.epochs}  loss {total / batches:.4f}  "
+            f"epoch {epoch}/{epochs}  loss {total / batches:.4f}  "
             f"val hit_rate@10 {metrics['hit_rate@10']:.4f}  ndcg@10 {metrics['ndcg@10']:.4f}  "
             f"({time.perf_counter() - started:.1f}s)"
         )
         if metrics["hit_rate@10"] > best[0]:
-            best = (metrics["hit_rate@10"], copy.deepcopy(model.state_dict()))
+            best = (metrics["hit_rate@10"], copy.deepcopy(model.state_dict()), epoch)
+        elif epoch - best[2] >= config.patience and epoch >= min(MIN_EPOCHS, epochs):
+            progress(f"stopped: no better validation hit rate since epoch {best[2]}")
+            break
     model.load_state_dict(best[1])
     model.eval()
     return model
@@ -230,11 +260,15 @@ def train(
     out: str | os.PathLike,
     config: TrainConfig = TrainConfig(),
     progress: Callable[[str], None] = lambda message: None,
+    holdout: tuple[list[dict[str, Any]], list[str]] | None = None,
 ) -> Path:
-    """Train on `data` (see model.dataset.load_dataset) and write the bundle to `out`; return the bundle path."""
+    """Train on `data` (see model.dataset.load_dataset) and write the bundle to `out`; return the bundle
+    path. With `holdout` (requests, next items), validation mimics it and the manifest records the
+    bundle's figures on it, scored as `recguard evaluate` scores them."""
     torch.set_num_threads(config.threads)
-    inputs = fit_inputs(data.users)
-    prepared = prepare(data, inputs, config)
+    inputs = fit_inputs(data.schema.users, data.users)
+    lengths = [len(request.get("history") or []) for request in holdout[0]] if holdout else []
+    prepared = prepare(data, inputs, config, lengths)
     progress(
         f"graph: {len(prepared.train_users)} users, {prepared.edge_index.size(1) // 2} edges; "
         f"{len(prepared.train.target)} training examples, {len(prepared.validation.target)} validation users"
@@ -247,11 +281,19 @@ def train(
         "layers": [f"tower_{i}" for i in range(len(model.tower.layers))],
         "activation": "relu",
     }
+    arrays = export_arrays(model, prepared, data.item_ids)
+    popularity = build_popularity(data)
+    evaluation = None
+    if holdout:
+        evaluation = evaluate_parts(Scorer(scoring, arrays), PopularityFallback(popularity), *holdout)
+        progress(f"held-out users: model {evaluation['model']}, popularity {evaluation['popularity']}")
     return write_bundle(
         out,
         profile=build_profile(data),
-        popularity=build_popularity(data),
+        popularity=popularity,
+        catalogue=data.item_ids,
         scoring=scoring,
-        arrays=export_arrays(model, prepared, data.item_ids),
+        arrays=arrays,
         model_state=state.getvalue(),
+        evaluation=evaluation,
     )

@@ -73,7 +73,7 @@ def build_guard(bundle: Bundle, settings: Settings) -> Guard:
     """The guard for a bundle's profile and catalogue, with rename/merge diagnosis: the proxy's and `recguard check`'s."""
     rules = settings.guard
     diagnosis = Diagnosis(bundle.profile, range_tolerance=rules.range_tolerance)
-    return Guard(bundle.profile, (str(item) for item in bundle.arrays["item_ids"]), range_tolerance=rules.range_tolerance,
+    return Guard(bundle.profile, bundle.catalogue, range_tolerance=rules.range_tolerance,
                  required_presence=rules.required_presence, diagnose=diagnosis.diagnose)
 
 
@@ -163,7 +163,7 @@ class Runtime:
         segment_field = profile.get("segment_field")
         segments = (profile["fields"].get(segment_field, {}).get("domain") or {}) if segment_field else {}
         desk = TicketDesk(TicketSigner(feedback.secret, feedback.window), ledger, bundle.model_version,
-                          [str(item) for item in bundle.arrays["item_ids"]], segment_field, list(segments),
+                          bundle.catalogue, segment_field, list(segments),
                           on_impression=lambda version, source: metrics.impressions.labels(version, source).inc())
         thresholds = QualityThresholds(feedback.quality_drop, feedback.quality_threshold,
                                        feedback.quality_min_impressions, feedback.quality_window_minutes)

@@ -26,7 +26,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from model.bundle import load_bundle  # noqa: E402
-from model.evaluate import NumpyScorer, read_holdout  # noqa: E402
+from model.evaluate import read_holdout  # noqa: E402
+from proxy.models.scorer import Scorer  # noqa: E402
 
 _RSS_PROBE = """
 import sys
@@ -58,28 +59,29 @@ def build(work: Path) -> tuple[Path, Path, dict[str, float]]:
     return data, bundle, times
 
 
-def latency(scorer: NumpyScorer, requests: list[dict], rounds: int) -> dict[str, float]:
-    """p50/p99 in ms of one request's top-10 (encode, tower, history, scores, top-k), after a warm-up."""
+def latency(scorer: Scorer, requests: list[dict], rounds: int) -> dict[str, float]:
+    """p50/p99 in ms of one request's top-10 with the serving scorer (encode, tower, history, scores,
+    top-k), after a warm-up."""
     for request in requests[:50]:
-        scorer.top_k(request)
+        scorer.recommend(request, request["history"], 10)
     samples = []
     for i in range(rounds):
         request = requests[i % len(requests)]
         started = time.perf_counter()
-        scorer.top_k(request)
+        scorer.recommend(request, request["history"], 10)
         samples.append(time.perf_counter() - started)
     p50, p99 = np.percentile(np.array(samples) * 1000, [50, 99])
     return {"p50_ms": round(float(p50), 3), "p99_ms": round(float(p99), 3)}
 
 
-def widened(scoring: dict, arrays: dict[str, np.ndarray], n_items: int) -> NumpyScorer:
+def widened(scoring: dict, arrays: dict[str, np.ndarray], n_items: int) -> Scorer:
     """A scorer with the bundle's tower and its item arrays tiled to `n_items` rows: cost depends only on shapes."""
     reps = -(-n_items // len(arrays["item_ids"]))
     wide = dict(arrays, item_ids=np.array([f"item_{i:05d}" for i in range(n_items)]))
     for key in ("item_embeddings", "history_embeddings", "item_bias"):
         tiled = np.tile(arrays[key], (reps,) + (1,) * (arrays[key].ndim - 1))[:n_items]
         wide[key] = np.ascontiguousarray(tiled)
-    return NumpyScorer(scoring, wide)
+    return Scorer(scoring, wide)
 
 
 def resident_mib(bundle: Path) -> dict[str, float]:

@@ -145,7 +145,9 @@ def tiny_data(tmp_path_factory) -> Path:
 def tiny_bundle(tiny_data, tmp_path_factory) -> Path:
     """A real bundle trained on tiny_data in a few seconds (one torch thread: no spinning against other workers)."""
     from model.dataset import load_dataset
+    from model.evaluate import read_holdout
     from model.train import TrainConfig, train
 
     config = TrainConfig(epochs=8, batch_size=512, threads=1, validation_users=40)
-    return train(load_dataset(tiny_data), tmp_path_factory.mktemp("bundles") / "tiny", config)
+    return train(load_dataset(tiny_data), tmp_path_factory.mktemp("bundles") / "tiny", config,
+                 holdout=read_holdout(tiny_data))

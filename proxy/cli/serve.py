@@ -62,6 +62,11 @@ def serve_command(args: argparse.Namespace) -> int:
     settings = _settings(args, ("bundle", "bind", "workers", "worker_class", "threads", "redis_url", "redis_prefix",
                                 "model_timeout_ms", "flush_interval", "guard"))
     bundle = load_bundle(settings.server.bundle)
+    if not bundle.has_model:
+        from model.errors import RecguardError
+
+        raise RecguardError(f"{settings.server.bundle} is a guard-only bundle (no model to serve): it needs --upstream URL, "
+                            f"the endpoint of your own model")
     print(f"recguard: serving {bundle.model_version} on {settings.server.bind} "
           f"({settings.server.workers} {settings.server.worker_class} workers, guard {'on' if settings.guard.enabled else 'off'})", file=sys.stderr)
     env = dict(os.environ)

@@ -1,8 +1,8 @@
 """Which missing training field a new field looks like: renames and merges, named.
 
 A request that lacks a training field and carries one training never saw is usually one
-change, not two: the form renamed `email` to `user_email`, or merged `first_name` and
-`last_name` into `name`. The guard reports both sides (missing_field, unexpected_field); this
+change, not two: the form renamed `mail` to `user_mail`, or merged `given` and `family`
+into `name`. The guard reports both sides (missing_field, unexpected_field); this
 adds what the change looks like, by comparing the new field's value with what the profile
 knows of the missing one: its numeric range, its category domain, or the shape of its strings
 (length, token count, character classes). The value itself is never echoed, and a suspicion

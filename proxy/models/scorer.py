@@ -3,8 +3,9 @@
 Implements the formula of docs/bundle.md: a small user tower over the encoded signup
 fields, plus the mean embedding of the known history items, dotted with the exported item
 embeddings. Encoding is the naive pipeline a model endpoint without checks applies (a
-missing number counts as 0, an unseen category as no category): the guard, not the scorer,
-decides whether the model can be trusted with a request.
+missing number counts as its `missing` value, a non-number as 0, an unseen category as no
+category): the guard, not the scorer, decides whether the model can be trusted with a request.
+The one scorer: serving answers with it and `recguard evaluate` measures it (model/evaluate.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class _Input:
     one_hot: dict[str, int] | None
     mean: float
     std: float
+    missing: float
     offset: int
 
 
@@ -51,10 +53,11 @@ class Scorer:
         for spec in scoring["inputs"]:
             if spec["encoding"] == "one_hot":
                 vocab = {value: i for i, value in enumerate(spec["vocab"])}
-                self.inputs.append(_Input(spec["field"], vocab, 0.0, 1.0, offset))
+                self.inputs.append(_Input(spec["field"], vocab, 0.0, 1.0, 0.0, offset))
                 offset += len(vocab)
             elif spec["encoding"] == "standard":
-                self.inputs.append(_Input(spec["field"], None, float(spec["mean"]), float(spec["std"]) or 1.0, offset))
+                self.inputs.append(_Input(spec["field"], None, float(spec["mean"]), float(spec["std"]) or 1.0,
+                                          float(spec.get("missing", 0.0)), offset))
                 offset += 1
             else:
                 raise ValueError(f"scoring.json: unknown encoding {spec['encoding']!r}")
@@ -74,7 +77,8 @@ class Scorer:
                 if position is not None:
                     x[spec.offset + position] = 1.0
             else:
-                x[spec.offset] = (naive_number(value) - spec.mean) / spec.std
+                raw = spec.missing if value is None else naive_number(value)
+                x[spec.offset] = (raw - spec.mean) / spec.std
         return x
 
     def history_indices(self, history: Sequence[str]) -> list[int]:

@@ -21,7 +21,8 @@ def test_trained_bundle_loads_with_every_contract_array(tiny_bundle):
     assert bundle.arrays["item_embeddings"].shape[0] == n_items == bundle.arrays["history_embeddings"].shape[0]
     assert bundle.arrays["item_ids"].dtype.kind == "U"
     assert all(bundle.arrays[key].dtype.name == "float32" for key in expected - {"item_ids"})
-    assert set(bundle.manifest["files"]) == set(REQUIRED_FILES)
+    assert set(bundle.manifest["files"]) == set(REQUIRED_FILES) and bundle.manifest["kind"] == "full"
+    assert bundle.catalogue == bundle.arrays["item_ids"].tolist()
 
 
 @pytest.mark.parametrize("name", REQUIRED_FILES)

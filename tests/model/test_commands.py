@@ -32,14 +32,30 @@ def test_generate_shows_progress_and_writes_every_file(capsys, tmp_path):
     code, _, err = run(capsys, "generate", "--out", str(tmp_path / "d"), "--users", "50", "--items", "40", "--seed", "2")
     assert code == 0
     assert "sampled interactions for 55/55 users" in err
-    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["holdout.jsonl", "interactions.csv", "items.csv", "users.csv"]
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == [
+        "dataset.toml", "holdout.jsonl", "interactions.csv", "items.csv", "users.csv"]
 
 
-def test_evaluate_prints_the_figures_as_json(capsys, tiny_bundle, tiny_data):
+def test_evaluate_prints_the_figures_the_manifest_recorded(capsys, tiny_bundle, tiny_data):
     code, out, _ = run(capsys, "evaluate", "--bundle", str(tiny_bundle), "--data", str(tiny_data))
     figures = json.loads(out)
-    assert code == 0 and set(figures) == {"model", "popularity"}
-    assert set(figures["model"]) == {"hit_rate@10", "ndcg@10"}
+    assert code == 0 and set(figures) == {"model", "popularity", "holdout_users"}
+    assert set(figures["model"]) == {"hit_rate@10", "ndcg@10"} and figures["holdout_users"] == 100
+    recorded = json.loads((tiny_bundle / "manifest.json").read_text())["evaluation"]
+    assert recorded == figures
+
+
+def test_dataset_points_to_a_declaration_elsewhere(capsys, tiny_bundle, tiny_data, tmp_path):
+    elsewhere = tmp_path / "declared.toml"
+    text = (tiny_data / "dataset.toml").read_text()
+    for name in ("users.csv", "items.csv", "interactions.csv"):
+        text = text.replace(f'"{name}"', f'"{tiny_data / name}"')
+    elsewhere.write_text(text)
+    (tmp_path / "holdout.jsonl").write_bytes((tiny_data / "holdout.jsonl").read_bytes())
+    code, _, err = run(capsys, "profile", "--dataset", str(elsewhere), "--out", str(tmp_path / "b"))
+    assert code == 0 and "guard-only bundle written" in err
+    code, out, _ = run(capsys, "evaluate", "--bundle", str(tiny_bundle), "--dataset", str(elsewhere))
+    assert code == 0 and json.loads(out)["holdout_users"] == 100
 
 
 def test_missing_data_directory(capsys, tmp_path):
@@ -52,8 +68,9 @@ def test_missing_data_directory(capsys, tmp_path):
     ("file", "old", "new", "message"),
     [
         ("users.csv", "weight_kg", "weight_lbs", "users.csv: missing column 'weight_kg' (found: user_id, email"),
-        ("users.csv", ",DE,", ",DE,heavy", "users.csv: column 'weight_kg' must be numeric, line"),
-        ("interactions.csv", "item_000", "item_900", "interactions.csv: line 2 refers to 'item_900"),
+        ("users.csv", ",DE,", ",DE,heavy", "users.csv: column 'weight_kg' is declared numeric, line"),
+        ("interactions.csv", "item_000", "item_900", "interactions.csv: column 'item_id': 3839 of 7227 rows name an item not in items.csv "
+                                                 "(first on line 2: 'item_90033'); at most 1% may"),
         ("items.csv", "item_id,", "id,", "items.csv: missing column 'item_id'"),
     ],
 )
@@ -73,8 +90,11 @@ def test_missing_training_file(capsys, broken_data, tmp_path):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--corrupt", "weight_kg:stone"], "--corrupt 'weight_kg:stone': expected FIELD:KIND with KIND one of lbs, inches"),
+        (["--corrupt", "weight_kg:stone"], "--corrupt 'weight_kg:stone': expected FIELD:KIND with KIND one of "
+                                           "scale=F, rename=NEW, drop, map=OLD=NEW, lbs, inches"),
+        (["--corrupt", "weight_kg:scale=heavy"], "--corrupt 'weight_kg:scale=heavy': scale needs a number, got 'heavy'"),
         (["--corrupt", "shoe_size:lbs"], "--corrupt shoe_size:lbs: the held-out requests have no numeric field 'shoe_size'"),
+        (["--corrupt", "shoe_size:drop"], "--corrupt shoe_size:drop: the held-out requests have no field 'shoe_size'"),
     ],
 )
 def test_bad_corruption(capsys, tiny_bundle, tiny_data, argv, message):
@@ -96,7 +116,7 @@ def test_the_installed_command_reports_bad_data_without_a_traceback(tmp_path):
         capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 2
-    assert result.stderr == f"recguard train: users.csv: not found in {tmp_path}\n"
+    assert result.stderr == f"recguard train: dataset.toml: not found in {tmp_path} (declare the data: docs/own-data.md)\n"
 
 
 def test_a_malformed_holdout_line_is_named(capsys, tiny_bundle, broken_data):

@@ -10,11 +10,12 @@ import torch
 
 from model.bundle import load_bundle
 from model.dataset import load_dataset
-from model.evaluate import NumpyScorer, corrupt, evaluate, read_holdout
+from model.evaluate import corrupt, evaluate, parse_corruption, read_holdout
 from model.features import encode
 from model.recommender import NO_ITEM
 from model.synthetic import SIZES, fitting_size
 from model.train import TrainConfig, build_model, prepare, train
+from tests.model.reference import NumpyScorer
 
 QUICK = TrainConfig(epochs=2, batch_size=512, validation_users=40)
 
@@ -71,6 +72,11 @@ def test_encoding_follows_the_contract():
     np.testing.assert_allclose(rows, [[0, 1, 2.0], [0, 0, -7.0], [0, 0, 1.0], [0, 0, -7.0], [0, 0, -6.9]], rtol=1e-6)
 
 
+def test_a_missing_number_encodes_as_its_declared_missing_value():
+    inputs = [{"field": "age", "encoding": "standard", "mean": 40.0, "std": 10.0, "missing": 40.0}]
+    np.testing.assert_allclose(encode(inputs, [{}, {"age": None}, {"age": 50}, {"age": "x"}]), [[0.0], [0.0], [1.0], [-4.0]])
+
+
 def test_training_is_deterministic_for_a_seed(tiny_data, quick_bundle, tmp_path):
     again = load_bundle(train(load_dataset(tiny_data), tmp_path / "again", QUICK))
     first = load_bundle(quick_bundle)
@@ -106,4 +112,4 @@ def test_weight_in_pounds_recommends_the_wrong_sizes(tiny_bundle, tiny_data):
             fits += sum(size_of[scorer.item_ids[i]] == size for i in scorer.top_k(request))
         return fits / (10 * len(requests))
 
-    assert fitting_share(requests) > 2 * fitting_share(corrupt(requests, "weight_kg", "lbs"))
+    assert fitting_share(requests) > 2 * fitting_share(corrupt(requests, parse_corruption("weight_kg:lbs")))

@@ -8,8 +8,10 @@ from statistics import pstdev
 import pytest
 
 from model.dataset import load_dataset
-from model.popularity import build_popularity, recommend
+from model.popularity import build_popularity
 from model.profile import build_profile
+from model.synthetic import DATASET_TOML
+from proxy.models.fallback import PopularityFallback
 
 USERS = """user_id,email,first_name,last_name,country,weight_kg,height_cm,age
 u1,ann@example.com,Ann,Lee,DE,60.0,170,30
@@ -34,7 +36,8 @@ u4,item_00002,2026-03-04T12:00:00Z,view
 
 @pytest.fixture
 def data(tmp_path):
-    for name, text in (("users.csv", USERS), ("items.csv", ITEMS), ("interactions.csv", INTERACTIONS)):
+    for name, text in (("users.csv", USERS), ("items.csv", ITEMS), ("interactions.csv", INTERACTIONS),
+                       ("dataset.toml", DATASET_TOML)):
         (tmp_path / name).write_text(text)
     return load_dataset(tmp_path)
 
@@ -56,7 +59,7 @@ def test_profile_by_hand(data, tmp_path):
     assert [name for name, shape in shapes.items() if shape] == ["user_id", "email", "first_name", "last_name", "country"]
     assert list(fields) == ["user_id", "email", "first_name", "last_name", "country", "weight_kg", "height_cm", "age"]
     assert fields["user_id"] == {"role": "identifier", "type": "string", "personal": False, "presence": 1.0}
-    assert fields["email"] == {"role": "identifier", "type": "string", "personal": True, "presence": 0.75}
+    assert fields["email"] == {"role": "contract", "type": "string", "personal": True, "presence": 0.75}
     assert fields["first_name"] == {"role": "contract", "type": "string", "personal": True, "presence": 1.0}
     assert fields["country"] == {"role": "feature", "type": "string", "personal": False, "presence": 1.0,
                                  "domain": {"DE": 0.5, "FR": 0.5}}
@@ -90,12 +93,37 @@ def test_popularity_by_hand(data):
     popularity = build_popularity(data, top_n=2)
     assert popularity["segment_field"] == "country" and popularity["top_n"] == 2
     assert popularity["global"] == {"items": ["item_00000", "item_00002"], "scores": [0.5, pytest.approx(2 / 6)]}
-    assert popularity["segments"]["DE"] == {"items": ["item_00000", "item_00001"], "scores": [pytest.approx(2 / 3), pytest.approx(1 / 3)]}
-    assert popularity["segments"]["FR"]["items"] == ["item_00002", "item_00000"]
+    # Held out (each user's last item): DE u1's item_00001, FR u3's item_00000. Unshrunk lists of the
+    # rest hit both; so do the global ones. The strongest shrinkage among equals wins: global only.
+    assert popularity["shrinkage"] is None and popularity["segments"] == {}
 
 
-def test_popularity_recommends_from_the_segment_and_falls_back_to_global(data):
-    popularity = build_popularity(data)
-    assert recommend(popularity, {"country": "FR"}, 2, exclude={"item_00002"}) == ["item_00000"]
-    assert recommend(popularity, {"country": "XX"}, 1) == ["item_00000"]
-    assert recommend(popularity, {}, 3) == ["item_00000", "item_00002", "item_00001"]
+def test_popularity_keeps_distinct_segments_and_shrinks_small_ones_toward_global(tmp_path):
+    # 60 users in A take two of a0..a11, 60 in B two of b0..b11: their own lists predict their held-out
+    # last items better than the global mix does. C's two users take c0, c1 and c1, c2: C's list borrows.
+    groups = [("A", "a", 60), ("B", "b", 60), ("C", "c", 2)]
+    users, events, n = [], [], 0
+    for segment, prefix, count in groups:
+        for k in range(count):
+            users.append(f"u{n},,x,y,{segment},70,170,30")
+            events += [f"u{n},{prefix}{k % 12},1,view", f"u{n},{prefix}{(k + 1) % 12},2,view"]
+            n += 1
+    items = [f"{prefix}{k},tops,M,1" for prefix in "abc" for k in range(12)]
+    texts = {"users.csv": "user_id,email,first_name,last_name,country,weight_kg,height_cm,age\n" + "\n".join(users) + "\n",
+             "items.csv": "item_id,category,size,price\n" + "\n".join(items) + "\n",
+             "interactions.csv": "user_id,item_id,timestamp,event\n" + "\n".join(events) + "\n",
+             "dataset.toml": DATASET_TOML}
+    for name, text in texts.items():
+        (tmp_path / name).write_text(text)
+    popularity = build_popularity(load_dataset(tmp_path))
+    assert popularity["shrinkage"] is not None
+    assert all(item.startswith("a") for item in popularity["segments"]["A"]["items"][:10])
+    small = popularity["segments"]["C"]["items"]
+    assert small[0] == "c1" and len(small) >= 10 and any(item[0] != "c" for item in small[:10])
+
+
+def test_one_ranker_for_evaluation_and_serving(data):
+    fallback = PopularityFallback(build_popularity(data))
+    assert fallback.recommend({"country": "FR"}, ["item_00002"], 2).items == ["item_00000", "item_00001"]
+    assert fallback.recommend({"country": "XX"}, [], 1).items == ["item_00000"]
+    assert fallback.recommend({}, [], 3).items == ["item_00000", "item_00002", "item_00001"]

@@ -303,7 +303,8 @@ def broken_model_bundle(source: Path, out: Path) -> Path:
     arrays = dict(bundle.arrays)
     first = bundle.scoring["layers"][0]
     arrays[f"{first}_weight"] = np.full_like(arrays[f"{first}_weight"], np.nan)
-    return write_bundle(out, profile=bundle.profile, popularity=bundle.popularity, scoring=bundle.scoring,
+    return write_bundle(out, profile=bundle.profile, popularity=bundle.popularity, catalogue=bundle.catalogue,
+                        scoring=bundle.scoring,
                         arrays=arrays, model_state=(source / "model.pt").read_bytes())
 
 

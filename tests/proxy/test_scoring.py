@@ -1,13 +1,14 @@
-"""The serving scorer is an independent implementation of docs/bundle.md: it must agree with the
-training side's reference scorer (itself checked against the torch model) on every request."""
+"""The serving scorer (also what `recguard evaluate` measures) must agree with the independent
+reference of tests/model/reference.py (itself checked against the torch model) on every request."""
 
 import math
 
 import pytest
 
-from model.evaluate import NumpyScorer, corrupt
+from model.evaluate import corrupt, parse_corruption
 from proxy.models.recommender import ModelError
 from proxy.models.scorer import Scorer
+from tests.model.reference import NumpyScorer
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +18,7 @@ def scorers(loaded_bundle):
 
 def variants(holdout):
     yield from holdout
-    yield from corrupt(holdout, "weight_kg", "lbs")
+    yield from corrupt(holdout, parse_corruption("weight_kg:lbs"))
     for body in holdout[:10]:
         yield {**body, "country": "MX", "age": "41", "height_cm": None, "history": ["item_99999", *body["history"]]}
         yield {key: value for key, value in body.items() if key not in ("weight_kg", "history")}
