@@ -54,8 +54,9 @@ def _numeric(values: list[float], segments: list[Any] | None) -> dict[str, Any]:
         "quantiles": {str(q): round(float(v), _DIGITS) for q, v in zip(QUANTILES, np.quantile(array, QUANTILES))},
     }
     if segments is not None:
-        keys = np.array([str(s) for s in segments])
-        entry["segments"] = {key: _stats(array[keys == key]) for key in sorted(set(keys.tolist()))}
+        # users without a segment value count in the field's statistics, in no segment's
+        keys = np.array(["" if s is None else str(s) for s in segments])
+        entry["segments"] = {key: _stats(array[keys == key]) for key in sorted(set(keys.tolist()) - {""})}
     return entry
 
 

@@ -44,10 +44,11 @@ class UserTower(nn.Module):
 
 
 class ItemEncoder(nn.Module):
-    """Initial item node vectors: an id embedding plus embeddings of the item's categorical features.
+    """Initial item node vectors: an id embedding plus an embedding of each declared item feature's
+    code (model/features.py: a category, or a number's quantile band).
 
-    The feature embeddings let rarely bought items borrow from their category, size and
-    price band, where their own id embedding has seen too few updates.
+    The feature embeddings let rarely bought items borrow from items like them (the shop: same
+    category, size and price band), where their own id embedding has seen too few updates.
     """
 
     def __init__(self, features: Tensor, cardinalities: list[int], dim: int):

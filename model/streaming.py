@@ -79,7 +79,7 @@ def _write(path: Path, lines: list[str]) -> None:
 
 
 def generate_streaming(out: Path, *, users: int = 10_000, items: int = 2_000, holdout: int | None = None, seed: int = 0,
-                       progress: Callable[[str], None] = lambda message: None, oracle: list | None = None) -> dict[str, int]:
+                       progress: Callable[[str], None] = lambda message: None) -> dict[str, int]:
     """Write users.csv, movies.csv, views.csv, dataset.toml and holdout.jsonl to `out`; return row counts.
 
     `holdout` more viewers (default users // 10) go to holdout.jsonl only, each with their first
@@ -125,8 +125,6 @@ def generate_streaming(out: Path, *, users: int = 10_000, items: int = 2_000, ho
         taste[np.arange(n)[:, None], favourites[rows]] += 1.5
         era = (year[None, :] - preferred_year[rows, None]) / _ERA_YEARS
         logits = taste[:, genre] - era * era + log_popularity[None, :]
-        if oracle is not None:
-            oracle.append(logits)
         keys = logits - np.log(-np.log(rng.random((n, items)) + 1e-12))
         longest = int(lengths[rows].max())
         top = np.argpartition(-keys, longest - 1, axis=1)[:, :longest]

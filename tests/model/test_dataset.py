@@ -78,6 +78,9 @@ def test_any_column_names_are_read_as_declared(tmp_path):
     (TOML.replace('segment = "job"', 'segment = "years"'),
      "dataset.toml: [users] segment 'years' is also numeric; a segment is a categorical column"),
     (TOML.replace("[items]", "[items"), "dataset.toml: not valid TOML"),
+    (TOML.replace("[items]", "[goods]"), "dataset.toml: unknown section [goods]"),
+    (TOML[:TOML.index("[items]")], "dataset.toml: missing section [items]"),
+    (TOML.replace('file = "events.csv"', "file = 3"), "dataset.toml: [interactions] file must be a file name"),
 ])
 def test_declaration_mistakes(tmp_path, toml, message):
     assert error(write(tmp_path, toml=toml)).startswith(message)
@@ -157,3 +160,17 @@ def test_no_module_but_the_generators_names_a_column_of_the_shop():
             if quoted.search(line) or bare.search(line):
                 offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     assert offenders == []
+
+
+def test_without_a_segment_profile_and_popularity_are_global(tmp_path):
+    from model.popularity import build_popularity
+    from model.profile import build_profile
+
+    data = load_dataset(write(tmp_path, toml=TOML.replace('segment = "job"\n', "")))
+    profile = build_profile(data)
+    assert profile["segment_field"] is None and "segments" not in profile["fields"]["years"]
+    assert profile["fields"]["job"]["role"] == "feature" and profile["fields"]["note"]["role"] == "contract"
+    assert profile["fields"]["zip"] == {**profile["fields"]["zip"], "type": "string", "personal": True}
+    assert "domain" not in profile["fields"]["zip"]
+    popularity = build_popularity(data)
+    assert popularity["segments"] == {} and popularity["global"]["items"][0] == "t1"

@@ -81,3 +81,28 @@ def test_popularity_has_a_long_tail(world):
     ranked = sorted(counts.values(), reverse=True)
     top_share = sum(ranked[: len(ranked) // 20]) / sum(ranked)
     assert top_share > 0.15, "the top 5% of items should take over 3x their even share"
+
+
+def test_the_streaming_world_is_byte_identical_for_a_seed_and_declares_itself(tmp_path):
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        generate(tmp_path / name, world="streaming", users=200, items=80, seed=seed)
+    files = ("dataset.toml", "users.csv", "movies.csv", "views.csv", "holdout.jsonl")
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted(files)
+    for file in files:
+        assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()
+    assert (tmp_path / "a" / "views.csv").read_bytes() != (tmp_path / "c" / "views.csv").read_bytes()
+    from model.dataset import load_dataset
+
+    data = load_dataset(tmp_path / "a")
+    assert data.schema.users.features == ("age", "gender", "occupation") and len(data.users) == 200
+    assert all(len(sequence) >= 2 for sequence in data.sequences)
+    held = [json.loads(line) for line in (tmp_path / "a" / "holdout.jsonl").read_text().splitlines()]
+    assert len(held) == 20 and all(1 <= len(line["request"]["history"]) <= 4 for line in held)
+    assert all(isinstance(line["request"]["postcode"], str) for line in held)
+
+
+def test_an_unknown_world_is_a_clear_error(tmp_path):
+    from model.errors import RecguardError
+
+    with pytest.raises(RecguardError, match="unknown world 'zoo' \\(known: shop, streaming\\)"):
+        generate(tmp_path, world="zoo")
