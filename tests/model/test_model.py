@@ -113,3 +113,44 @@ def test_weight_in_pounds_recommends_the_wrong_sizes(tiny_bundle, tiny_data):
         return fits / (10 * len(requests))
 
     assert fitting_share(requests) > 2 * fitting_share(corrupt(requests, parse_corruption("weight_kg:lbs")))
+
+
+@pytest.mark.parametrize(("spec", "expected"), [
+    ("weight_kg:scale=2", {"weight_kg": 140.0, "country": "DE", "email": "a@b"}),
+    ("weight_kg:lbs", {"weight_kg": pytest.approx(70 * 2.20462), "country": "DE", "email": "a@b"}),
+    ("email:rename=user_email", {"weight_kg": 70.0, "country": "DE", "user_email": "a@b"}),
+    ("email:drop", {"weight_kg": 70.0, "country": "DE"}),
+    ("country:map=DE=AT", {"weight_kg": 70.0, "country": "AT", "email": "a@b"}),
+    ("country:map=FR=AT", {"weight_kg": 70.0, "country": "DE", "email": "a@b"}),
+])
+def test_corruptions_change_what_a_redesigned_form_would(spec, expected):
+    request = {"weight_kg": 70.0, "country": "DE", "email": "a@b"}
+    assert corrupt([request], parse_corruption(spec)) == [expected]
+    assert request == {"weight_kg": 70.0, "country": "DE", "email": "a@b"}
+
+
+def test_the_schedule_follows_the_data():
+    from model.train import MAX_BATCH, schedule
+
+    assert schedule(TrainConfig(), 338_841) == (MAX_BATCH, 19)       # the default shop
+    assert schedule(TrainConfig(), 6_591) == (823, 23)                # 9 steps an epoch, ~200 steps
+    assert schedule(TrainConfig(), 100) == (256, 100)                 # one step an epoch, at most 100
+    assert schedule(TrainConfig(epochs=3, batch_size=10), 100) == (10, 3)
+
+
+def test_validation_is_scored_like_the_holdout(tiny_data):
+    from model.train import history_window
+
+    from model.features import fit_inputs
+
+    data = load_dataset(tiny_data)
+    inputs = fit_inputs(data.schema.users, data.users)
+    short = prepare(data, inputs, TrainConfig(), history_lengths=[2, 2, 2])
+    known = (short.validation.history != NO_ITEM).sum(dim=1)
+    assert short.validation.history.shape[1] == 2 and set(known.tolist()) == {2}
+    whole = prepare(data, inputs, TrainConfig())
+    for row, user in enumerate(whole.validation.users.tolist()):
+        sequence = data.sequences[user]
+        assert whole.validation.target[row] == sequence[-1]
+        assert (whole.validation.history[row] != NO_ITEM).sum() == len(sequence) - 1
+    assert history_window(TrainConfig(), [1, 3, 2]) == 3 and history_window(TrainConfig(), []) == 10
