@@ -41,7 +41,7 @@ log = logging.getLogger("recguard.runtime")
 def offline_figures(bundle: Bundle) -> dict[str, Any]:
     """The offline figures `recguard train` recorded in the manifest (model and popularity on the
     holdout), or {} for a bundle without them."""
-    return dict(bundle.manifest.get("offline") or {})
+    return dict(bundle.manifest.get("evaluation") or {})
 
 
 def offline_hit_rate(bundle: Bundle) -> float | None:

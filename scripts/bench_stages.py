@@ -16,6 +16,7 @@ loop of its own, the warm-cache floor:
     fallback   the popularity fallback's recommend
     counters   Counters.record_request with the request's anomalies (memory only)
     encode     the JSON answer (json.dumps of the response body)
+    ticket     TicketDesk.stamp: count the impression and sign the answer's feedback ticket
     pool_hop   submit + result of a no-op on a one-thread pool: what running the model on a pool
                thread to enforce its budget adds to each request, on an idle machine
     service    PredictionService.predict, guarded, minus the same call with guard=False
@@ -65,6 +66,7 @@ def measure(bundle_dir: Path, data: Path, redis_url: str, size: int, repeat: int
     guarded = guarded_app.extensions["recguard"].loaded.service
     bare = bare_app.extensions["recguard"].loaded.service
     counters = guarded_app.extensions["recguard"].counters
+    desk = ticket_desk(guarded_app.extensions["recguard"], bundle)
     pool = ThreadPoolExecutor(max_workers=1)
     figures: dict[str, dict[str, float]] = {}
     try:
@@ -83,6 +85,8 @@ def measure(bundle_dir: Path, data: Path, redis_url: str, size: int, repeat: int
                 "counters": (lambda ra: counters.record_request(
                     "model", [(anomaly.field, anomaly.kind) for anomaly in ra[1]]), checked),
                 "encode": (lambda body: json.dumps(body, allow_nan=False), bodies_out),
+                "ticket": (lambda ra: desk.stamp(ra[1].source, ra[1].items, ra[0].fields, "0123456789abcdef"),
+                           list(zip(requests, answers))),
                 "pool_hop": (lambda _: pool.submit(int).result(), requests),
                 "service_guarded": (guarded.predict, requests),
                 "service_unguarded": (bare.predict, requests),
@@ -105,6 +109,20 @@ def measure(bundle_dir: Path, data: Path, redis_url: str, size: int, repeat: int
         guarded_app.extensions["recguard"].close()
         bare_app.extensions["recguard"].close()
     return figures
+
+
+def ticket_desk(runtime: Any, bundle: Any) -> Any:
+    """A ticket desk over the guarded app's counters, as `RECGUARD_FEEDBACK_SECRET` would build it."""
+    from proxy.quality.desk import TicketDesk
+    from proxy.quality.feedback import FeedbackLedger
+    from proxy.quality.tickets import TicketSigner
+
+    ledger = FeedbackLedger(runtime.counters, runtime.redis_client, prefix=runtime.settings.redis.prefix,
+                            window_seconds=86_400, ttl_seconds=3600)
+    profile = bundle.profile
+    segments = profile["fields"][profile["segment_field"]].get("domain") or {}
+    return TicketDesk(TicketSigner("bench", 86_400), ledger, bundle.model_version,
+                      bundle.catalogue, profile["segment_field"], list(segments))
 
 
 def main(argv: list[str] | None = None) -> int:

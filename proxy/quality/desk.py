@@ -68,8 +68,7 @@ class TicketDesk:
         self.ledger.impression(self.version, source, segment)
         if self.on_impression is not None:
             self.on_impression(self.version, source)
-        index = self.index
-        served = tuple(index[item] for item in items if item in index)
+        served = tuple(position for position in map(self.index.get, items) if position is not None)
         return self.signer.issue(Ticket(request_id[:200], int(self.clock()), self.version, source, segment, served))
 
     def read(self, body: bytes) -> Reading:

@@ -219,7 +219,7 @@ class Unhelpful:
 def test_the_quality_alarm_fires_on_a_model_that_stops_helping(tiny_bundle, redis_server, redis_client, loaded_bundle,
                                                                tiny_holdout, tiny_data):
     bundle = dataclasses.replace(loaded_bundle, manifest={
-        **loaded_bundle.manifest, "offline": {"model": {"hit_rate@10": 0.25}, "popularity": {"hit_rate@10": 0.1}}})
+        **loaded_bundle.manifest, "evaluation": {"model": {"hit_rate@10": 0.25}, "popularity": {"hit_rate@10": 0.1}}})
     settings = Settings.from_env({}, bundle=tiny_bundle, redis_url=redis_server.url, flush_interval=0.05,
                                  feedback_secret=SECRET, holdback=0.0, admin_token="admin", quality_quarantine=True)
     application = create_app(settings, bundle, model=Unhelpful(str(item) for item in bundle.arrays["item_ids"]))
@@ -266,3 +266,10 @@ def test_quality_per_minute_per_segment_and_bad_queries(app, client, tiny_holdou
                            ("since=yesterday", "invalid time"), ("since=1m&until=2h", "is after")]:
         answer = client.get(f"/quality?{query}")
         assert answer.status_code == 400 and message in answer.get_json()["error"]
+
+
+def test_the_offline_figure_is_read_from_what_train_recorded(loaded_bundle):
+    from proxy.runtime import offline_hit_rate
+
+    recorded = loaded_bundle.manifest["evaluation"]["model"]["hit_rate@10"]
+    assert offline_hit_rate(loaded_bundle) == recorded and 0 < recorded < 1

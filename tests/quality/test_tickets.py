@@ -65,6 +65,15 @@ def test_a_signed_but_truncated_payload_is_malformed():
         s.verify(token, NOW)
 
 
+@pytest.mark.parametrize("secret", ["s3cret", "k" * 64, "long" * 40, "ü-secret"])
+def test_the_tag_is_hmac_sha256(secret):
+    import hashlib
+    import hmac
+
+    payload = b"any payload bytes" * 7
+    assert signer(secret)._tag(payload) == hmac.digest(secret.encode(), payload, hashlib.sha256)[:16]
+
+
 def test_an_empty_secret_is_refused():
     with pytest.raises(ValueError):
         TicketSigner("", 60)

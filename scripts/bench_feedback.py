@@ -1,0 +1,190 @@
+"""What feedback costs /predict: wrk on /predict alone, and beside a stream of POST /feedback, interleaved.
+
+    .venv/bin/python scripts/bench_feedback.py [--bundle bundles/default --data data/default]
+        [--duration 10] [--rounds 3] [--connections 16] [--feedback-connections 2] [--feedback-delay-ms 1]
+        [--json out.json]
+
+Starts a redis-server of its own and `recguard serve` (2 sync workers, feedback on, holdback 1 %),
+collects real tickets from 5,000 held-out answers, then alternates two runs of --duration seconds:
+
+    alone     wrk, --connections on /predict (the held-out requests)
+    feedback  the same, and at the same time a second wrk posting single feedback events
+              (`{ticket, item, event}`, half on a served item, half not) on --feedback-connections,
+              each connection pausing --feedback-delay-ms between events
+
+and reports /predict's throughput and p99 in each, the ratio, the feedback events per second the
+second wrk reached and the proxy's CPU seconds per /predict request (from /proc). Both load
+generators share the two cores with the proxy, as a site's own front end would not: the ratio is
+an upper bound on the cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_proxy import WRK_SCRIPT, Server, free_port, load_average, run_wrk, start_redis, write_mixes  # noqa: E402
+
+FEEDBACK_SCRIPT = r"""
+local bodies = {}
+local index = 0
+local pause = 0
+
+function init(args)
+  for line in io.lines(args[1]) do
+    bodies[#bodies + 1] = wrk.format("POST", "/feedback", {["Content-Type"] = "application/json"}, line)
+  end
+  pause = tonumber(args[2])
+end
+
+function delay()
+  return pause
+end
+
+function request()
+  index = index % #bodies + 1
+  return bodies[index]
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('RESULT {"requests": %d, "seconds": %f, "p50_us": %d, "p99_us": %d, "p999_us": %d, ' ..
+    '"max_us": %d, "mean_us": %f, "errors": {"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}}\n',
+    summary.requests, summary.duration / 1e6, latency:percentile(50), latency:percentile(99), latency:percentile(99.9),
+    latency.max, latency.mean, e.connect, e.read, e.write, e.status, e.timeout))
+end
+"""
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of the processes so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
+def feedback_bodies(url: str, holdout: Path, out: Path, count: int) -> Path:
+    """Real tickets from `count` answers: one event each, on a served item for every other answer."""
+    with open(holdout) as lines:
+        bodies = [json.loads(line)["request"] for line in lines]
+    lines_out = []
+    with requests.Session() as session:
+        for i in range(count):
+            answer = session.post(url + "/predict", json=bodies[i % len(bodies)], timeout=10).json()
+            item = answer["items"][i % 10] if i % 2 == 0 else "item_not_served"
+            lines_out.append(json.dumps({"ticket": answer["ticket"], "item": item, "event": "click"}))
+    path = out / "feedback.jsonl"
+    path.write_text("\n".join(lines_out) + "\n")
+    return path
+
+
+def run_feedback_wrk(url: str, bodies: Path, script: Path, connections: int, delay_ms: int, seconds: float,
+                     results: dict[str, Any]) -> None:
+    import subprocess
+
+    command = ["wrk", "-t", str(min(connections, 2)), "-c", str(connections), "-d", f"{max(1, round(seconds))}s",
+               "--timeout", "5s", "-s", str(script), url + "/feedback", "--", str(bodies), str(delay_ms)]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    line = next(line for line in out.splitlines() if line.startswith("RESULT "))
+    result = json.loads(line[len("RESULT "):])
+    result["rps"] = result["requests"] / result["seconds"]
+    results["feedback"] = result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", type=Path, default=ROOT / "bundles/default")
+    parser.add_argument("--data", type=Path, default=ROOT / "data/default")
+    parser.add_argument("--duration", type=float, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--feedback-connections", type=int, default=2)
+    parser.add_argument("--feedback-delay-ms", type=int, default=1)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="recguard-bench-feedback-") as scratch:
+        work = Path(scratch)
+        redis_process, redis_url = start_redis(work)
+        port = free_port()
+        env = {key: value for key, value in os.environ.items() if not key.startswith("RECGUARD_")}
+        env.update({"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "RECGUARD_LOG_LEVEL": "WARNING",
+                    "RECGUARD_FEEDBACK_SECRET": "bench-secret", "RECGUARD_WORKERS": "2"})
+        server = Server("recguard", [sys.executable, "-m", "proxy.cli.main", "serve", "--bundle", str(args.bundle),
+                                     "--bind", f"127.0.0.1:{port}", "--redis", redis_url], env, port, work / "proxy.log")
+        try:
+            server.wait_ready()
+            mixes = write_mixes(args.data, work, 2000)
+            predict_script, feedback_script = work / "predict.lua", work / "feedback.lua"
+            predict_script.write_text(WRK_SCRIPT)
+            feedback_script.write_text(FEEDBACK_SCRIPT)
+            bodies = feedback_bodies(server.url, args.data / "holdout.jsonl", work, 5000)
+            pids = server.worker_pids()
+            runs: dict[str, list[dict[str, Any]]] = {"alone": [], "feedback": []}
+            for round_number in range(args.rounds):
+                for mode in ("alone", "feedback"):
+                    side: dict[str, Any] = {}
+                    poster = None
+                    if mode == "feedback":
+                        poster = threading.Thread(target=run_feedback_wrk, args=(
+                            server.url, bodies, feedback_script, args.feedback_connections, args.feedback_delay_ms,
+                            args.duration, side))
+                        poster.start()
+                    cpu_before = cpu_seconds(pids)
+                    result = run_wrk(server.url, mixes["clean"], predict_script, args.connections, args.duration)
+                    result["cpu_s_per_request"] = (cpu_seconds(pids) - cpu_before) / max(result["requests"], 1)
+                    if poster is not None:
+                        poster.join()
+                        result["feedback_rps"] = side["feedback"]["rps"]
+                        result["feedback_p99_us"] = side["feedback"]["p99_us"]
+                        result["feedback_errors"] = side["feedback"]["errors"]
+                    runs[mode].append(result)
+                    print(f"round {round_number + 1} {mode}: {result['rps']:.0f} req/s, p99 {result['p99_us'] / 1000:.1f} ms"
+                          + (f", feedback {result['feedback_rps']:.0f} events/s" if mode == "feedback" else ""),
+                          file=sys.stderr, flush=True)
+            quality = requests.get(server.url + "/quality?since=1h&by=source", timeout=10).json()
+        finally:
+            server.stop()
+            redis_process.terminate()
+            redis_process.wait()
+
+    alone = statistics.median(run["rps"] for run in runs["alone"])
+    beside = statistics.median(run["rps"] for run in runs["feedback"])
+    report = {
+        "load_average": load_average(), "connections": args.connections, "rounds": args.rounds,
+        "predict_rps_alone": round(alone, 1), "predict_rps_with_feedback": round(beside, 1),
+        "ratio": round(beside / alone, 3),
+        "ratios_per_round": [round(b["rps"] / a["rps"], 3) for a, b in zip(runs["alone"], runs["feedback"])],
+        "p99_ms_alone": round(statistics.median(r["p99_us"] for r in runs["alone"]) / 1000, 2),
+        "p99_ms_with_feedback": round(statistics.median(r["p99_us"] for r in runs["feedback"]) / 1000, 2),
+        "feedback_events_per_second": round(statistics.median(r["feedback_rps"] for r in runs["feedback"]), 1),
+        "cpu_ms_per_predict_alone": round(1000 * statistics.median(r["cpu_s_per_request"] for r in runs["alone"]), 3),
+        "cpu_ms_per_predict_with_feedback": round(
+            1000 * statistics.median(r["cpu_s_per_request"] for r in runs["feedback"]), 3),
+        "errors": [r["errors"] for r in runs["alone"] + runs["feedback"]]
+                  + [r["feedback_errors"] for r in runs["feedback"]],
+        "quality_groups": quality.get("groups"),
+    }
+    print(json.dumps({key: value for key, value in report.items() if key != "quality_groups"}, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
