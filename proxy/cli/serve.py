@@ -80,45 +80,15 @@ def serve_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def anomalies_command(args: argparse.Namespace) -> int:
-    """Print the anomaly counts of a time range, read straight from Redis."""
+def _query_redis(args: argparse.Namespace, what: str, query):
+    """Run `query(client, prefix, since, until)` on the Redis the settings name over the time range
+    of --since/--until; a bad time or an unreachable Redis becomes a one-line RecguardError naming
+    `what` it could not read (the URL's password redacted)."""
     from datetime import datetime, timezone
 
     import redis
 
     from model.errors import RecguardError
-    from proxy.drift.alarms import read_alarms
-    from proxy.settings import redact_url
-    from proxy.store.anomaly_query import format_table, parse_time, query_anomalies
-    from proxy.store.counters import make_redis_client
-
-    settings = _settings(args, ("redis_url", "redis_prefix"))
-    now = datetime.now(timezone.utc)
-    try:
-        since = parse_time(args.since, now)
-        until = parse_time(args.until, now) if args.until else now
-        client = make_redis_client(settings.redis.url, timeout=2.0)
-        report = query_anomalies(client, settings.redis.prefix, since, until, field=args.field, kind=args.kind)
-        report.alarms = [alarm.to_json() for alarm in read_alarms(client, settings.redis.prefix)]
-    except ValueError as exc:
-        raise RecguardError(str(exc)) from None
-    except redis.RedisError as exc:
-        reason = str(exc).replace(settings.redis.url, redact_url(settings.redis.url))
-        raise RecguardError(f"cannot read counters from {redact_url(settings.redis.url)}: {reason}") from None
-    print(json.dumps(report.to_json(), indent=2) if args.json else format_table(report))
-    return 0
-
-
-def quality_command(args: argparse.Namespace) -> int:
-    """Print the live quality of a time range, read straight from Redis."""
-    from datetime import datetime, timezone
-
-    import redis
-
-    from model.bundle import load_bundle
-    from model.errors import RecguardError
-    from proxy.quality.report import format_quality_table, parse_group_keys, query_quality
-    from proxy.runtime import offline_figures
     from proxy.settings import redact_url
     from proxy.store.anomaly_query import parse_time
     from proxy.store.counters import make_redis_client
@@ -128,13 +98,39 @@ def quality_command(args: argparse.Namespace) -> int:
     try:
         since = parse_time(args.since, now)
         until = parse_time(args.until, now) if args.until else now
-        client = make_redis_client(settings.redis.url, timeout=2.0)
-        report = query_quality(client, settings.redis.prefix, since, until, parse_group_keys(args.by))
+        return query(make_redis_client(settings.redis.url, timeout=2.0), settings.redis.prefix, since, until)
     except ValueError as exc:
         raise RecguardError(str(exc)) from None
     except redis.RedisError as exc:
         reason = str(exc).replace(settings.redis.url, redact_url(settings.redis.url))
-        raise RecguardError(f"cannot read counts from {redact_url(settings.redis.url)}: {reason}") from None
+        raise RecguardError(f"cannot read {what} from {redact_url(settings.redis.url)}: {reason}") from None
+
+
+def anomalies_command(args: argparse.Namespace) -> int:
+    """Print the anomaly counts of a time range, read straight from Redis."""
+    from proxy.drift.alarms import read_alarms
+    from proxy.store.anomaly_query import format_table, query_anomalies
+
+    def query(client, prefix, since, until):
+        report = query_anomalies(client, prefix, since, until, field=args.field, kind=args.kind)
+        report.alarms = [alarm.to_json() for alarm in read_alarms(client, prefix)]
+        return report
+
+    report = _query_redis(args, "counters", query)
+    print(json.dumps(report.to_json(), indent=2) if args.json else format_table(report))
+    return 0
+
+
+def quality_command(args: argparse.Namespace) -> int:
+    """Print the live quality of a time range, read straight from Redis."""
+    from model.bundle import load_bundle
+    from proxy.quality.report import format_quality_table, parse_group_keys, query_quality
+    from proxy.runtime import offline_figures
+
+    def query(client, prefix, since, until):
+        return query_quality(client, prefix, since, until, parse_group_keys(args.by))
+
+    report = _query_redis(args, "counts", query)
     if args.bundle:
         report.offline = offline_figures(load_bundle(args.bundle))
     print(json.dumps(report.to_json(), indent=2) if args.json else format_quality_table(report))
