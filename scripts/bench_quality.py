@@ -18,6 +18,7 @@ and against a holdback of --holdback of the users served by the popularity fallb
                      answers until an alarm fires, per replay
     unhelpful_holdback_only  the same with the offline test off (RECGUARD_QUALITY_OFFLINE=0, a site
                      that posts only clicks on recommendations): the holdback comparison alone
+                     (a quarter of --replays, up to 40 passes of the holdout each)
 """
 
 from __future__ import annotations
@@ -109,11 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"offline hit_rate@10 {offline:.4f} on {len(requests)} held-out shoppers", file=sys.stderr)
     # (name, model, offline test on, passes over the holdout): the holdback comparison rests on the
     # control group's hits alone, a few per hundred answers, so it gets more passes
-    scenarios = (("clean", model, True, 1), ("history_dropped", no_history, True, 5), ("unhelpful", unhelpful, True, 5),
-                 ("unhelpful_holdback_only", unhelpful, False, 40))
-    for name, answer, use_offline, passes in scenarios:
+    scenarios = (("clean", model, True, 1, args.replays), ("history_dropped", no_history, True, 5, args.replays),
+                 ("unhelpful", unhelpful, True, 5, args.replays),
+                 ("unhelpful_holdback_only", unhelpful, False, 40, max(1, args.replays // 4)))
+    for name, answer, use_offline, passes, replays in scenarios:
         runs = []
-        for seed in range(args.replays):
+        for seed in range(replays):
             rng = random.Random(seed)
             order = rng.sample(range(len(requests)), len(requests)) * passes
             holdback = {i for i in range(len(requests)) if rng.random() < args.holdback}

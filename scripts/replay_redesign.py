@@ -7,6 +7,8 @@ then sends the same held-out requests over HTTP in every phase, each a state of 
 difference between two phases is the change, not a different sample of shoppers):
 
     baseline       the form the model was trained on
+    history_dropped the new site stops sending the history: no field check can see it, the
+                   quality alarm has to
     email_renamed  `email` sent as `user_email`
     name_merged    `first_name` + `last_name` sent as one `name`
     weight_lbs     the --lbs-markets send weight in pounds
@@ -17,11 +19,19 @@ Per phase: hit_rate@10 of what the site would have shown without recguard (the b
 fed the request as sent, through the naive preprocessing `recguard serve --no-guard` applies,
 computed in this process), of the proxy's answers, and of the popularity fallback alone; the
 share of answers from the fallback; how many of the phase's requests were answered before the
-first alarm (in /healthz, or on a quarantined answer); the anomalies reported, by kind. Alarms still
-active when a phase starts are cleared with the admin token, so a phase is never credited with (or
-quarantined by) the previous phase's alarm. Writes OUT/report.json,
-OUT/report.png and prints a table. The proxy runs with its default settings (counters flushed
-every 0.5 s, 2 s drift slots).
+first drift alarm (in /healthz, or on a quarantined answer); the anomalies reported, by kind. Alarms
+still active when a phase starts are cleared with the admin token, so a phase is never credited with
+(or quarantined by) the previous phase's alarm.
+
+Feedback: every shopper whose real next item was among the answer's clicks it (POST /feedback with
+the answer's ticket), so each phase also has the live hit rate of the model's answers as /quality
+counts it, beside the same answers' hit rate computed here (they must agree: same requests, same
+model), and how many feedback events the phase had posted when the first quality alarm showed.
+
+Writes OUT/report.json, OUT/report.png and prints a table. The proxy runs with its default
+settings (counters flushed every 0.5 s, 2 s drift slots) but for two: feedback on (a random
+secret) and the holdback off: 1 % of a phase's 2,000 shoppers is 20 answers, too few to compare
+with, and it would make the proxy's answers differ from the model's in the clean phases.
 """
 
 from __future__ import annotations
@@ -54,6 +64,7 @@ from proxy.models.scorer import Scorer
 K = 10
 POUNDS_PER_KG = CORRUPTIONS["lbs"]
 QUARANTINE = "drift_quarantine"
+DRIFT, QUALITY = "drift", "quality"
 
 
 @dataclass(frozen=True)
@@ -87,7 +98,13 @@ def redesign(lbs_markets: frozenset[str], new_markets: list[str], new_market_sha
     def all_changes(body: dict, rng: random.Random) -> dict:
         return new_market(weight_lbs(name_merged(email_renamed(body, rng), rng), rng), rng)
 
-    return [Phase("baseline", lambda body, rng: body), Phase("email_renamed", email_renamed),
+    def history_dropped(body: dict, rng: random.Random) -> dict:
+        return {key: value for key, value in body.items() if key != "history"}
+
+    # the silent change comes right after the baseline: the quality test restarts a minute after a
+    # hand clear, and a replayed phase lasts seconds, so it must not follow a phase with an alarm
+    return [Phase("baseline", lambda body, rng: body), Phase("history_dropped", history_dropped),
+            Phase("email_renamed", email_renamed),
             Phase("name_merged", name_merged), Phase("weight_lbs", weight_lbs), Phase("new_market", new_market),
             Phase("all_changes", all_changes)]
 
@@ -103,6 +120,15 @@ class PhaseResult:
     fallback_hits: int = 0
     fallback_answers: int = 0
     detection: int | None = None
+    feedback: int = 0
+    """Feedback events posted (one per answer that served the shopper's next item)."""
+    model_answers: int = 0
+    model_hits: int = 0
+    """Answers the model gave, and those that served the next item, as this script saw them."""
+    live: dict[str, int] | None = None
+    """The phase's model impressions and answers with a hit, as /quality counted them."""
+    quality_detection: int | None = None
+    """Feedback events posted in the phase when the first quality alarm showed."""
     anomalies: Counter = field(default_factory=Counter)
     market_requests: Counter = field(default_factory=Counter)
     market_detection: dict[str, int] = field(default_factory=dict)
@@ -117,7 +143,15 @@ class PhaseResult:
             "fallback_rate": round(self.fallback_answers / self.requests, 4),
             "requests_to_detection": self.detection,
             "anomalies": dict(self.anomalies.most_common()),
+            "feedback_events": self.feedback,
+            "model_answer_hit_rate@10": _rate(self.model_hits, self.model_answers),
+            "live_model_hit_rate@10": _rate(self.live["answers_hit"], self.live["impressions"]) if self.live else None,
+            "feedback_to_quality_alarm": self.quality_detection,
         }
+
+
+def _rate(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
 
 
 @dataclass
@@ -165,7 +199,8 @@ def start_proxy(bundle: Path, redis_url: str, workers: int, log: Path, admin_tok
     command = [sys.executable, "-m", "proxy.cli.main", "serve", "--bundle", str(bundle), "--bind", f"127.0.0.1:{port}",
                "--workers", str(workers), "--redis", redis_url]
     env = {key: value for key, value in os.environ.items() if not key.startswith("RECGUARD_")}
-    env["RECGUARD_ADMIN_TOKEN"] = admin_token
+    env.update({"RECGUARD_ADMIN_TOKEN": admin_token, "RECGUARD_FEEDBACK_SECRET": secrets.token_hex(16),
+                "RECGUARD_HOLDBACK": "0"})
     process = subprocess.Popen(command, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: _ready(url), f"the proxy did not become ready (see {log})", process, timeout=60)
@@ -198,8 +233,26 @@ def stop(process: subprocess.Popen) -> None:
 
 
 def active_alarms(session: requests.Session, url: str) -> list[dict[str, Any]]:
-    """The drift alarms /healthz shows now."""
+    """The alarms (drift and quality) /healthz shows now."""
     return session.get(url + "/healthz", timeout=10).json().get("alarms") or []
+
+
+def model_counts(session: requests.Session, url: str, since: str) -> dict[str, int]:
+    """The model's impressions and answers with a hit since `since`, as /quality counts them."""
+    groups = session.get(url + "/quality", params={"since": since, "by": "source"}, timeout=10).json()["groups"]
+    model = next((group for group in groups if group["source"] == "model"), {})
+    return {"impressions": model.get("impressions", 0), "answers_hit": model.get("answers_hit", 0),
+            "all_impressions": sum(group["impressions"] for group in groups)}
+
+
+def settled_counts(session: requests.Session, url: str, since: str, answers: int, model_hits: int) -> dict[str, int]:
+    """/quality's counts once every answer and feedback event sent so far is in them (a few flushes)."""
+    deadline = time.monotonic() + 20
+    while True:
+        counts = model_counts(session, url, since)
+        if (counts["all_impressions"] >= answers and counts["answers_hit"] >= model_hits) or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.2)
 
 
 def clear_alarms(session: requests.Session, url: str, admin_token: str) -> None:
@@ -219,6 +272,9 @@ def replay(url: str, phases: list[Phase], holdout: list[dict], targets: list[str
     picks = [order[number % len(order)] for number in range(per_phase)]
     timeline = Timeline()
     results = []
+    started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 60))
+    answered = model_hits = 0
+    before = {"impressions": 0, "answers_hit": 0}
     with requests.Session() as session:
         for index, phase in enumerate(phases):
             clear_alarms(session, url, admin_token)
@@ -230,10 +286,19 @@ def replay(url: str, phases: list[Phase], holdout: list[dict], targets: list[str
                 answer = session.post(url + "/predict", json=body, timeout=30)
                 answer.raise_for_status()
                 answer = answer.json()
-                unguarded = target in scorer.recommend(fields, body["history"], K).items
-                popular = target in fallback.recommend(fields, body["history"], K).items
+                history = body.get("history", [])
+                unguarded = target in scorer.recommend(fields, history, K).items
+                popular = target in fallback.recommend(fields, history, K).items
                 guarded = target in answer["items"]
                 served_by_fallback = answer["source"] == "fallback"
+                if guarded:  # the shopper clicks their next item: it was on the page
+                    session.post(url + "/feedback", json={"ticket": answer["ticket"], "item": target},
+                                 timeout=10).raise_for_status()
+                    result.feedback += 1
+                if answer["source"] == "model":
+                    result.model_answers += 1
+                    result.model_hits += guarded
+                    model_hits += guarded
                 result.requests += 1
                 result.unguarded_hits += unguarded
                 result.guarded_hits += guarded
@@ -242,12 +307,15 @@ def replay(url: str, phases: list[Phase], holdout: list[dict], targets: list[str
                 result.anomalies.update(a["kind"] for a in answer["anomalies"])
                 market = str(body.get("country"))
                 result.market_requests[market] += 1
+                alarms = active_alarms(session, url) if None in (result.detection, result.quality_detection) else []
                 if any(a["kind"] == QUARANTINE for a in answer["anomalies"]):
                     if result.detection is None:
                         result.detection = number
                     result.market_detection.setdefault(market, result.market_requests[market] - 1)
-                elif result.detection is None and active_alarms(session, url):
+                elif result.detection is None and any(alarm["kind"] == DRIFT for alarm in alarms):
                     result.detection = number + 1
+                if result.quality_detection is None and any(alarm["kind"] == QUALITY for alarm in alarms):
+                    result.quality_detection = result.feedback
                 for series, value in ((timeline.phase, index), (timeline.unguarded, unguarded),
                                       (timeline.guarded, guarded), (timeline.fallback, popular),
                                       (timeline.fallback_answer, served_by_fallback)):
@@ -255,23 +323,32 @@ def replay(url: str, phases: list[Phase], holdout: list[dict], targets: list[str
                 if (number + 1) % max(1, per_phase // 4) == 0 and number + 1 < per_phase:
                     progress(f"{phase.name}: {number + 1}/{per_phase}, guarded {result.guarded_hits / result.requests:.3f}, "
                              f"unguarded {result.unguarded_hits / result.requests:.3f}")
+            answered += per_phase
+            counts = settled_counts(session, url, started_at, answered, model_hits)
+            result.live = {key: counts[key] - before[key] for key in ("impressions", "answers_hit")}
+            before = counts
             progress(f"{phase.name}: {per_phase} requests in {time.monotonic() - started:.1f} s, "
                      f"guarded {result.guarded_hits / per_phase:.3f}, unguarded {result.unguarded_hits / per_phase:.3f}, "
-                     f"fallback answered {result.fallback_answers / per_phase:.1%}")
+                     f"fallback answered {result.fallback_answers / per_phase:.1%}, live model hit rate "
+                     f"{result.to_json()['live_model_hit_rate@10']}, quality alarm after "
+                     f"{result.quality_detection} feedback events")
             results.append(result)
     return results, timeline
 
 
 def format_table(results: list[PhaseResult]) -> str:
     """The report as a plain-text table, then where each quarantine started."""
-    header = ("phase", "unguarded@10", "guarded@10", "fallback@10", "fallback rate", "detected after", "anomalies (top 3)")
+    header = ("phase", "unguarded@10", "guarded@10", "fallback@10", "fallback rate", "detected after", "live model@10",
+              "quality alarm", "anomalies (top 3)")
     rows = []
     for result in results:
         report = result.to_json()
         top = ", ".join(f"{name} {count}" for name, count in result.anomalies.most_common(3)) or "-"
         rows.append((result.name, f"{report['unguarded_hit_rate@10']:.4f}", f"{report['guarded_hit_rate@10']:.4f}",
                      f"{report['fallback_hit_rate@10']:.4f}", f"{report['fallback_rate']:.1%}",
-                     "-" if result.detection is None else f"{result.detection} requests", top))
+                     "-" if result.detection is None else f"{result.detection} requests",
+                     "-" if report["live_model_hit_rate@10"] is None else f"{report['live_model_hit_rate@10']:.4f}",
+                     "-" if result.quality_detection is None else f"after {result.quality_detection} clicks", top))
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
     for result in results:

@@ -9,9 +9,10 @@ import time
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "replay_redesign.py"
-PHASES = ["baseline", "email_renamed", "name_merged", "weight_lbs", "new_market", "all_changes"]
+PHASES = ["baseline", "history_dropped", "email_renamed", "name_merged", "weight_lbs", "new_market", "all_changes"]
 KEYS = {"name", "unguarded_hit_rate@10", "guarded_hit_rate@10", "fallback_hit_rate@10", "fallback_rate",
-        "requests_to_detection", "anomalies"}
+        "requests_to_detection", "anomalies", "feedback_events", "model_answer_hit_rate@10", "live_model_hit_rate@10",
+        "feedback_to_quality_alarm"}
 PER_PHASE = 60
 
 
@@ -41,6 +42,14 @@ def test_short_replay_writes_the_report_the_table_and_the_picture(tiny_bundle, t
     assert by_name["weight_lbs"]["unguarded_hit_rate@10"] < by_name["baseline"]["unguarded_hit_rate@10"]
     assert by_name["weight_lbs"]["anomalies"]["out_of_range"] > 0
     assert by_name["new_market"]["anomalies"]["unknown_category"] > 0
+
+    # the live hit rate /quality counted from the site's clicks is the model's own on the same answers
+    for phase in phases:
+        assert phase["live_model_hit_rate@10"] == phase["model_answer_hit_rate@10"], phase
+    for name in ("baseline", "history_dropped", "email_renamed", "name_merged"):
+        assert by_name[name]["live_model_hit_rate@10"] == by_name[name]["unguarded_hit_rate@10"]
+        assert by_name[name]["feedback_events"] == round(by_name[name]["guarded_hit_rate@10"] * PER_PHASE)
+    assert by_name["history_dropped"]["anomalies"] == {}, "no field check sees the history go"
 
     assert all(name in run.stdout for name in PHASES) and "guarded@10" in run.stdout
     assert run.stderr.count("requests in") == len(PHASES)
