@@ -1,7 +1,7 @@
 """The quality alarm on replayed feedback: no alarm on clean replays, and how much evidence a silent change needs.
 
     .venv/bin/python scripts/bench_quality.py [--bundle bundles/default --data data/default]
-        [--replays 20] [--per-minute 100] [--holdback 0.05] [--json out.json]
+        [--replays 20] [--per-minute 100] [--holdback 0.05] [--control-per-minute 3000] [--json out.json]
 
 The held-out shoppers are served by the bundle's own scorer (the serving code, in-process) and
 each one "clicks" their real next item when it was served, as the replay's site does. Answers are
@@ -17,8 +17,10 @@ and against a holdback of --holdback of the users served by the popularity fallb
     unhelpful        the model answers with the least popular items (a model that stopped helping):
                      answers until an alarm fires, per replay
     unhelpful_holdback_only  the same with the offline test off (RECGUARD_QUALITY_OFFLINE=0, a site
-                     that posts only clicks on recommendations): the holdback comparison alone
-                     (a quarter of --replays, up to 40 passes of the holdout each)
+                     that posts only clicks on recommendations): the holdback comparison alone, at the
+                     default holdback of 1 % and --control-per-minute answers a minute (it rests on the
+                     control group's hits within the 60-minute window, so it needs traffic: 3,000 a
+                     minute is 50 requests a second); a quarter of --replays, up to 40 passes each
 """
 
 from __future__ import annotations
@@ -47,13 +49,14 @@ VERSION = "v"
 
 def replay(requests: list[dict[str, Any]], targets: list[str], order: list[int], answer: Callable, popular: Callable,
            holdback: set[int], per_minute: int, monitor: QualityMonitor, segment_field: str) -> dict[str, Any]:
-    """Serve `order`, one bucket per `per_minute` answers; the first minute an alarm shows, or None."""
+    """Serve `order`, one bucket per `per_minute` answers, the answers numbered in `holdback` by the
+    fallback; the first minute an alarm shows, or None."""
     buckets: list[tuple[int, dict[str, str]]] = []
     current: dict[str, float] = {}
     served = hits = 0
     for count, index in enumerate(order, start=1):
         fields = {key: value for key, value in requests[index].items() if key != "history"}
-        source = "holdback" if index in holdback else "model"
+        source = "holdback" if count in holdback else "model"
         items = (popular if source == "holdback" else answer)(fields, requests[index].get("history", []))
         segment = str(fields.get(segment_field))
         hit = targets[index] in items
@@ -79,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replays", type=int, default=20)
     parser.add_argument("--per-minute", type=int, default=100)
     parser.add_argument("--holdback", type=float, default=0.05)
+    parser.add_argument("--control-per-minute", type=int, default=3000)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
 
@@ -110,20 +114,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"offline hit_rate@10 {offline:.4f} on {len(requests)} held-out shoppers", file=sys.stderr)
     # (name, model, offline test on, passes over the holdout): the holdback comparison rests on the
     # control group's hits alone, a few per hundred answers, so it gets more passes
-    scenarios = (("clean", model, True, 1, args.replays), ("history_dropped", no_history, True, 5, args.replays),
-                 ("unhelpful", unhelpful, True, 5, args.replays),
-                 ("unhelpful_holdback_only", unhelpful, False, 40, max(1, args.replays // 4)))
-    for name, answer, use_offline, passes, replays in scenarios:
+    plain = (args.per_minute, args.holdback)
+    scenarios = (("clean", model, True, 1, args.replays, plain),
+                 ("history_dropped", no_history, True, 5, args.replays, plain),
+                 ("unhelpful", unhelpful, True, 5, args.replays, plain),
+                 ("unhelpful_holdback_only", unhelpful, False, 40, max(1, args.replays // 4),
+                  (args.control_per_minute, 0.01)))
+    for name, answer, use_offline, passes, replays, (per_minute, share) in scenarios:
         runs = []
         for seed in range(replays):
             rng = random.Random(seed)
             order = rng.sample(range(len(requests)), len(requests)) * passes
-            holdback = {i for i in range(len(requests)) if rng.random() < args.holdback}
+            # by answer, not by shopper: each pass of the holdout stands for new users
+            holdback = {count for count in range(1, len(order) + 1) if rng.random() < share}
             monitor = QualityMonitor(None, "bench", VERSION, offline, thresholds, use_offline=use_offline)
-            runs.append(replay(requests, targets, order, answer, popular, holdback, args.per_minute, monitor,
+            runs.append(replay(requests, targets, order, answer, popular, holdback, per_minute, monitor,
                                segment_field))
         alarmed = [run for run in runs if run["alarm"]]
-        summary = {"replays": len(runs), "alarmed": len(alarmed),
+        summary = {"replays": len(runs), "alarmed": len(alarmed), "per_minute": per_minute, "holdback": share,
                    "baselines": sorted({a["baseline"] for run in alarmed for a in run["alarm"]})}
         if alarmed:
             summary["answers_to_alarm_median"] = statistics.median(run["answers"] for run in alarmed)
