@@ -41,7 +41,7 @@ def test_evaluate_prints_the_figures_the_manifest_recorded(capsys, tiny_bundle, 
     figures = json.loads(out)
     assert code == 0 and set(figures) == {"model", "popularity", "holdout_users"}
     assert set(figures["model"]) == {"hit_rate@10", "ndcg@10"} and figures["holdout_users"] == 100
-    recorded = json.loads((tiny_bundle / "manifest.json").read_text())["evaluation"]
+    recorded = json.loads((tiny_bundle / "manifest.json").read_text())["offline"]
     assert recorded == figures
 
 
