@@ -124,3 +124,11 @@ def test_a_malformed_holdout_line_is_named(capsys, tiny_bundle, broken_data):
         handle.write('{"request": {"history": "item_00001"}, "next_item": "item_00002"}\n')
     code, _, err = run(capsys, "evaluate", "--bundle", str(tiny_bundle), "--data", str(broken_data))
     assert code == 2 and err.startswith("recguard evaluate: holdout.jsonl: line 101 is not {")
+
+
+def test_train_without_a_holdout_says_so_and_records_no_figures(capsys, broken_data, tmp_path):
+    (broken_data / "holdout.jsonl").unlink()
+    code, _, err = run(capsys, "train", "--data", str(broken_data), "--out", str(tmp_path / "b"), "--epochs", "1")
+    assert code == 0 and "no holdout.jsonl beside dataset.toml: no offline figures in the manifest" in err
+    assert "epoch 1/1  loss" in err
+    assert "offline" not in json.loads((tmp_path / "b" / "manifest.json").read_text())
