@@ -84,6 +84,7 @@ class Schema:
 
     @property
     def files(self) -> tuple[Path, Path, Path]:
+        """The users, items and interactions files, in that order."""
         return self.users.file, self.items.file, self.interactions.file
 
 
@@ -105,6 +106,7 @@ class Dataset:
 
     @property
     def root(self) -> Path:
+        """The directory of the declaration (where holdout.jsonl is looked for)."""
         return self.schema.root
 
     def column(self, name: str) -> list[Any]:

@@ -106,8 +106,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     generate.add_argument("--out", required=True, help="directory to write the CSV files, dataset.toml and holdout.jsonl to")
     generate.add_argument("--world", choices=("shop", "streaming"), default="shop",
                           help="shop (clothing, the default) or streaming (films: age, gender, occupation)")
-    generate.add_argument("--users", type=_positive, default=None, help="training users (default 20000)")
-    generate.add_argument("--items", type=_positive, default=None, help="catalogue size (default 5000 shop, 3000 streaming)")
+    generate.add_argument("--users", type=_positive, default=None, help="training users (default 20000 shop, 10000 streaming)")
+    generate.add_argument("--items", type=_positive, default=None, help="catalogue size (default 5000 shop, 2000 streaming)")
     generate.add_argument("--holdout", type=int, default=None, help="held-out users (default users/10)")
     generate.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes")
     generate.set_defaults(handler=_generate)

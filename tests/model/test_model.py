@@ -154,3 +154,26 @@ def test_validation_is_scored_like_the_holdout(tiny_data):
         assert whole.validation.target[row] == sequence[-1]
         assert (whole.validation.history[row] != NO_ITEM).sum() == len(sequence) - 1
     assert history_window(TrainConfig(), [1, 3, 2]) == 3 and history_window(TrainConfig(), []) == 10
+
+
+def test_encoders_come_from_the_declared_schema(monkeypatch):
+    from model import features
+    from model.dataset import Table
+
+    monkeypatch.setattr(features, "MAX_VOCAB", 2)
+    users = Table(file=None, id="id", numeric=("years",), categorical=("job",))
+    records = [{"job": "cook", "years": 20}, {"job": "cook", "years": 40}, {"job": "pilot", "years": None},
+               {"job": "poet", "years": 30}, {"job": "pilot", "years": 30}]
+    inputs = features.fit_inputs(users, records)
+    assert inputs == [{"field": "job", "encoding": "one_hot", "vocab": ["cook", "pilot"]},
+                      {"field": "years", "encoding": "standard", "mean": 30.0, "std": pytest.approx(50 ** 0.5),
+                       "missing": 30.0}]
+    # the rare "poet" encodes like a value never seen: the all-zero "unknown" slot
+    assert encode(inputs, [{"job": "poet", "years": 30}]).tolist() == [[0.0, 0.0, 0.0]]
+
+    items = Table(file=None, id="id", numeric=("year",), categorical=("genre",))
+    rows = [{"genre": "drama", "year": 1990}, {"genre": None, "year": 2020}, {"genre": "horror", "year": None}]
+    codes, cardinalities = features.item_features(items, rows)
+    assert cardinalities == [3, features.NUMERIC_BANDS + 1]
+    assert codes[:, 0].tolist() == [1, 0, 2] and codes[2, 1] == 0 and 0 < codes[0, 1] < codes[1, 1]
+    assert features.item_features(Table(file=None, id="id"), rows)[1] == [1]
