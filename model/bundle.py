@@ -106,7 +106,7 @@ def write_bundle(
     scoring: Mapping[str, Any] | None = None,
     arrays: Mapping[str, np.ndarray] | None = None,
     model_state: bytes | None = None,
-    offline: Mapping[str, Any] | None = None,
+    evaluation: Mapping[str, Any] | None = None,
     created_at: datetime | None = None,
 ) -> Path:
     """Write a bundle to `out` atomically (a half-written bundle is never visible) and return its path:
@@ -133,8 +133,8 @@ def write_bundle(
         "libraries": _library_versions(),
         "files": checksums,
     }
-    if offline is not None:
-        manifest["offline"] = dict(offline)
+    if evaluation is not None:
+        manifest["evaluation"] = dict(evaluation)
     files[MANIFEST] = _json_bytes(manifest)
 
     target = Path(out)

@@ -283,10 +283,10 @@ def train(
     }
     arrays = export_arrays(model, prepared, data.item_ids)
     popularity = build_popularity(data)
-    offline = None
+    evaluation = None
     if holdout:
-        offline = evaluate_parts(Scorer(scoring, arrays), PopularityFallback(popularity), *holdout)
-        progress(f"held-out users: model {offline['model']}, popularity {offline['popularity']}")
+        evaluation = evaluate_parts(Scorer(scoring, arrays), PopularityFallback(popularity), *holdout)
+        progress(f"held-out users: model {evaluation['model']}, popularity {evaluation['popularity']}")
     return write_bundle(
         out,
         profile=build_profile(data),
@@ -295,5 +295,5 @@ def train(
         scoring=scoring,
         arrays=arrays,
         model_state=state.getvalue(),
-        offline=offline,
+        evaluation=evaluation,
     )

@@ -41,7 +41,7 @@ def test_evaluate_prints_the_figures_the_manifest_recorded(capsys, tiny_bundle, 
     figures = json.loads(out)
     assert code == 0 and set(figures) == {"model", "popularity", "holdout_users"}
     assert set(figures["model"]) == {"hit_rate@10", "ndcg@10"} and figures["holdout_users"] == 100
-    recorded = json.loads((tiny_bundle / "manifest.json").read_text())["offline"]
+    recorded = json.loads((tiny_bundle / "manifest.json").read_text())["evaluation"]
     assert recorded == figures
 
 
@@ -131,4 +131,4 @@ def test_train_without_a_holdout_says_so_and_records_no_figures(capsys, broken_d
     code, _, err = run(capsys, "train", "--data", str(broken_data), "--out", str(tmp_path / "b"), "--epochs", "1")
     assert code == 0 and "no holdout.jsonl beside dataset.toml: no offline figures in the manifest" in err
     assert "epoch 1/1  loss" in err
-    assert "offline" not in json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert "evaluation" not in json.loads((tmp_path / "b" / "manifest.json").read_text())

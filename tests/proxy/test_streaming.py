@@ -51,7 +51,7 @@ def test_its_own_columns_are_declared_and_profiled(streaming_data, streaming_bun
     assert {name for name, spec in fields.items() if spec["personal"]} == {"postcode", "city"}
     assert "domain" not in fields["postcode"] and "01234" not in json.dumps(fields["postcode"])
     assert [spec["field"] for spec in bundle.scoring["inputs"]] == ["gender", "occupation", "age"]
-    assert bundle.manifest["offline"] == evaluate(streaming_bundle, streaming_data)
+    assert bundle.manifest["evaluation"] == evaluate(streaming_bundle, streaming_data)
 
 
 def test_clean_traffic_is_served_by_the_model(proxy, requests_):
