@@ -27,10 +27,11 @@ redis-server:
 		echo "installing redis-server"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
 
-$(DATA)/holdout.jsonl: | $(VENV)/.installed
+# dataset.toml too: a data directory generated before the logs were declared is generated again.
+$(DATA)/holdout.jsonl $(DATA)/dataset.toml &: | $(VENV)/.installed
 	$(BIN)/recguard generate --out $(DATA)
 
-$(BUNDLE)/manifest.json: $(DATA)/holdout.jsonl
+$(BUNDLE)/manifest.json: $(DATA)/holdout.jsonl $(DATA)/dataset.toml
 	$(BIN)/recguard train --data $(DATA) --out $(BUNDLE)
 
 run: install $(BUNDLE)/manifest.json
