@@ -27,11 +27,13 @@ redis-server:
 		echo "installing redis-server"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
 
-# dataset.toml too: a data directory generated before the logs were declared is generated again.
-$(DATA)/holdout.jsonl $(DATA)/dataset.toml &: | $(VENV)/.installed
+$(DATA)/holdout.jsonl: | $(VENV)/.installed
 	$(BIN)/recguard generate --out $(DATA)
 
-$(BUNDLE)/manifest.json: $(DATA)/holdout.jsonl $(DATA)/dataset.toml
+# A data directory generated before the logs were declared in dataset.toml is generated again.
+$(BUNDLE)/manifest.json: $(DATA)/holdout.jsonl
+	@test -f $(DATA)/dataset.toml || { echo "$(DATA) has no dataset.toml: generating it again"; \
+		$(BIN)/recguard generate --out $(DATA); }
 	$(BIN)/recguard train --data $(DATA) --out $(BUNDLE)
 
 run: install $(BUNDLE)/manifest.json
