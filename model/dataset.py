@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -195,8 +196,17 @@ def read_csv(path: Path, declared: list[str]) -> tuple[list[str], list[list[str]
     name = path.name
     if not path.is_file():
         raise RecguardError(f"{name}: not found in {path.parent}")
-    with path.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.reader(handle))
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise RecguardError(f"{name}: line {line} is not UTF-8 text") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        rows = list(reader)
+    except csv.Error as exc:
+        raise RecguardError(f"{name}: line {reader.line_num} is not CSV ({exc})") from None
     if not rows:
         raise RecguardError(f"{name}: empty file, expected a header line")
     header = rows[0]

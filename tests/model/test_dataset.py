@@ -113,6 +113,14 @@ def test_duplicate_or_empty_ids(tmp_path, people, things, message):
     assert error(write(tmp_path, people=people, things=things)) == message
 
 
+def test_a_file_that_is_not_utf8_csv_names_the_line(tmp_path):
+    root = write(tmp_path)
+    (root / "people.csv").write_bytes(PEOPLE.encode() + b"p4,20,cook,\xff,x\n")
+    assert error(root) == "people.csv: line 5 is not UTF-8 text"
+    (root / "people.csv").write_text(PEOPLE + "p4,20,cook,1," + "x" * 200_000 + "\n")
+    assert error(root) == "people.csv: line 5 is not CSV (field larger than field limit (131072))"
+
+
 def test_a_row_of_another_width(tmp_path):
     assert error(write(tmp_path, events=EVENTS + "p1,t3\n")) == "events.csv: line 7 has 2 fields, the header has 3"
 
