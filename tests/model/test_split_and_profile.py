@@ -100,11 +100,11 @@ def test_evaluate_on_a_guard_only_bundle_scores_its_fallback(capsys, guard_bundl
     assert set(figures) == {"popularity", "holdout_users"} and figures["holdout_users"] == 40
 
 
-def test_a_guard_only_bundle_passes_check(guard_bundle, split_data, tmp_path):
+def test_held_out_requests_pass_check_against_a_guard_only_bundle(guard_bundle, split_data, tmp_path):
     bodies = tmp_path / "bodies.jsonl"
     lines = [json.dumps(json.loads(line)["request"]) for line in (split_data / "holdout.jsonl").read_text().splitlines()]
-    bodies.write_text("\n".join(lines[:10]) + "\n")
-    assert main(["check", "--bundle", str(guard_bundle), str(bodies)]) in (0, 1)
+    bodies.write_text("\n".join(lines) + "\n")
+    assert main(["check", "--bundle", str(guard_bundle), str(bodies)]) == 0
 
 
 def test_serve_refuses_a_guard_only_bundle_without_an_upstream(guard_bundle):
