@@ -2,15 +2,16 @@
 
     .venv/bin/python scripts/bench_feedback.py [--bundle bundles/default --data data/default]
         [--duration 10] [--rounds 3] [--connections 16] [--feedback-connections 2] [--feedback-delay-ms 1]
-        [--json out.json]
+        [--batch 1] [--tickets 200000] [--json out.json]
 
 Starts a redis-server of its own and `recguard serve` (2 sync workers, feedback on, holdback 1 %),
-collects real tickets from 5,000 held-out answers, then alternates two runs of --duration seconds:
+signs --tickets tickets with the proxy's secret (as its answers carry them), then alternates two runs
+of --duration seconds:
 
     alone     wrk, --connections on /predict (the held-out requests)
-    feedback  the same, and at the same time a second wrk posting single feedback events
-              (`{ticket, item, event}`, half on a served item, half not) on --feedback-connections,
-              each connection pausing --feedback-delay-ms between events
+    feedback  the same, and at the same time a second wrk posting feedback (`{ticket, item, event}`,
+              half on a served item, half not; --batch events per POST as `{"events": [...]}`) on
+              --feedback-connections, each connection pausing --feedback-delay-ms between posts
 
 and reports /predict's throughput and p99 in each, the ratio, the feedback events per second the
 second wrk reached and the proxy's CPU seconds per /predict request (from /proc). Both load
@@ -30,23 +31,30 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import requests
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_proxy import WRK_SCRIPT, Server, free_port, load_average, run_wrk, start_redis, write_mixes  # noqa: E402
 
+SECRET = "bench-secret"
 FEEDBACK_SCRIPT = r"""
 local bodies = {}
 local index = 0
 local pause = 0
+local threads = 0
+
+function setup(thread)
+  thread:set("id", threads)
+  threads = threads + 1
+end
 
 function init(args)
   for line in io.lines(args[1]) do
     bodies[#bodies + 1] = wrk.format("POST", "/feedback", {["Content-Type"] = "application/json"}, line)
   end
   pause = tonumber(args[2])
+  -- each thread and each round posts events of its own: a repeat would only be de-duplicated
+  index = (tonumber(args[3]) + id * math.floor(#bodies / 4)) % #bodies
 end
 
 function delay()
@@ -78,27 +86,38 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / ticks
 
 
-def feedback_bodies(url: str, holdout: Path, out: Path, count: int) -> Path:
-    """Real tickets from `count` answers: one event each, on a served item for every other answer."""
-    with open(holdout) as lines:
-        bodies = [json.loads(line)["request"] for line in lines]
+def feedback_bodies(bundle_dir: Path, secret: str, out: Path, count: int, batch: int) -> Path:
+    """`count` feedback events on tickets signed with the proxy's secret, as its answers carry them
+    (signed here: asking the proxy for 200,000 answers first would take minutes); every other
+    event is on a served item."""
+    import time
+
+    from model.bundle import load_bundle
+    from proxy.quality.tickets import Ticket, TicketSigner
+
+    bundle = load_bundle(bundle_dir)
+    signer, now = TicketSigner(secret, 86_400), int(time.time())
+    catalogue, segments = bundle.catalogue, ("DE", "US", "GB", "FR")
     lines_out = []
-    with requests.Session() as session:
-        for i in range(count):
-            answer = session.post(url + "/predict", json=bodies[i % len(bodies)], timeout=10).json()
-            item = answer["items"][i % 10] if i % 2 == 0 else "item_not_served"
-            lines_out.append(json.dumps({"ticket": answer["ticket"], "item": item, "event": "click"}))
+    for i in range(count):
+        served = tuple((i * 7 + j * 131) % len(catalogue) for j in range(10))
+        token = signer.issue(Ticket(f"bench-{i}", now, bundle.model_version, "model", segments[i % 4], served))
+        item = catalogue[served[i % 10]] if i % 2 == 0 else "item_not_served"
+        lines_out.append({"ticket": token, "item": item, "event": "click"})
+    if batch > 1:
+        lines_out = [{"events": lines_out[i:i + batch]} for i in range(0, len(lines_out), batch)]
+    lines_out = [json.dumps(body) for body in lines_out]
     path = out / "feedback.jsonl"
     path.write_text("\n".join(lines_out) + "\n")
     return path
 
 
 def run_feedback_wrk(url: str, bodies: Path, script: Path, connections: int, delay_ms: int, seconds: float,
-                     results: dict[str, Any]) -> None:
+                     offset: int, results: dict[str, Any]) -> None:
     import subprocess
 
     command = ["wrk", "-t", str(min(connections, 2)), "-c", str(connections), "-d", f"{max(1, round(seconds))}s",
-               "--timeout", "5s", "-s", str(script), url + "/feedback", "--", str(bodies), str(delay_ms)]
+               "--timeout", "5s", "-s", str(script), url + "/feedback", "--", str(bodies), str(delay_ms), str(offset)]
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     line = next(line for line in out.splitlines() if line.startswith("RESULT "))
     result = json.loads(line[len("RESULT "):])
@@ -115,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--feedback-connections", type=int, default=2)
     parser.add_argument("--feedback-delay-ms", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=1, help="events per POST /feedback (default 1)")
+    parser.add_argument("--tickets", type=int, default=200_000,
+                        help="answers whose tickets the feedback stream posts (enough that none repeats)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
 
@@ -124,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         port = free_port()
         env = {key: value for key, value in os.environ.items() if not key.startswith("RECGUARD_")}
         env.update({"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "RECGUARD_LOG_LEVEL": "WARNING",
-                    "RECGUARD_FEEDBACK_SECRET": "bench-secret", "RECGUARD_WORKERS": "2"})
+                    "RECGUARD_FEEDBACK_SECRET": SECRET, "RECGUARD_WORKERS": "2"})
         server = Server("recguard", [sys.executable, "-m", "proxy.cli.main", "serve", "--bundle", str(args.bundle),
                                      "--bind", f"127.0.0.1:{port}", "--redis", redis_url], env, port, work / "proxy.log")
         try:
@@ -133,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             predict_script, feedback_script = work / "predict.lua", work / "feedback.lua"
             predict_script.write_text(WRK_SCRIPT)
             feedback_script.write_text(FEEDBACK_SCRIPT)
-            bodies = feedback_bodies(server.url, args.data / "holdout.jsonl", work, 5000)
+            bodies = feedback_bodies(args.bundle, SECRET, work, args.tickets, args.batch)
             pids = server.worker_pids()
             runs: dict[str, list[dict[str, Any]]] = {"alone": [], "feedback": []}
             for round_number in range(args.rounds):
@@ -143,21 +165,20 @@ def main(argv: list[str] | None = None) -> int:
                     if mode == "feedback":
                         poster = threading.Thread(target=run_feedback_wrk, args=(
                             server.url, bodies, feedback_script, args.feedback_connections, args.feedback_delay_ms,
-                            args.duration, side))
+                            args.duration, round_number * (args.tickets // args.batch // (2 * args.rounds)), side))
                         poster.start()
                     cpu_before = cpu_seconds(pids)
                     result = run_wrk(server.url, mixes["clean"], predict_script, args.connections, args.duration)
                     result["cpu_s_per_request"] = (cpu_seconds(pids) - cpu_before) / max(result["requests"], 1)
                     if poster is not None:
                         poster.join()
-                        result["feedback_rps"] = side["feedback"]["rps"]
+                        result["feedback_rps"] = side["feedback"]["rps"] * args.batch
                         result["feedback_p99_us"] = side["feedback"]["p99_us"]
                         result["feedback_errors"] = side["feedback"]["errors"]
                     runs[mode].append(result)
                     print(f"round {round_number + 1} {mode}: {result['rps']:.0f} req/s, p99 {result['p99_us'] / 1000:.1f} ms"
                           + (f", feedback {result['feedback_rps']:.0f} events/s" if mode == "feedback" else ""),
                           file=sys.stderr, flush=True)
-            quality = requests.get(server.url + "/quality?since=1h&by=source", timeout=10).json()
         finally:
             server.stop()
             redis_process.terminate()
@@ -178,9 +199,8 @@ def main(argv: list[str] | None = None) -> int:
             1000 * statistics.median(r["cpu_s_per_request"] for r in runs["feedback"]), 3),
         "errors": [r["errors"] for r in runs["alone"] + runs["feedback"]]
                   + [r["feedback_errors"] for r in runs["feedback"]],
-        "quality_groups": quality.get("groups"),
     }
-    print(json.dumps({key: value for key, value in report.items() if key != "quality_groups"}, indent=2))
+    print(json.dumps({key: value for key, value in report.items() if key != "errors"}, indent=2))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0
