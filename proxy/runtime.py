@@ -184,6 +184,14 @@ class Runtime:
             return Anomaly("model", QUALITY_QUARANTINE, f"quality alarm {alarm.id}: {alarm.detail}", True)
         return quarantine
 
+    def wait_loaded(self, timeout: float = 5.0) -> Loaded | None:
+        """The loaded parts, waiting up to `timeout` seconds for a load in progress: a worker that just
+        booted takes connections while its bundle loads (a fraction of a second), and waiting briefly
+        beats failing a request another worker would have answered."""
+        if self.loaded is None:
+            self.settled.wait(timeout)
+        return self.loaded
+
     def load_in_background(self, loader: Callable[[str], Bundle]) -> threading.Thread:
         """Load the configured bundle on a thread so the worker answers /livez and /readyz meanwhile."""
         def run() -> None:

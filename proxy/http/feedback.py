@@ -18,7 +18,7 @@ def feedback_blueprint(runtime: Runtime) -> Blueprint:
 
     @blueprint.post("/feedback")
     def feedback() -> Response:
-        loaded = runtime.loaded
+        loaded = runtime.wait_loaded()
         desk = loaded.desk if loaded is not None else None
         if desk is None:
             return error_response("feedback is off: no RECGUARD_FEEDBACK_SECRET is configured "

@@ -273,3 +273,29 @@ def test_the_offline_figure_is_read_from_what_train_recorded(loaded_bundle):
 
     recorded = loaded_bundle.manifest["evaluation"]["model"]["hit_rate@10"]
     assert offline_hit_rate(loaded_bundle) == recorded and 0 < recorded < 1
+
+
+def test_feedback_sent_while_the_bundle_loads_waits_for_it(tiny_bundle, redis_server, redis_client, loaded_bundle,
+                                                           tiny_holdout):
+    import threading
+
+    from model.bundle import load_bundle
+
+    token = TicketSigner(SECRET, 86_400).issue(
+        Ticket("early", int(time.time()), loaded_bundle.model_version, "model", "JP", (1, 2)))
+    release = threading.Event()
+
+    def slow_loader(path):
+        release.wait(10)
+        return load_bundle(path)
+
+    settings = Settings.from_env({}, bundle=tiny_bundle, redis_url=redis_server.url, feedback_secret=SECRET)
+    application = create_app(settings, bundle_loader=slow_loader)
+    try:
+        client = application.test_client()
+        assert client.get("/readyz").status_code == 503
+        threading.Timer(0.3, release.set).start()
+        # a worker still loading answers the click once loaded, not with "feedback is off"
+        assert client.post("/feedback", json={"ticket": token, "item": "item_00001"}).status_code == 202
+    finally:
+        application.extensions["recguard"].close()
