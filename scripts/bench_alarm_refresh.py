@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_proxy import start_redis  # noqa: E402  (same directory)
+from _servers import start_redis  # noqa: E402  (same directory)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,9 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     # 50 requests repeated are no sample of their markets: alarms are raised, and not the subject here
     logging.getLogger("recguard").setLevel(logging.ERROR)
 
-    server, url = start_redis(Path(tempfile.mkdtemp(prefix="recguard-refresh-")))
+    server = start_redis(Path(tempfile.mkdtemp(prefix="recguard-refresh-")))
     try:
-        client = redis.Redis.from_url(url, decode_responses=True)
+        client = redis.Redis.from_url(server.url, decode_responses=True)
         bundle = load_bundle(args.bundle)
         settings = Settings()
         cells = cells_from_profile(bundle.profile)
@@ -76,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             monitor.refresh()
             cpu.append(time.thread_time() - started)
     finally:
-        server.terminate()
-        server.wait(10)
+        server.stop()
     print(f"{len(cells)} cells: refresh CPU median {statistics.median(cpu) * 1e3:.2f} ms, "
           f"p90 {np.percentile(cpu, 90) * 1e3:.2f} ms over {args.refreshes} refreshes")
     return 0

@@ -24,9 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +40,8 @@ from proxy.request import PredictRequest
 from proxy.runtime import build_guard
 from proxy.settings import Settings
 from proxy.store.counters import Counters, Series, make_redis_client
+
+from _servers import start_redis  # (same directory)
 
 POUNDS_PER_KG = CORRUPTIONS["lbs"]
 SETTINGS = Settings()
@@ -145,23 +144,6 @@ def drive(workers: list[Worker], clock: Clock, bodies: Iterable[dict], rate: int
             on_step(clock.now)
 
 
-def start_redis(directory: Path) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    process = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind",
-                                "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(directory)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = make_redis_client(f"redis://127.0.0.1:{port}/0")
-    for _ in range(100):
-        try:
-            client.ping()
-            return process, f"redis://127.0.0.1:{port}/0"
-        except Exception:
-            time.sleep(0.05)
-    sys.exit("bench_drift: redis-server did not start")
-
-
 def clean_run(client, profile: dict, cells: list[Cell], series: Series, holdout: list[dict], count: int,
               rate: int) -> dict:
     client.flushall()
@@ -257,9 +239,9 @@ def main(argv: list[str] | None = None) -> int:
         "drift_window_seconds": SETTINGS.drift.window_seconds, "alarm_z_score": THRESHOLDS.z_score,
         "alarm_effect_size": THRESHOLDS.effect_size, "alarm_min_count": THRESHOLDS.min_count}}
     with tempfile.TemporaryDirectory(prefix="recguard-bench-") as scratch:
-        process, url = start_redis(Path(scratch))
+        server = start_redis(Path(scratch))
         try:
-            client = make_redis_client(url, timeout=5.0)
+            client = make_redis_client(server.url, timeout=5.0)
             result["cost"] = request_cost(bundle, holdout, cells, series, client)
             print(f"bench_drift: cost {result['cost']}", file=sys.stderr)
             result["clean"] = clean_run(client, bundle.profile, cells, series, holdout, args.clean, rate=400)
@@ -272,8 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"bench_drift: switch {run}", file=sys.stderr)
                         result["switch"].append(run)
         finally:
-            process.terminate()
-            process.wait()
+            server.stop()
     print(json.dumps(result, indent=2))
     return 0
 

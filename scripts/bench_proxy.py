@@ -34,7 +34,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+from _servers import free_port, start_redis  # (same directory)
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("bare", "no-guard", "clean", "anomalous")
@@ -100,12 +101,6 @@ def bare_app():
         return Response('{"status": "ready"}', mimetype="application/json")
 
     return app
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def anomalous(body: dict[str, Any], i: int) -> dict[str, Any]:
@@ -259,16 +254,6 @@ def per_request_us(stages: dict[str, tuple[Callable[[Any], Any], Sequence[Any]]]
     return {name: round(statistics.median(values), 2) for name, values in samples.items()}
 
 
-def start_redis(directory: Path) -> tuple[subprocess.Popen, str]:
-    """A throwaway redis-server on a free port, nothing persisted, for a benchmark; and its URL."""
-    port = free_port()
-    process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                "--appendonly", "no", "--dir", str(directory)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.3)
-    return process, f"redis://127.0.0.1:{port}/0"
-
-
 def guard_cost(args: argparse.Namespace, redis_url: str, mixes: dict[str, Path], repeat: int = 5) -> dict[str, float]:
     """Microseconds per request, in-process on one thread: guard.check alone, the drift windows'
     observe, the counters' record, the whole guarded service.predict minus the unguarded one, and
@@ -365,10 +350,11 @@ def main(argv: list[str] | None = None) -> int:
     variants = [spec.name for spec in specs]
 
     work = Path(tempfile.mkdtemp(prefix="recguard-bench-"))
-    redis_process = None
+    redis_server = None
     redis_url = args.redis
     if redis_url is None:
-        redis_process, redis_url = start_redis(work)
+        redis_server = start_redis(work)
+        redis_url = redis_server.url
     mixes = write_mixes(args.data, work, args.requests)
     script = work / "mix.lua"
     script.write_text(WRK_SCRIPT)
@@ -404,9 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     report["load_after"] = load_average()
     if not args.skip_guard_cost and not args.configs:
         report["guard_cost"] = guard_cost(args, redis_url, mixes)
-    if redis_process is not None:
-        redis_process.terminate()
-        redis_process.wait()
+    if redis_server is not None:
+        redis_server.stop()
     print(format_report(report, levels, variants))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

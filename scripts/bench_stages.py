@@ -44,7 +44,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench_proxy import anomalous, load_average, per_request_us, start_redis  # noqa: E402  (same directory)
+from _servers import start_redis  # noqa: E402  (same directory)
+from bench_proxy import anomalous, load_average, per_request_us  # noqa: E402
 
 
 def measure(bundle_dir: Path, data: Path, redis_url: str, size: int, repeat: int,
@@ -143,14 +144,14 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     redis_url = args.redis
     if redis_url is None:
-        server, redis_url = start_redis(Path(tempfile.mkdtemp(prefix="recguard-stages-")))
+        server = start_redis(Path(tempfile.mkdtemp(prefix="recguard-stages-")))
+        redis_url = server.url
     try:
         load_before = load_average()
         figures = measure(args.bundle, args.data, redis_url, args.requests, args.repeat, args.alone)
     finally:
         if server is not None:
-            server.terminate()
-            server.wait(10)
+            server.stop()
     report = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpus": os.cpu_count(), "alone": args.alone,
               "load_before": load_before,
               "load_after": load_average(), "us_per_request": figures}

@@ -26,7 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_proxy import WRK_SCRIPT, Server, free_port, start_redis, write_mixes  # noqa: E402  (same directory)
+from _servers import free_port, start_redis  # noqa: E402  (same directory)
+from bench_proxy import WRK_SCRIPT, Server, write_mixes  # noqa: E402
 
 # (stage, a substring of a py-spy frame "function (file:line)"): a stack counts for the first that matches
 STAGES = [
@@ -92,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="recguard-profile-"))
     out = args.out or work
     out.mkdir(parents=True, exist_ok=True)
-    redis, redis_url = start_redis(work)
+    redis = start_redis(work)
+    redis_url = redis.url
     port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("RECGUARD_")}
     env.update({"RECGUARD_LOG_LEVEL": "ERROR", "OPENBLAS_NUM_THREADS": "1"})
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         load.wait()
     finally:
         server.stop()
-        redis.terminate()
+        redis.stop()
     profiles = {pid: summarise(out / f"{pid}.txt") for pid in samplers if (out / f"{pid}.txt").exists()}
     pid, (total, handling, stages, functions) = max(profiles.items(), key=lambda item: item[1][1])
     print(f"worker {pid}: {total} samples over {args.seconds:g} s ({args.mix} traffic, {args.connections} "

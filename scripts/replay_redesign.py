@@ -41,9 +41,7 @@ import json
 import os
 import random
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -60,6 +58,8 @@ from model.bundle import load_bundle
 from model.evaluate import CORRUPTIONS, read_holdout
 from proxy.models.fallback import PopularityFallback
 from proxy.models.scorer import Scorer
+
+from _servers import free_port, start_redis  # (same directory)
 
 K = 10
 POUNDS_PER_KG = CORRUPTIONS["lbs"]
@@ -163,34 +163,6 @@ class Timeline:
     guarded: list[bool] = field(default_factory=list)
     fallback: list[bool] = field(default_factory=list)
     fallback_answer: list[bool] = field(default_factory=list)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_redis(directory: Path) -> tuple[subprocess.Popen, str]:
-    """A throwaway redis-server of our own, no persistence."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        sys.exit("replay: redis-server is not installed (make install puts it there)")
-    port = free_port()
-    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                                "--dir", str(directory), "--logfile", str(directory / "redis.log")],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_until(lambda: _redis_answers(port), "redis-server did not start", process)
-    return process, f"redis://127.0.0.1:{port}/0"
-
-
-def _redis_answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
 
 
 def start_proxy(bundle: Path, redis_url: str, workers: int, log: Path, admin_token: str) -> tuple[subprocess.Popen, str]:
@@ -427,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     with tempfile.TemporaryDirectory(prefix="recguard-replay-") as scratch:
-        redis_process, redis_url = start_redis(Path(scratch))
+        redis_server = start_redis(Path(scratch))
+        redis_url = redis_server.url
         try:
             admin_token = secrets.token_hex(16)
             proxy_process, url = start_proxy(args.bundle, redis_url, args.workers, args.out / "proxy.log", admin_token)
@@ -440,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 stop(proxy_process)
         finally:
-            stop(redis_process)
+            redis_server.stop()
 
     (args.out / "report.json").write_text(json.dumps({"phases": [r.to_json() for r in results]}, indent=2) + "\n")
     plot(args.out / "report.png", results, timeline)

@@ -1,8 +1,17 @@
-"""Shared fixtures: a real redis-server per test session on a free port, cleaned between tests."""
+"""Shared fixtures: a real redis-server per test session on a free port, cleaned between tests;
+the unit / integration / system marks; the hypothesis profiles.
+
+Marks (registered in pyproject.toml, `--strict-markers`): a test marked `system` by its module
+(`pytestmark`) or itself runs real gunicorn or other child processes; otherwise a test that uses
+`redis_server` or `redis_client` (directly or through `app`, `client`, `settings`) is
+`integration`; every other test is `unit`. The marks are checked while the tests run: a unit test
+that starts any process, or an integration test that starts anything but redis-server, fails and
+says which mark it needs. `pytest -m unit` is the fast loop (no server, no Redis).
+"""
 
 from __future__ import annotations
 
-import shutil
+import os
 import socket
 import subprocess
 import threading
@@ -10,58 +19,49 @@ import time
 from pathlib import Path
 
 import pytest
-import redis
+from hypothesis import settings as hypothesis_settings
+
+from scripts._servers import RedisServer, free_port  # noqa: F401  (the tests import them from here)
+
+# CI replays the same examples every run (a failure there is reproducible by rerunning);
+# elsewhere each run draws new ones. HYPOTHESIS_PROFILE picks either explicitly.
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+hypothesis_settings.register_profile("dev", print_blob=True)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
+
+KINDS = ("unit", "integration", "system")
+REDIS_FIXTURES = {"redis_server", "redis_client"}
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        marked = [kind for kind in KINDS if item.get_closest_marker(kind)]
+        if len(marked) > 1:
+            raise pytest.UsageError(f"{item.nodeid}: marked {' and '.join(marked)}; one kind per test")
+        if not marked:
+            item.add_marker("integration" if REDIS_FIXTURES & set(item.fixturenames) else "unit")
 
 
-class RedisServer:
-    """A throwaway redis-server process the tests own: start, stop, restart on the same port."""
+@pytest.fixture(autouse=True)
+def _kind_is_honest(request, monkeypatch):
+    """Fail a unit test that starts a process, or an integration test that starts one other than
+    redis-server: the mark would lie about what `pytest -m unit` or `-m "not system"` runs."""
+    node = request.node
+    if node.get_closest_marker("system"):
+        yield
+        return
+    kind = "unit" if node.get_closest_marker("unit") else "integration"
+    original = subprocess.Popen.__init__
 
-    def __init__(self, directory: Path, port: int | None = None, appendonly: bool = False):
-        self.directory = directory
-        self.port = port or free_port()
-        self.appendonly = appendonly
-        self.process: subprocess.Popen | None = None
+    def checked(self, args, *rest, **kwargs):
+        program = Path(str(args[0] if isinstance(args, (list, tuple)) else str(args).split()[0])).name
+        if kind == "unit" or program != "redis-server":
+            pytest.fail(f"a {kind} test started {program!r}: mark it "
+                        f"{'system' if program != 'redis-server' else 'integration'}", pytrace=False)
+        original(self, args, *rest, **kwargs)
 
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> "RedisServer":
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail("redis-server is not installed (make install puts it there)")
-        self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes" if self.appendonly else "no", "--dir", str(self.directory),
-             "--logfile", str(self.directory / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port, socket_timeout=0.2)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if client.ping():
-                    return self
-            except redis.RedisError:
-                time.sleep(0.02)
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-        self.process = None
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, decode_responses=True)
-
+    monkeypatch.setattr(subprocess.Popen, "__init__", checked)
+    yield
 
 
 class RedisRelay:

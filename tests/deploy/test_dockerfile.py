@@ -115,6 +115,7 @@ def test_dockerignore_lets_in_exactly_what_is_copied(stages):
     assert allowed == {source.rstrip("/") for source in context_sources(stages)}
 
 
+@pytest.mark.system
 def test_the_build_context_installs_a_complete_package(stages, tmp_path):
     context = tmp_path / "context"
     for source in context_sources(stages):
@@ -136,6 +137,7 @@ def run_health_check(health: Instruction, env: dict[str, str]) -> int:
     return subprocess.run([sys.executable, *command[1:]], env=env, capture_output=True, timeout=10).returncode
 
 
+@pytest.mark.system
 def test_the_image_command_serves_and_passes_its_health_check(stages, tiny_bundle, redis_server, tmp_path):
     runtime = final(stages)
     port = free_port()

@@ -42,6 +42,7 @@ def test_a_missing_file_is_refused(tiny_bundle, tmp_path):
         load_bundle(copy)
 
 
+@pytest.mark.system
 def test_cli_refuses_an_altered_bundle_in_one_line(tiny_bundle, tiny_data, tmp_path):
     copy = shutil.copytree(tiny_bundle, tmp_path / "bundle")
     with (copy / "profile.json").open("a") as handle:

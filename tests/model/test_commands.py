@@ -110,6 +110,7 @@ def test_evaluate_without_holdout_or_bundle(capsys, tiny_bundle, broken_data, tm
     assert (code, err) == (2, f"recguard evaluate: manifest.json: missing; {tmp_path} is not a recguard bundle\n")
 
 
+@pytest.mark.system
 def test_the_installed_command_reports_bad_data_without_a_traceback(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "proxy.cli.main", "train", "--data", str(tmp_path), "--out", str(tmp_path / "b")],

@@ -161,6 +161,7 @@ def test_alarms_are_shared_cleared_by_hand_for_the_data_seen_and_clear_themselve
     assert read_alarms(redis_client, PREFIX) == [] and not other.watch.observe(germans[0])
 
 
+@pytest.mark.integration  # starts a redis-server of its own
 def test_while_redis_is_down_the_last_alarms_stay_in_force(world, tmp_path):
     profile, clean = world
     server = RedisServer(tmp_path).start()

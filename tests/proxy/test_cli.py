@@ -4,7 +4,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from proxy.store.counters import Counters
+
+pytestmark = pytest.mark.system  # real gunicorn or child processes (tests/conftest.py)
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

@@ -13,6 +13,8 @@ from proxy.store.anomaly_query import AnomalyReport, query_anomalies
 from proxy.store.counters import Counters, make_redis_client
 from tests.conftest import RedisRelay, RedisServer, free_port
 
+pytestmark = pytest.mark.integration  # every test here writes to a real redis-server
+
 PREFIX = "recguard"
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc).timestamp()
 MINUTE0 = int(T0 // 60)

@@ -13,6 +13,8 @@ import pytest
 
 from tests.proxy.conftest import ProxyProcess
 
+pytestmark = pytest.mark.system  # real gunicorn or child processes (tests/conftest.py)
+
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--hide-scrollbars", "--window-size=1200,1500"]

@@ -36,6 +36,7 @@ def clear(proxy: ProxyProcess, headers: dict | None = None) -> requests.Response
     return requests.post(f"{proxy.url}/alarms/{ALARM}/clear", headers=headers or {}, timeout=10)
 
 
+@pytest.mark.system
 def test_a_market_in_pounds_is_quarantined_alone_shown_and_cleared(proxy, tiny_holdout, loaded_bundle):
     weight = loaded_bundle.profile["fields"]["weight_kg"]
     rng = random.Random(0)

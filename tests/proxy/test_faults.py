@@ -25,6 +25,8 @@ from proxy.store.counters import make_redis_client
 from tests.conftest import RedisRelay, RedisServer, free_port
 from tests.proxy.conftest import ProxyProcess
 
+pytestmark = pytest.mark.system  # real gunicorn or child processes (tests/conftest.py)
+
 BUDGET_S = 0.25
 """The default model budget (RECGUARD_MODEL_TIMEOUT_MS=250): no request may take longer during a fault."""
 

@@ -24,6 +24,8 @@ from hypothesis import strategies as st
 from tests.proxy.conftest import ProxyProcess
 from tests.proxy.test_faults import settle
 
+pytestmark = pytest.mark.system  # real gunicorn or child processes (tests/conftest.py)
+
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "1200"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
                 suppress_health_check=list(HealthCheck))

@@ -8,12 +8,15 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import redis
 
 from model.bundle import load_bundle
 from proxy.drift.watch import cells_from_profile
 from tests.proxy.conftest import ProxyProcess
 from tests.proxy.test_faults import settle
+
+pytestmark = pytest.mark.system  # real gunicorn or child processes (tests/conftest.py)
 
 # Commands that name no key, or exactly one (their first argument); EVALSHA is checked apart.
 KEYLESS = {"PING", "HELLO", "CLIENT", "SCRIPT", "INFO", "SELECT", "COMMAND"}

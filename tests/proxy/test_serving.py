@@ -14,6 +14,8 @@ import requests
 from tests.conftest import RedisServer
 from tests.proxy.conftest import ProxyProcess, merged_names, renamed_email
 
+pytestmark = pytest.mark.system  # real gunicorn or child processes (tests/conftest.py)
+
 
 def wait_for(condition, timeout: float = 10.0, interval: float = 0.05):
     deadline = time.monotonic() + timeout

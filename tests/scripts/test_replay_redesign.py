@@ -8,6 +8,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.system  # real gunicorn or child processes (tests/conftest.py)
+
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "replay_redesign.py"
 PHASES = ["baseline", "history_dropped", "email_renamed", "name_merged", "weight_lbs", "new_market", "all_changes"]
 KEYS = {"name", "unguarded_hit_rate@10", "guarded_hit_rate@10", "fallback_hit_rate@10", "fallback_rate",
