@@ -35,7 +35,8 @@ bind = _settings.server.bind
 workers = _settings.server.workers
 # gunicorn quietly swaps sync for gthread when threads > 1: sync means one thread
 threads = _settings.server.threads if _settings.server.worker_class == "gthread" else 1
-worker_class = _settings.server.worker_class
+# sync is gunicorn's sync worker plus a drain of the listen backlog on SIGTERM (proxy/http/workers.py)
+worker_class = "proxy.http.workers.SyncWorker" if _settings.server.worker_class == "sync" else _settings.server.worker_class
 timeout = 30
 graceful_timeout = 10
 keepalive = 5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -36,7 +37,8 @@ def proxy(request, tiny_bundle, redis_server, redis_client, tmp_path):
     """Both worker classes a deployment can choose (RECGUARD_WORKER_CLASS)."""
     server = ProxyProcess(tiny_bundle, redis_server.url, "--worker-class", request.param, workers=2,
                           log_path=tmp_path / "proxy.log").start()
-    assert f"Using worker: {request.param}" in (tmp_path / "proxy.log").read_text()
+    worker = {"sync": "proxy.http.workers.SyncWorker", "gthread": "gthread"}[request.param]
+    assert f"Using worker: {worker}" in (tmp_path / "proxy.log").read_text()
     yield server
     server.stop()
 
@@ -106,11 +108,13 @@ def test_redis_stopped_and_restarted_no_failed_request_and_no_lost_count(tiny_bu
         redis.stop()
 
 
-def test_sigterm_flushes_pending_counts(tiny_bundle, redis_server, redis_client, tiny_holdout):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGQUIT], ids=["SIGTERM", "SIGINT", "SIGQUIT"])
+def test_a_stop_signal_flushes_pending_counts(tiny_bundle, redis_server, redis_client, tiny_holdout, sig):
+    """Graceful (SIGTERM) or quick (SIGINT, SIGQUIT): every worker flushes before it exits."""
     proxy = ProxyProcess(tiny_bundle, redis_server.url, "--flush-interval", "30", workers=2).start()
     for body in tiny_holdout[:20]:
         assert proxy.predict(body).status_code == 200
-    assert proxy.stop() == 0
+    assert proxy.stop(sig) == 0
     buckets = [redis_client.hgetall(key) for key in redis_client.keys("recguard:m:*")]
     assert sum(int(bucket.get("requests", 0)) for bucket in buckets) == 20
 
