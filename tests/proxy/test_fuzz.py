@@ -18,7 +18,7 @@ import uuid
 
 import pytest
 import requests
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.proxy.conftest import ProxyProcess
@@ -27,8 +27,7 @@ from tests.proxy.test_faults import settle
 pytestmark = pytest.mark.system  # real gunicorn or child processes (tests/conftest.py)
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "1200"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
-                suppress_health_check=list(HealthCheck))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None)
 
 scalars = (st.none() | st.booleans() | st.integers() | st.integers(min_value=-10**400, max_value=10**400)
            | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=40)
@@ -155,7 +154,9 @@ def test_generated_bodies_headers_and_content_types_never_5xx_and_counts_stay_ex
 
 
 def raw_request(port: int, data: bytes) -> bytes:
-    """Send raw bytes, half-close, read until the server closes or goes quiet."""
+    """Send raw bytes, half-close, read until the server closes. A server that goes quiet for 5 s
+    raises socket.timeout (the test fails); a reset ends the read with what came before it (a
+    server that answered 413 and hung up on the rest of a large body resets the connection)."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         try:
             sock.sendall(data)
@@ -166,7 +167,7 @@ def raw_request(port: int, data: bytes) -> bytes:
         try:
             while chunk := sock.recv(65536):
                 chunks.append(chunk)
-        except (socket.timeout, ConnectionResetError):
+        except ConnectionResetError:
             pass
     return b"".join(chunks)
 
@@ -215,7 +216,10 @@ def test_raw_http_with_hostile_framing_never_5xx_nor_kills_a_worker(fuzzed_proxy
         nonlocal answered
         reply = raw_request(proxy.port, data)
         # every response on the connection (a lying Content-Length leaves a second, garbage request)
-        for status_line in [line for line in reply.split(b"\r\n") if line.startswith(b"HTTP/1.")]:
+        status_lines = [line for line in reply.split(b"\r\n") if line.startswith(b"HTTP/1.")]
+        # every request gets an HTTP answer, if only gunicorn's 400: a bare close would be a failure
+        assert status_lines, f"closed without an answer: {data[:200]!r}"
+        for status_line in status_lines:
             status = int(status_line.split()[1])
             assert status < 500, reply[:400]
             answered += status == 200
@@ -224,7 +228,6 @@ def test_raw_http_with_hostile_framing_never_5xx_nor_kills_a_worker(fuzzed_proxy
     assert sorted(proxy.worker_pids()) == workers
     assert proxy.predict(random.choice(tiny_holdout)).status_code == 200
     answered += 1
-    time.sleep(0.3)
     assert settle(client, before + answered, prefix=proxy.prefix) == before + answered
 
 

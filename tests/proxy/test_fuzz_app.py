@@ -20,7 +20,7 @@ from collections import Counter
 from urllib.parse import quote
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.http.app import create_app
@@ -28,7 +28,7 @@ from proxy.settings import Settings
 from tests.proxy.test_fuzz import bodies, content_types, header_names, header_values
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "600"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None)
 PREDICTION_KEYS = {"items", "scores", "source", "model_version", "anomalies"}
 
 # bytes that are not UTF-8 (lone continuation bytes, overlongs, surrogates encoded, truncated
@@ -127,7 +127,7 @@ query_text = st.text(max_size=30) | st.sampled_from(["15m", "1h", "-5m", "0m", "
                                                      "2026-13-45T99:99:99", "nan", "inf", "1e400", ""])
 
 
-@settings(max_examples=max(100, EXAMPLES // 2), deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=max(100, EXAMPLES // 2), deadline=None, database=None)
 @given(since=query_text, until=st.none() | query_text, field=st.none() | query_text, kind=st.none() | query_text)
 def test_generated_anomaly_queries_never_5xx(apps, since, until, field, kind):
     guarded = apps[0]
@@ -138,7 +138,7 @@ def test_generated_anomaly_queries_never_5xx(apps, since, until, field, kind):
     assert response.mimetype == "application/json"
 
 
-@settings(max_examples=max(100, EXAMPLES // 4), deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=max(100, EXAMPLES // 4), deadline=None, database=None)
 @given(alarm_id=st.text(min_size=1, max_size=60).filter(lambda s: "/" not in s and s not in (".", "..")),
        authorization=st.none() | header_values | st.just("Bearer s3cret-token"))
 def test_generated_alarm_clears_never_5xx_and_never_pass_without_the_token(apps, alarm_id, authorization):
