@@ -209,7 +209,8 @@ def test_bundle_that_fails_to_load_keeps_the_worker_alive_and_unready(settings, 
             time.sleep(0.02)
         answer = client.get("/readyz")
         assert answer.status_code == 503 and "manifest.json" in answer.get_json()["error"]
-        assert client.post("/predict", json={}).get_json() == {"error": "model not loaded yet"}
+        refused = client.post("/predict", json={})
+        assert refused.status_code == 503 and refused.get_json() == {"error": "model not loaded yet"}
         assert client.get("/livez").status_code == 200
     finally:
         app.extensions["recguard"].close()

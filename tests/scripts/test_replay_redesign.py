@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,24 +16,27 @@ PHASES = ["baseline", "history_dropped", "email_renamed", "name_merged", "weight
 KEYS = {"name", "unguarded_hit_rate@10", "guarded_hit_rate@10", "fallback_hit_rate@10", "fallback_rate",
         "requests_to_detection", "anomalies", "feedback_events", "model_answer_hit_rate@10", "live_model_hit_rate@10",
         "feedback_to_quality_alarm"}
-PER_PHASE = 60
+PER_PHASE = 200
 
 
 def test_short_replay_writes_the_report_the_table_and_the_picture(tiny_bundle, tiny_data, tmp_path):
-    started = time.monotonic()
     run = subprocess.run([sys.executable, str(SCRIPT), "--bundle", str(tiny_bundle), "--data", str(tiny_data),
                           "--out", str(tmp_path), "--requests-per-phase", str(PER_PHASE)],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
-    assert time.monotonic() - started < 60
 
     phases = json.loads((tmp_path / "report.json").read_text())["phases"]
     assert [phase["name"] for phase in phases] == PHASES
     assert all(set(phase) == KEYS for phase in phases)
     by_name = {phase["name"]: phase for phase in phases}
+    # the README's headline: in every phase recguard does at least as well as the fallback alone,
+    # and the markets in pounds are caught (a detection figure in both phases that switch them)
     for phase in phases:
-        for key in ("unguarded_hit_rate@10", "guarded_hit_rate@10", "fallback_hit_rate@10", "fallback_rate"):
-            assert 0 <= phase[key] <= 1
+        assert phase["guarded_hit_rate@10"] >= phase["fallback_hit_rate@10"], phase
+    for name in ("weight_lbs", "all_changes"):
+        assert by_name[name]["requests_to_detection"] is not None, by_name[name]
+        assert by_name[name]["anomalies"]["drift_quarantine"] > 0 and by_name[name]["fallback_rate"] > 0
+    assert by_name["baseline"]["requests_to_detection"] is None
 
     # nothing routes before the weights change: the proxy answers exactly what the model would
     for name in ("baseline", "email_renamed", "name_merged"):
