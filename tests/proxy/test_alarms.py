@@ -93,7 +93,7 @@ def test_hundred_thousand_clean_requests_raise_no_alarm(world, redis_client):
 
 
 @pytest.mark.parametrize("light_only", [True, False], ids=["every-value-inside-the-range", "every-shopper"])
-def test_a_market_switching_to_pounds_is_quarantined_within_200_of_its_requests(world, redis_client, light_only):
+def test_a_market_switching_to_pounds_is_quarantined_within_twice_the_documented_count(world, redis_client, light_only):
     profile, clean = world
     heaviest_kg = profile["fields"]["weight_kg"]["max"] / POUNDS_PER_KG
     germans = [body for body in clean if body["country"] == "DE" and (body["weight_kg"] <= heaviest_kg or not light_only)]
@@ -118,7 +118,9 @@ def test_a_market_switching_to_pounds_is_quarantined_within_200_of_its_requests(
                 detected_after = german_requests
         else:
             assert anomalies == ()
-    assert detected_after is not None and detected_after <= 200
+    # docs/drift.md: 26-41 of the market's requests; held to twice that (simulated clock, seeded: no
+    # timing noise). Without the watch's early evidence, as here, it takes 73-76.
+    assert detected_after is not None and detected_after <= 2 * 41, detected_after
     # light Germans only are also shorter Germans: height_cm:DE may rightly alarm too
     alarms = {alarm.id: alarm for alarm in read_alarms(redis_client, PREFIX)}
     assert {alarm.segment for alarm in alarms.values()} == {"DE"} and "weight_kg:DE" in alarms

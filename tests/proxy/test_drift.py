@@ -418,7 +418,7 @@ def test_the_watch_wakes_the_flusher_once_its_recent_values_alone_look_shifted()
 
 
 @pytest.mark.parametrize("rate", [400, 2_000, 10_000])
-def test_a_busy_market_switching_to_pounds_is_quarantined_within_200_of_its_requests(clean_world, redis_client, rate):
+def test_a_busy_market_switching_to_pounds_is_quarantined_within_twice_the_documented_count(clean_world, redis_client, rate):
     """Two workers on a simulated clock with the default settings: each flushes and refreshes every
     flush interval, and at once (at most every tenth of an interval) when its watch wakes it. US, the
     largest market (about a quarter of the traffic), switches to pounds, light shoppers only: every
@@ -483,7 +483,9 @@ def test_a_busy_market_switching_to_pounds_is_quarantined_within_200_of_its_requ
             next_tick += defaults.redis.flush_interval
             for each in workers:
                 each.tick()
-    assert 0 < detected_after <= 200, f"{us_requests} requests of the market, no quarantine"
+    # docs/drift.md: 26-37 of the market's requests at 400 requests/s, 29-41 at 2,000 (default bundle);
+    # held to twice the documented 41 (a simulated clock and a seeded draw: no timing noise)
+    assert 0 < detected_after <= 2 * 41, f"{us_requests} requests of the market, quarantined after {detected_after}"
     assert {alarm.segment for alarm in read_alarms(redis_client, "recguard")} == {"US"}
 
 
