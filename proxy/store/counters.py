@@ -83,6 +83,9 @@ _TRANSIENT_PREFIXES = ("BUSY", "NOREPLICAS")
 
 Number = int | float
 
+EARLY_FLUSHES_PER_INTERVAL = 10
+"""`flush_soon` flushes at once, but at most this many times per flush interval."""
+
 
 def make_redis_client(url: str, timeout: float = 0.25) -> redis.Redis:
     """A client for the counter and query paths: fails fast, never retries on its own.
@@ -302,8 +305,8 @@ class Counters:
                     step()
                 except Exception:  # the flusher must outlive any bug; the next interval tries again
                     log.exception("counter flush step raised", extra={"step": getattr(step, "__qualname__", "?")})
-            if woken and self._stop.wait(self._interval / 10):
-                # early flushes come at most ten times an interval, whatever keeps asking for them
+            if woken and self._stop.wait(self._interval / EARLY_FLUSHES_PER_INTERVAL):
+                # early flushes come at most EARLY_FLUSHES_PER_INTERVAL times an interval, whatever keeps asking
                 return
 
     def _write_unsent(self) -> bool:

@@ -425,7 +425,7 @@ def test_a_busy_market_switching_to_pounds_is_quarantined_within_twice_the_docum
     value inside the training range."""
     from proxy.drift.alarms import AlarmMonitor, read_alarms
     from proxy.settings import Settings
-    from proxy.store.counters import Counters
+    from proxy.store.counters import EARLY_FLUSHES_PER_INTERVAL, Counters
 
     profile, holdout = clean_world
     defaults = Settings()
@@ -476,7 +476,9 @@ def test_a_busy_market_switching_to_pounds_is_quarantined_within_twice_the_docum
                 detected_after = us_requests
                 break
         now[0] += step
-        if worker.woken and now[0] - worker.early_at >= defaults.redis.flush_interval / 10:
+        # the flusher's throttle on the simulated clock (the real one, a thread on real time, is
+        # tested in test_counters.py::test_flush_soon_flushes_at_once_but_at_most_ten_times_an_interval)
+        if worker.woken and now[0] - worker.early_at >= defaults.redis.flush_interval / EARLY_FLUSHES_PER_INTERVAL:
             worker.early_at = now[0]
             worker.tick()
         if now[0] >= next_tick:
