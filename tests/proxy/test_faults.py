@@ -28,14 +28,15 @@ from tests.proxy.conftest import ProxyProcess
 pytestmark = pytest.mark.system  # real gunicorn or child processes (tests/conftest.py)
 
 BUDGET_S = 0.25
-"""The default model budget (RECGUARD_MODEL_TIMEOUT_MS=250): no request may take longer during a fault."""
+"""The default model budget (RECGUARD_MODEL_TIMEOUT_MS=250): no request may wait on a fault that long."""
 
 
-def budget() -> float:
-    """BUDGET_S, stretched while the machine runs more than it has cores (other test runs): then
-    scheduling delays alone can pass it. A request waiting on Redis would still show in the
-    medians compared below."""
-    return BUDGET_S * max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+def p99(seconds: list[float]) -> float:
+    """The 99th percentile of request times. The tolerance: 1 request in 100 may pass the budget,
+    for the scheduling stalls of a shared 2-core machine; a request path that waited on Redis
+    (or on the model past its budget) would put every request of the fault window past it."""
+    assert seconds, "no request was sent during the fault"
+    return float(np.percentile(seconds, 99))
 
 
 @dataclass(frozen=True)
@@ -143,10 +144,8 @@ def durable(server: RedisServer) -> RedisServer:
     return server
 
 
-def slowest(outcomes: list[Outcome], start: float, end: float) -> float:
-    during = [outcome.seconds for outcome in outcomes if start <= outcome.started <= end]
-    assert during, "no request was sent during the fault"
-    return max(during)
+def during(outcomes: list[Outcome], start: float, end: float) -> list[float]:
+    return [outcome.seconds for outcome in outcomes if start <= outcome.started <= end]
 
 
 @pytest.fixture
@@ -187,10 +186,10 @@ def test_redis_killed_under_traffic_no_failed_or_slow_request_and_exact_counts(
             time.sleep(1.0)
         outcomes = traffic.outcomes
         assert {outcome.status for outcome in outcomes} == {200}
-        assert slowest(outcomes, down_at, up_at) < budget()
+        down = during(outcomes, down_at, up_at)
+        assert p99(down) < BUDGET_S
         before = [outcome.seconds for outcome in outcomes if outcome.started < down_at]
-        during = [outcome.seconds for outcome in outcomes if down_at <= outcome.started <= up_at]
-        assert np.median(during) < 2 * np.median(before) + 0.005, (np.median(before), np.median(during))
+        assert np.median(down) < 2 * np.median(before) + 0.005, (np.median(before), np.median(down))
         assert settle(aof_redis.client(), len(outcomes)) == len(outcomes)
         assert redis_state(proxy) == "up"
     finally:
@@ -219,10 +218,10 @@ def test_slow_redis_does_not_slow_requests_and_counts_stay_exact(redis_server, r
             time.sleep(0.5)
         outcomes = traffic.outcomes
         assert {outcome.status for outcome in outcomes} == {200}
-        before = sorted(outcome.seconds for outcome in outcomes if outcome.started < slow_at)
-        during = sorted(outcome.seconds for outcome in outcomes if slow_at <= outcome.started <= fast_at)
-        assert max(during) < budget()
-        assert np.median(during) < 2 * np.median(before) + 0.005, (np.median(before), np.median(during))
+        before = [outcome.seconds for outcome in outcomes if outcome.started < slow_at]
+        slow = during(outcomes, slow_at, fast_at)
+        assert p99(slow) < BUDGET_S
+        assert np.median(slow) < 2 * np.median(before) + 0.005, (np.median(before), np.median(slow))
         # retried flushes that Redis had applied already are not applied again
         assert settle(redis_client, len(outcomes)) == len(outcomes)
     finally:
@@ -340,7 +339,7 @@ def test_failing_or_slow_model_under_gunicorn_answered_by_the_fallback(
         # the bundle's scorer runs on the request thread: every call is found past a 1 µs budget
         # (tests/proxy/test_app.py holds a hanging model, run on the budget pool, to 50 ms)
         assert fallback == len(outcomes)
-        assert max(outcome.seconds for outcome in outcomes) < budget()
+        assert p99([outcome.seconds for outcome in outcomes]) < BUDGET_S
         assert proxy.worker_pids() == pids and proxy.get("/readyz").status_code == 200
         report = wait_for(lambda: (r := proxy.get("/anomalies?since=5m").json())["requests"] == len(outcomes) and r)
         assert report["by_field_kind"]["model"] == {kind: fallback}
