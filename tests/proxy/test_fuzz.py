@@ -13,7 +13,6 @@ import math
 import os
 import random
 import socket
-import time
 import uuid
 
 import pytest

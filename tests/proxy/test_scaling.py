@@ -9,7 +9,6 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import redis
 
 from model.bundle import load_bundle
 from proxy.drift.watch import cells_from_profile
