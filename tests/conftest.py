@@ -42,26 +42,37 @@ def pytest_collection_modifyitems(items) -> None:
             item.add_marker("integration" if REDIS_FIXTURES & set(item.fixturenames) else "unit")
 
 
-@pytest.fixture(autouse=True)
-def _kind_is_honest(request, monkeypatch):
+_current: list = [None]
+"""The test being set up, run or torn down (its fixtures included, whatever their scope)."""
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    _current[0] = item
+    try:
+        return (yield)
+    finally:
+        _current[0] = None
+
+
+_popen_init = subprocess.Popen.__init__
+
+
+def _checked_popen_init(self, args, *rest, **kwargs):
     """Fail a unit test that starts a process, or an integration test that starts one other than
-    redis-server: the mark would lie about what `pytest -m unit` or `-m "not system"` runs."""
-    node = request.node
-    if node.get_closest_marker("system"):
-        yield
-        return
-    kind = "unit" if node.get_closest_marker("unit") else "integration"
-    original = subprocess.Popen.__init__
-
-    def checked(self, args, *rest, **kwargs):
+    redis-server (fixtures of any scope count for the test they are set up for): the mark would lie
+    about what `pytest -m unit` or `-m "not system"` runs."""
+    item = _current[0]
+    if item is not None and not item.get_closest_marker("system"):
         program = Path(str(args[0] if isinstance(args, (list, tuple)) else str(args).split()[0])).name
+        kind = "unit" if item.get_closest_marker("unit") else "integration"
         if kind == "unit" or program != "redis-server":
-            pytest.fail(f"a {kind} test started {program!r}: mark it "
-                        f"{'system' if program != 'redis-server' else 'integration'}", pytrace=False)
-        original(self, args, *rest, **kwargs)
+            needed = "system" if program != "redis-server" else "integration"
+            pytest.fail(f"{item.nodeid}: a {kind} test started {program!r}: mark it {needed}", pytrace=False)
+    _popen_init(self, args, *rest, **kwargs)
 
-    monkeypatch.setattr(subprocess.Popen, "__init__", checked)
-    yield
+
+subprocess.Popen.__init__ = _checked_popen_init
 
 
 class RedisRelay:

@@ -137,6 +137,7 @@ def test_a_few_unknown_references_are_dropped_and_counted(tmp_path):
     assert (data.interactions, data.dropped) == (300, 1)
 
 
+@pytest.mark.system
 def test_the_cli_reports_a_bad_declaration_in_one_line_exit_2(tmp_path):
     root = write(tmp_path, toml=TOML.replace('segment = "job"', 'segmnet = "job"'))
     for command in (["train", "--data", str(root), "--out", str(tmp_path / "b")],

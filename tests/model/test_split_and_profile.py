@@ -86,6 +86,7 @@ def guard_bundle(split_data, tmp_path_factory):
     return out
 
 
+@pytest.mark.system
 def test_profile_writes_a_guard_only_bundle_without_importing_torch(guard_bundle, tiny_data):
     assert sorted(p.name for p in guard_bundle.iterdir()) == sorted([MANIFEST, *GUARD_FILES])
     bundle = load_bundle(guard_bundle)
@@ -94,12 +95,14 @@ def test_profile_writes_a_guard_only_bundle_without_importing_torch(guard_bundle
     assert bundle.profile["segment_field"] == "country" and bundle.profile["fields"]["weight_kg"]["role"] == "feature"
 
 
+@pytest.mark.system
 def test_evaluate_on_a_guard_only_bundle_scores_its_fallback(capsys, guard_bundle, split_data):
     assert main(["evaluate", "--bundle", str(guard_bundle), "--data", str(split_data)]) == 0
     figures = json.loads(capsys.readouterr().out)
     assert set(figures) == {"popularity", "holdout_users"} and figures["holdout_users"] == 40
 
 
+@pytest.mark.system
 def test_held_out_requests_pass_check_against_a_guard_only_bundle(guard_bundle, split_data, tmp_path):
     bodies = tmp_path / "bodies.jsonl"
     lines = [json.dumps(json.loads(line)["request"]) for line in (split_data / "holdout.jsonl").read_text().splitlines()]
@@ -107,6 +110,7 @@ def test_held_out_requests_pass_check_against_a_guard_only_bundle(guard_bundle, 
     assert main(["check", "--bundle", str(guard_bundle), str(bodies)]) == 0
 
 
+@pytest.mark.system
 def test_serve_refuses_a_guard_only_bundle_without_an_upstream(guard_bundle):
     result = subprocess.run([sys.executable, "-m", "proxy.cli.main", "serve", "--bundle", str(guard_bundle)],
                             capture_output=True, text=True, timeout=60)

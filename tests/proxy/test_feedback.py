@@ -180,6 +180,7 @@ def test_the_holdback_is_a_stable_share_of_users_answered_by_the_fallback(tiny_b
         application.extensions["recguard"].close()
 
 
+@pytest.mark.integration  # starts a redis-server of its own
 def test_feedback_while_redis_is_down_is_accepted_and_counted_when_it_is_back(tiny_bundle, loaded_bundle, tiny_holdout,
                                                                              tmp_path):
     # with an append-only file, so what was written before the outage survives the restart

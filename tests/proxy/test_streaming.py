@@ -15,6 +15,8 @@ from model.train import TrainConfig, train
 from proxy.cli.main import main
 from tests.proxy.conftest import ProxyProcess
 
+pytestmark = pytest.mark.system  # real gunicorn or child processes (tests/conftest.py)
+
 
 @pytest.fixture(scope="module")
 def streaming_data(tmp_path_factory):

@@ -5,9 +5,13 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from proxy.quality.feedback import Event, FeedbackLedger
 from proxy.quality.tickets import Ticket
 from proxy.store.counters import Counters
+
+pytestmark = pytest.mark.system  # real gunicorn or child processes (tests/conftest.py)
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

@@ -2,6 +2,7 @@
 
 from datetime import datetime, timezone
 
+import pytest
 import redis
 
 from proxy.quality.alarm import QualityMonitor, QualityThresholds
@@ -62,6 +63,7 @@ def test_hits_ranks_and_duplicates(redis_server, redis_client):
     assert group["interval"][0] < 0.25 < group["interval"][1]
 
 
+@pytest.mark.integration  # starts a redis-server of its own
 def test_feedback_waits_while_redis_is_down_and_counts_once_back(tmp_path):
     server = RedisServer(tmp_path, port=free_port()).start()
     client = make_redis_client(server.url)

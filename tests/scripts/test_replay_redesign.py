@@ -22,7 +22,7 @@ PER_PHASE = 200
 def test_short_replay_writes_the_report_the_table_and_the_picture(tiny_bundle, tiny_data, tmp_path):
     run = subprocess.run([sys.executable, str(SCRIPT), "--bundle", str(tiny_bundle), "--data", str(tiny_data),
                           "--out", str(tmp_path), "--requests-per-phase", str(PER_PHASE)],
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
 
     phases = json.loads((tmp_path / "report.json").read_text())["phases"]
