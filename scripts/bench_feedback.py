@@ -34,7 +34,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_proxy import WRK_SCRIPT, Server, free_port, load_average, run_wrk, start_redis, write_mixes  # noqa: E402
+from _servers import free_port, start_redis  # noqa: E402  (same directory)
+from bench_proxy import WRK_SCRIPT, Server, load_average, run_wrk, write_mixes  # noqa: E402
 
 SECRET = "bench-secret"
 FEEDBACK_SCRIPT = r"""
@@ -142,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="recguard-bench-feedback-") as scratch:
         work = Path(scratch)
-        redis_process, redis_url = start_redis(work)
+        redis_server = start_redis(work)
+        redis_url = redis_server.url
         port = free_port()
         env = {key: value for key, value in os.environ.items() if not key.startswith("RECGUARD_")}
         env.update({"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "RECGUARD_LOG_LEVEL": "WARNING",
@@ -181,8 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                           file=sys.stderr, flush=True)
         finally:
             server.stop()
-            redis_process.terminate()
-            redis_process.wait()
+            redis_server.stop()
 
     alone = statistics.median(run["rps"] for run in runs["alone"])
     beside = statistics.median(run["rps"] for run in runs["feedback"])
