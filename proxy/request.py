@@ -85,6 +85,9 @@ def parse_predict_body(body: bytes, *, default_k: int, max_k: int, max_history: 
     k = payload.get(K_FIELD, default_k)
     if k is None:
         k = default_k
+    # JSON has numbers, not integers: 10.0 and 1e1 are the integer 10 (as JSON Schema says), 10.5 is not
+    if isinstance(k, float) and k.is_integer():
+        k = int(k)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= max_k:
         raise BadRequest(f"k must be an integer from 1 to {max_k}")
 

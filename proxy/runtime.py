@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 import redis
 
 from model.bundle import Bundle
-from proxy.drift.alarms import AlarmMonitor
+from proxy.drift.alarms import AlarmMonitor, user_hash_key
 from proxy.drift.watch import DriftWatch, Thresholds, cells_from_profile
 from proxy.guard.anomaly import QUALITY_QUARANTINE, Anomaly
 from proxy.guard.checks import Guard
@@ -111,6 +111,7 @@ class Runtime:
         if settings.guard.enabled:
             guard = build_guard(bundle, settings)
             if self.counters is not None:
+                self.counters.know_names(metrics.known_fields)
                 recorders.append(self.counters)
                 if self.redis_client is not None:
                     drift, alarms = self._drift(profile, metrics)
@@ -135,9 +136,11 @@ class Runtime:
         settings = self.settings
         series = Series("d", settings.drift.slot_seconds, settings.drift.window_seconds + 60)
         cells = cells_from_profile(profile)
-        thresholds = Thresholds(settings.drift.alarm_z_score, settings.drift.alarm_effect_size, settings.drift.alarm_min_count)
+        drift = settings.drift
+        thresholds = Thresholds(drift.alarm_z_score, drift.alarm_effect_size, drift.alarm_min_count, drift.alarm_min_users)
+        key = user_hash_key(self.redis_client, settings.redis.prefix, drift.user_hash_key)
         watch = DriftWatch(profile, cells, series, self.counters.add_many, thresholds=thresholds,
-                           wake=self.counters.flush_soon)
+                           wake=self.counters.flush_soon, user_key=key, user_window=drift.window_seconds)
         monitor = AlarmMonitor(
             self.redis_client, settings.redis.prefix, cells, series,
             window_slots=math.ceil(settings.drift.window_seconds / settings.drift.slot_seconds),
@@ -145,7 +148,7 @@ class Runtime:
             # a slot stays open to late writes for one flush interval of every worker
             open_slots=math.ceil(settings.redis.flush_interval / settings.drift.slot_seconds) + 1,
             listeners=[watch.quarantine, lambda active: metrics.alarms.set(len(active))],
-            recent=watch.take_recent,
+            recent=watch.take_recent, cleared=watch.forget_before,
         )
         # alarms other workers raised apply from this worker's first request on
         monitor.refresh()

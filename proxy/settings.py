@@ -19,6 +19,8 @@ from model.errors import RecguardError
 
 ENV_PREFIX = "RECGUARD_"
 WORKER_CLASSES = ("sync", "gthread")
+SECRET_SETTINGS = frozenset({"admin_token", "user_hash_key"})
+"""Never shown in an error message or a log line."""
 
 
 class SettingsError(RecguardError):
@@ -143,6 +145,10 @@ class DriftSettings:
     """... and this many training standard deviations from it (practically large); it clears below half of that."""
     alarm_min_count: int = setting("alarm_min_count", 20)
     """Values a drift window needs before it can raise or clear an alarm."""
+    alarm_min_users: int = setting("alarm_min_users", 20)
+    """Distinct users those values must come from: one client repeating itself is no evidence."""
+    user_hash_key: str = setting("user_hash_key", "", repr=False)
+    """Key that hashes user ids before they reach Redis; empty: a random key kept in Redis."""
 
     def checks(self) -> list[tuple[bool, str, str]]:
         return [
@@ -151,6 +157,9 @@ class DriftSettings:
             (self.alarm_z_score >= 1, "alarm_z_score", "at least 1"),
             (self.alarm_effect_size > 0, "alarm_effect_size", "positive"),
             (self.alarm_min_count >= 2, "alarm_min_count", "at least 2"),
+            (1 <= self.alarm_min_users <= self.alarm_min_count, "alarm_min_users", "in 1..alarm_min_count"),
+            (not self.user_hash_key or len(self.user_hash_key) >= 8, "user_hash_key",
+             "empty or at least 8 characters"),
         ]
 
 
@@ -261,6 +270,8 @@ class Settings:
             for ok, name, expected in getattr(self, group.name).checks():
                 if not ok:
                     shown = redact_url(self.redis.url) if name == "redis_url" else self.flat()[name]
+                    if name in SECRET_SETTINGS:
+                        shown = f"<{len(shown)} characters>"
                     raise SettingsError(f"{ENV_PREFIX}{name.upper()}: expected {expected}, got {shown!r}")
 
 

@@ -10,8 +10,9 @@ same windows and so agree; the hash is the one truth, and the monitor hands its 
 `DriftWatch` (quarantine) and to the metrics.
 
 Layout, one key so Redis Cluster never sees a multi-key command: `<prefix>:alarms`, fields
-`alarm:<id>` (the alarm as JSON) and `cleared:<id>` (when it was last cleared, by hand or because
-its window was back to normal). A cleared cell is judged only on slots that began after that
+`alarm:<id>` (the alarm as JSON), `cleared:<id>` (when it was last cleared, by hand or because
+its window was back to normal) and `user_hash_key` (the deployment's key for hashing user ids,
+unless RECGUARD_USER_HASH_KEY sets one). A cleared cell is judged only on slots that began after that
 moment: the data that raised the alarm cannot raise it again (no flapping while old values
 leave the window), new data can. A raise is written only if no one cleared the cell since the
 hash was read (a check-and-set script), so a clear is never undone by a stale judge.
@@ -19,8 +20,10 @@ hash was read (a check-and-set script), so a clear is never undone by a stale ju
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -30,7 +33,17 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import redis
 
-from proxy.drift.watch import Cell, Evidence, Shift, Thresholds, describe, judge, nested_windows
+from proxy.drift.watch import (
+    USER_FIELD_PREFIX,
+    Cell,
+    Evidence,
+    Shift,
+    Thresholds,
+    describe,
+    distinct_prefix,
+    judge,
+    nested_windows,
+)
 from proxy.store.counters import Series
 
 log = logging.getLogger("recguard.alarms")
@@ -38,6 +51,7 @@ log = logging.getLogger("recguard.alarms")
 DRIFT = "drift"
 _ALARM = "alarm:"
 _CLEARED = "cleared:"
+_HASH_KEY = "user_hash_key"
 
 # KEYS[1]: the alarm hash. ARGV: id, the manual-clear marker the judge saw ("" for none), alarm JSON.
 # Returns -1 when a clear came in between, else the number of new fields (1: raised, 0: updated).
@@ -108,6 +122,28 @@ def alarms_key(prefix: str) -> str:
     return f"{prefix}:alarms"
 
 
+def user_hash_key(client: redis.Redis, prefix: str, configured: str = "") -> bytes:
+    """The deployment's key for hashing user ids: RECGUARD_USER_HASH_KEY when set, else a random key
+    created once in the alarm hash (field `user_hash_key`, HSETNX: the first worker to start wins)
+    and read by every worker and replica of the deployment.
+
+    With Redis unreachable at start and no key configured, a key of this process's own: its users
+    then hash apart from other workers', so one user may count once per worker (docs/drift.md)."""
+    if configured:
+        # any length of text: BLAKE2b takes keys of at most 64 bytes
+        return hashlib.sha256(configured.encode()).hexdigest().encode()
+    try:
+        client.hsetnx(alarms_key(prefix), _HASH_KEY, secrets.token_hex(32))
+        shared = client.hget(alarms_key(prefix), _HASH_KEY)
+    except redis.RedisError as exc:
+        log.warning("user hash key not read: redis unreachable, using a key of this worker",
+                    extra={"error": type(exc).__name__})
+        shared = None
+    if isinstance(shared, bytes):
+        shared = shared.decode()
+    return (shared if isinstance(shared, str) else secrets.token_hex(32)).encode()
+
+
 def read_alarms(client: redis.Redis, prefix: str) -> list[Alarm]:
     """The active alarms, oldest first, straight from Redis (for `recguard anomalies`)."""
     state = client.hgetall(alarms_key(prefix))
@@ -134,6 +170,7 @@ class AlarmMonitor:
         open_slots: int = 2,
         listeners: Sequence[Callable[[list[Alarm]], None]] = (),
         recent: Callable[[], Mapping[str, Evidence]] | None = None,
+        cleared: Callable[[Mapping[str, float]], None] | None = None,
         clock: Callable[[], float] = time.time,
     ):
         self._client = client
@@ -145,10 +182,13 @@ class AlarmMonitor:
         self._open_slots = open_slots
         self._thresholds = thresholds
         self._fields = [name for cell in self._cells for name in cell.fields]
-        # slot -> (cells x 3) array of count, sum, sum of squares, for slots that no longer change
-        self._settled: dict[int, np.ndarray] = {}
+        # slot -> ((cells x 3) array of count, sum, sum of squares; segment -> users marked), for
+        # slots that no longer change
+        self._settled: dict[int, tuple[np.ndarray, dict[str, frozenset[str]]]] = {}
         self._listeners = list(listeners)
         self._recent = recent
+        # told when each segment was last cleared: users counted before it may count again
+        self._cleared = cleared
         self._clock = clock
         self._set_alarm = client.register_script(_SET_ALARM)
         self._clear_alarm = client.register_script(_CLEAR_ALARM)
@@ -182,9 +222,12 @@ class AlarmMonitor:
             *buckets, state = pipe.execute()
             read = {slot: self._row(bucket) for slot, bucket in zip(unread, buckets)}
             self._settled = {slot: read.get(slot, self._settled.get(slot)) for slot in slots[self._open_slots:]}
-            matrix = np.stack([read.get(slot, self._settled.get(slot)) for slot in slots])
+            rows = [read.get(slot, self._settled.get(slot)) for slot in slots]
+            matrix = np.stack([row[0] for row in rows])
             alarms = {alarm.id: alarm for alarm in _alarms(state)}
-            self._judge_all(alarms, state, matrix, slots, now, evidence)
+            if self._cleared is not None:
+                self._cleared(self._clear_times(state))
+            self._judge_all(alarms, state, matrix, [row[1] for row in rows], slots, now, evidence)
         except redis.RedisError as exc:
             if self.last_error is None:
                 log.warning("drift alarms not refreshed: redis unreachable", extra={"error": type(exc).__name__})
@@ -202,23 +245,32 @@ class AlarmMonitor:
             if not self._clear_alarm(keys=[self._key], args=[alarm_id, repr(self._clock())]):
                 return False
             self._publish([alarm for alarm in self._active if alarm.id != alarm_id])
+        segment = next((cell.segment for cell in self._cells if cell.id == alarm_id), None)
+        if self._cleared is not None and segment is not None:
+            self._cleared({segment: self._clock()})
         log.warning("drift alarm cleared by hand", extra={"alarm": alarm_id})
         return True
 
-    def _judge_all(self, alarms: dict[str, Alarm], state: dict[str, str], matrix: np.ndarray, slots: range,
-                   now: float, evidence: Mapping[str, Evidence]) -> None:
-        """Judge every cell on `matrix` (slots newest first x cells x 3), its evidence first when it
-        has some, write what changed in one pipeline, and update `alarms` to match."""
+    def _judge_all(self, alarms: dict[str, Alarm], state: dict[str, str], matrix: np.ndarray,
+                   users: list[dict[str, frozenset[str]]], slots: range, now: float,
+                   evidence: Mapping[str, Evidence]) -> None:
+        """Judge every cell on `matrix` (slots newest first x cells x 3) and the users of each slot,
+        its evidence first when it has some, write what changed in one pipeline, and update `alarms`
+        to match."""
         raises: list[tuple[str, Alarm]] = []
         clears: list[str] = []
+        distinct: dict[str, list[int]] = {}
         for index, cell in enumerate(self._cells):
+            if cell.segment not in distinct:
+                distinct[cell.segment] = distinct_prefix([slot_users.get(cell.segment, ()) for slot_users in users],
+                                                         self._thresholds.min_users)
             marker = state.get(_CLEARED + cell.id, "")
             usable = len(slots)
             if marker:
                 # judged only on slots that began after the clear by hand
                 usable = sum(1 for slot in slots if slot * self._series.seconds >= float(marker))
             existing = alarms.get(cell.id)
-            windows = nested_windows(matrix[:usable, index])
+            windows = nested_windows(matrix[:usable, index], distinct[cell.segment])
             recent = evidence.get(cell.id)
             if recent is not None and (not marker or recent.started_at >= float(marker)):
                 windows.insert(0, recent.window)
@@ -251,9 +303,24 @@ class AlarmMonitor:
             if reply == 1:
                 log.info("drift alarm cleared: the window is back to normal", extra={"alarm": alarm_id})
 
-    def _row(self, bucket: dict[str, str]) -> np.ndarray:
-        """A slot's hash as a (cells x 3) array."""
-        return np.array([float(bucket.get(name) or 0.0) for name in self._fields]).reshape(-1, 3)
+    def _clear_times(self, state: Mapping[str, str]) -> dict[str, float]:
+        """The latest clear of any cell of each segment, from the alarm hash."""
+        times: dict[str, float] = {}
+        for cell in self._cells:
+            marker = state.get(_CLEARED + cell.id)
+            if marker:
+                times[cell.segment] = max(times.get(cell.segment, 0.0), float(marker))
+        return times
+
+    def _row(self, bucket: dict[str, str]) -> tuple[np.ndarray, dict[str, frozenset[str]]]:
+        """A slot's hash as a (cells x 3) array and the users marked per segment."""
+        marked: dict[str, set[str]] = {}
+        for name in bucket:
+            if name.startswith(USER_FIELD_PREFIX):
+                segment, _, user = name[len(USER_FIELD_PREFIX):].rpartition("|")
+                marked.setdefault(segment, set()).add(user)
+        array = np.array([float(bucket.get(name) or 0.0) for name in self._fields]).reshape(-1, 3)
+        return array, {segment: frozenset(found) for segment, found in marked.items()}
 
     def _publish(self, alarms: list[Alarm]) -> None:
         self._active = alarms

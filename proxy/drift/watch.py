@@ -10,12 +10,20 @@ and replicas fill the same windows). `nested_windows` sums a cell's slots, newes
 windows of growing length; `judge` decides from them whether the recent window is off, and
 `describe` names the unit change it looks like. docs/drift.md explains the test and its
 thresholds.
+
+Evidence is counted per distinct user, not per request: one client repeating a request (a retry
+loop, a bot, a load test with one fixed body) adds its values once per window, and a window needs
+values from `min_users` distinct users before it can raise or clear an alarm. Users are keyed by
+the profile's id field (a hash of the feature values where a body has none), hashed with the
+deployment's key: no raw id leaves the process.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
+from hashlib import blake2b
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -31,6 +39,20 @@ the guard reports them as out_of_range anyway."""
 UNIT_TOLERANCE = 0.06
 """A window/training mean ratio within 6 % of a known factor is named after it (2.205 and 2.54,
 the closest pair, are 15 % apart)."""
+
+USER_CHANGES = 2
+"""Times a user already counted in a window counts again within it, when their values changed (a
+returning shopper whose form switched to pounds); identical repeats never count again."""
+
+MAX_USERS_REMEMBERED = 100_000
+"""Users a worker remembers per window; past it the oldest are forgotten (and may count again)."""
+
+MIN_SPREAD = 1e-3
+"""A window whose standard deviation is below this share of the training one has no spread: one
+value sent over and over (a default, a replayed body) is no evidence of a unit change."""
+
+USER_FIELD_PREFIX = "u|"
+"""Drift-slot hash fields `u|<segment>|<user digest>`: the distinct users of a segment in a slot."""
 
 # Ratio of the window mean to the training mean -> what changed. The ratio of a field now sent
 # in pounds where training had kilograms is 2.20462: "kg→lb".
@@ -80,6 +102,48 @@ def cells_from_profile(profile: Mapping[str, Any]) -> list[Cell]:
     return cells
 
 
+def id_field(profile: Mapping[str, Any]) -> str | None:
+    """The field that names the user: the profile's declared `id_field`, else its first identifier
+    that is not personal (an id rather than an e-mail), else its first identifier."""
+    declared = profile.get("id_field")
+    if declared:
+        return declared
+    identifiers = [name for name, spec in profile["fields"].items() if spec.get("role") == "identifier"]
+    plain = [name for name in identifiers if not profile["fields"][name].get("personal")]
+    return (plain or identifiers or [None])[0]
+
+
+def user_digest(fields: Mapping[str, Any], id_name: str | None, feature_names: Sequence[str], key: bytes) -> bytes:
+    """8 bytes naming the user of a request: a keyed hash of its id, or of its feature values when
+    it has none (a string or a whole number; anything else counts as no id)."""
+    raw = fields.get(id_name) if id_name is not None else None
+    if isinstance(raw, str) or (isinstance(raw, int) and not isinstance(raw, bool)):
+        text = f"id\x00{raw}"
+    else:
+        text = "values\x00" + repr([fields.get(name) for name in feature_names])
+    return blake2b(text.encode("utf-8", "surrogatepass"), key=key, digest_size=8).digest()
+
+
+def user_field(segment: str, digest: bytes) -> str:
+    """The drift-slot field that marks a user as seen in a segment."""
+    return f"{USER_FIELD_PREFIX}{segment}|{digest.hex()}"
+
+
+def distinct_prefix(user_sets: Sequence[Iterable[str]], cap: int) -> list[int]:
+    """Distinct users in the newest 1, 2, 3... slots (sets newest first), each count capped at `cap`.
+
+    Every worker writes at most `cap` users per segment and slot, which is exact for the test that
+    matters (at least `cap` distinct users?): a slot that hit the cap answers yes on its own, and
+    below it the sets are complete."""
+    union: set[str] = set()
+    counts = []
+    for users in user_sets:
+        if len(union) < cap:
+            union.update(users)
+        counts.append(min(len(union), cap))
+    return counts
+
+
 @dataclass(frozen=True, slots=True)
 class Window:
     """Count, sum and sum of squares of the values of a span of time."""
@@ -87,6 +151,8 @@ class Window:
     count: float
     total: float
     total_sq: float
+    users: float = math.inf
+    """Distinct users the values came from (capped at the threshold; infinite when not tracked)."""
 
     @property
     def mean(self) -> float:
@@ -97,9 +163,10 @@ class Window:
         return max(0.0, self.total_sq / self.count - self.mean ** 2)
 
 
-def nested_windows(slots: np.ndarray) -> list[Window]:
+def nested_windows(slots: np.ndarray, distinct: Sequence[int] | None = None) -> list[Window]:
     """Windows of the newest 1, 2, 4, 8... slots and of all of them, shortest first, from per-slot
-    rows of (count, sum, sum of squares), newest first.
+    rows of (count, sum, sum of squares), newest first; `distinct[i]`: distinct users of the newest
+    i + 1 slots (`distinct_prefix`).
 
     Short windows show a switch before older clean values dilute it; long ones add up a small
     shift in a quiet market. Doubling keeps the number of tests (and of chances for noise to
@@ -108,7 +175,10 @@ def nested_windows(slots: np.ndarray) -> list[Window]:
         return []
     totals = np.cumsum(slots, axis=0)
     lengths = sorted({1 << power for power in range(len(slots).bit_length())} | {len(slots)})
-    return [Window(*row) for row in totals[np.array(lengths) - 1].tolist()]
+    rows = totals[np.array(lengths) - 1].tolist()
+    if distinct is None:
+        return [Window(*row) for row in rows]
+    return [Window(*row, users=distinct[length - 1]) for row, length in zip(rows, lengths)]
 
 
 @dataclass(frozen=True)
@@ -121,6 +191,8 @@ class Thresholds:
     """Training standard deviations between them; below half of it, an alarm clears."""
     min_count: int
     """Values a window needs before it can raise or clear an alarm."""
+    min_users: int = 1
+    """Distinct users those values must come from."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,8 +244,8 @@ class Verdict:
 def judge(windows: Sequence[Window], cell: Cell, thresholds: Thresholds, active: bool) -> Verdict:
     """Judge a cell from nested windows, shortest first (`nested_windows`).
 
-    `recent` is the shortest window holding `min_count` values. An alarm is raised when any
-    window is both clear (|z| >= z_score) and large (|effect| >= effect_size) in the direction
+    `recent` is the shortest window holding `min_count` values from `min_users` distinct users, with
+    some spread (one value repeated is no evidence). An alarm is raised when any window is both clear (|z| >= z_score) and large (|effect| >= effect_size) in the direction
     `recent` still shows; it clears once `recent` is back within half the effect size. Without
     enough values the state is kept.
     """
@@ -186,11 +258,14 @@ def judge(windows: Sequence[Window], cell: Cell, thresholds: Thresholds, active:
     recent_difference = 0.0
     strongest: Window | None = None
     strongest_z_squared = 0.0
+    no_spread = (MIN_SPREAD * cell.std) ** 2
     for window in windows:
         count = window.count
-        if count < thresholds.min_count:
+        if count < thresholds.min_count or window.users < thresholds.min_users:
             continue
         mean = window.total / count
+        if window.total_sq / count - mean * mean <= no_spread:
+            continue
         difference = mean - cell.mean
         if recent is None:
             recent, recent_difference = window, difference
@@ -249,24 +324,38 @@ class Evidence:
 class DriftWatch:
     """The request-path half of drift detection: fills the windows and answers "is this segment quarantined?".
 
+    A request's values count only when its user (`user_digest`) has not been counted in the last
+    `user_window` seconds, or sends changed values (at most USER_CHANGES times): repeats are no new
+    evidence. Each counted user is also marked in the slot (`user_field`, at most `min_users` per
+    segment and slot from this worker), so the monitor knows how many distinct users a window holds.
+
     With `thresholds` and `wake`, it also sums each cell's values since the last flush, in blocks
-    of at most RECENT_BLOCKS x min_count, and as soon as a block passes the alarm test alone keeps
-    it as `Evidence` and calls `wake` (flush and judge now). Redis windows are time slots: a switch
-    in a busy market shares its slot with thousands of clean values before it, while the block
-    holds only values after it. So detection waits for min_count values of the market, not for
-    the flush interval or the slot to roll over; clean traffic never wakes the flusher.
+    of at most RECENT_BLOCKS x min_count, and as soon as a block passes the alarm test alone (with
+    values from `min_users` distinct users) keeps it as `Evidence` and calls `wake` (flush and judge
+    now). Redis windows are time slots: a switch in a busy market shares its slot with thousands of
+    clean values before it, while the block holds only values after it. So detection waits for
+    min_count values of the market, not for the flush interval or the slot to roll over; clean
+    traffic never wakes the flusher.
     """
 
     def __init__(self, profile: Mapping[str, Any], cells: Iterable[Cell], series: Series,
                  add_many: Callable[[Iterable[tuple[str, Number]], Series], None], *,
                  thresholds: Thresholds | None = None, wake: Callable[[], None] | None = None,
+                 user_key: bytes = b"", user_window: float = 300.0,
                  clock: Callable[[], float] = time.time):
+        cells = list(cells)
         self.segment_field: str = profile["segment_field"]
         self.series = series
         self._add_many = add_many
         self._wake = wake if thresholds is not None else None
         self._min_count = thresholds.min_count if thresholds is not None else 0
+        self._min_users = thresholds.min_users if thresholds is not None else 1
         self._clock = clock
+        self._id_field = id_field(profile)
+        self._feature_names = sorted({name for name, spec in profile["fields"].items() if spec.get("role") == "feature"}
+                                     | {cell.feature for cell in cells} | {self.segment_field})
+        self._user_key = user_key
+        self._user_window = user_window
         # per segment: (feature, count, sum and square field names, cell id, mean, |shift| that is
         # large, z_score² and training variance), so the per-request test is a few float operations
         self._cells: dict[str, list[tuple[str, str, str, str, str, float, float, float, float]]] = {}
@@ -277,13 +366,21 @@ class DriftWatch:
                 (cell.feature, *cell.fields, cell.id, cell.mean, large, z_squared, cell.std ** 2))
         # Replaced whole by the alarm monitor, never mutated: a request reads one consistent map.
         self._quarantined: dict[str, tuple[Anomaly, ...]] = {}
-        # Replaced whole by take_recent. Per segment, per cell: [count, sum, sum of squares, start].
-        self._recent: dict[str, list[list[float]]] = {}
+        # Replaced whole by take_recent. Per segment, per cell: [count, sum, sum of squares, start, users].
+        self._recent: dict[str, list[list[Any]]] = {}
         self._evidence: dict[str, Evidence] = {}
+        # user digest -> [when first counted, hash of the values counted, changes counted since]
+        self._users: dict[bytes, list[Any]] = {}
+        # segment -> when an alarm of it was last cleared: users counted before may count again
+        self._cleared: dict[str, float] = {}
+        # the users marked in the current slot, per segment
+        self._slot = -1
+        self._slot_users: dict[str, set[bytes]] = {}
+        self._lock = threading.Lock()
 
     def observe(self, fields: Mapping[str, Any]) -> tuple[Anomaly, ...]:
-        """Add the request's numeric features to its segment's current slot (memory only) and
-        return a drift_quarantine anomaly per active alarm of its segment."""
+        """Add the request's numeric features to its segment's current slot (memory only), unless
+        its user was counted already, and return a drift_quarantine anomaly per active alarm of its segment."""
         segment = fields.get(self.segment_field)
         if not isinstance(segment, str):
             return ()
@@ -291,37 +388,76 @@ class DriftWatch:
         if cells is None:
             return ()
         quarantined = self._quarantined.get(segment, ())
+        values = [fields.get(cell[0]) for cell in cells]
+        # bool is not a number here, and NaN fails the range test
+        numbers = [float(value) if (type(value) is float or type(value) is int)
+                   and -MAX_MAGNITUDE < value < MAX_MAGNITUDE else None for value in values]
+        if all(number is None for number in numbers):
+            return quarantined
+        user = user_digest(fields, self._id_field, self._feature_names, self._user_key)
+        now = self._clock()
+        amounts: list[tuple[str, Number]] = []
+        with self._lock:
+            if not self._admit(user, hash(tuple(numbers)), now, self._cleared.get(segment, -math.inf)):
+                return quarantined
+            slot = self.series.slot(now)
+            if slot != self._slot:
+                self._slot, self._slot_users = slot, {}
+            marked = self._slot_users.setdefault(segment, set())
+            if len(marked) < self._min_users and user not in marked:
+                marked.add(user)
+                amounts.append((user_field(segment, user), 1))
         # once a segment is quarantined or has evidence waiting, there is no hurry left
         watch_recent = self._wake is not None and not quarantined and not self._evidence
         if watch_recent:
             recent = self._recent.get(segment)
             if recent is None:
-                now = self._clock()
-                recent = self._recent[segment] = [[0.0, 0.0, 0.0, now] for _ in cells]
-        amounts: list[tuple[str, Number]] = []
-        for index, (feature, count_name, sum_name, square_name, cell_id, mean, large, z_squared,
-                    variance) in enumerate(cells):
-            value = fields.get(feature)
-            # bool is not a number here, and NaN fails the range test
-            if (type(value) is float or type(value) is int) and -MAX_MAGNITUDE < value < MAX_MAGNITUDE:
-                value = float(value)
-                amounts += ((count_name, 1), (sum_name, value), (square_name, value * value))
-                if watch_recent:
-                    sums = recent[index]
-                    sums[0] += 1.0
-                    sums[1] += value
-                    sums[2] += value * value
-                    if sums[0] >= self._min_count:
-                        if _large_z_squared(sums[0], sums[1], sums[2], mean, large, variance) >= z_squared:
-                            self._evidence = {**self._evidence,
-                                              cell_id: Evidence(Window(sums[0], sums[1], sums[2]), sums[3])}
-                        elif sums[0] >= RECENT_BLOCKS * self._min_count:
-                            recent[index] = [0.0, 0.0, 0.0, self._clock()]
-        if amounts:
-            self._add_many(amounts, self.series)
+                recent = self._recent[segment] = [[0.0, 0.0, 0.0, now, set()] for _ in cells]
+        for index, ((feature, count_name, sum_name, square_name, cell_id, mean, large, z_squared,
+                     variance), value) in enumerate(zip(cells, numbers)):
+            if value is None:
+                continue
+            amounts += ((count_name, 1), (sum_name, value), (square_name, value * value))
+            if watch_recent:
+                sums = recent[index]
+                sums[0] += 1.0
+                sums[1] += value
+                sums[2] += value * value
+                if len(sums[4]) < self._min_users:
+                    sums[4].add(user)
+                if sums[0] >= self._min_count:
+                    if (len(sums[4]) >= self._min_users
+                            and _large_z_squared(sums[0], sums[1], sums[2], mean, large, variance) >= z_squared):
+                        self._evidence = {**self._evidence, cell_id: Evidence(
+                            Window(sums[0], sums[1], sums[2], len(sums[4])), sums[3])}
+                    elif sums[0] >= RECENT_BLOCKS * self._min_count:
+                        recent[index] = [0.0, 0.0, 0.0, self._clock(), set()]
+        self._add_many(amounts, self.series)
         if watch_recent and self._evidence:
             self._wake()
         return quarantined
+
+    def _admit(self, user: bytes, values: int, now: float, cleared_at: float) -> bool:
+        """Whether this user's values count now (call under the lock)."""
+        users = self._users
+        entry = users.get(user)
+        if entry is not None and now - entry[0] < self._user_window and entry[0] >= cleared_at:
+            if entry[1] == values or entry[2] >= USER_CHANGES:
+                return False
+            entry[1] = values
+            entry[2] += 1
+            return True
+        users.pop(user, None)
+        users[user] = [now, values, 0]
+        # insertion order is the order of first counts: the oldest come first
+        while len(users) > MAX_USERS_REMEMBERED or now - users[next(iter(users))][0] >= self._user_window:
+            del users[next(iter(users))]
+        return True
+
+    def forget_before(self, cleared: Mapping[str, float]) -> None:
+        """Users of a segment counted before its alarm was cleared (segment -> clock time) count
+        afresh: a clear ignores the data seen, not the people who sent it."""
+        self._cleared = {**self._cleared, **cleared}
 
     def take_recent(self) -> dict[str, Evidence]:
         """The evidence gathered since the last call (by cell id), and a fresh start of the recent
@@ -351,4 +487,7 @@ def _large_z_squared(count: float, total: float, total_sq: float, mean: float, l
     difference = window_mean - mean
     if abs(difference) < large:
         return 0.0
-    return difference * difference * count / max(variance, total_sq / count - window_mean * window_mean)
+    window_variance = total_sq / count - window_mean * window_mean
+    if window_variance <= MIN_SPREAD * MIN_SPREAD * variance:
+        return 0.0
+    return difference * difference * count / max(variance, window_variance)

@@ -18,6 +18,10 @@ SUSPECTED_RENAME = "suspected_rename"
 SUSPECTED_MERGE = "suspected_merge"
 QUALITY_QUARANTINE = "quality_quarantine"
 
+KINDS = (MISSING_FIELD, UNEXPECTED_FIELD, TYPE_MISMATCH, OUT_OF_RANGE, UNKNOWN_CATEGORY, NON_FINITE, UNKNOWN_ITEM,
+         MODEL_ERROR, MODEL_TIMEOUT, DRIFT_QUARANTINE, SUSPECTED_RENAME, SUSPECTED_MERGE)
+"""Every kind of anomaly, in the order the docs list them."""
+
 
 @dataclass(frozen=True, slots=True)
 class Anomaly:

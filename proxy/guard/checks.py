@@ -147,8 +147,6 @@ def _check_number(rule: FieldRule, value: Any) -> Anomaly | None:
         number = math.inf
     if not math.isfinite(number):
         return Anomaly(rule.name, NON_FINITE, "NaN, Infinity or a number too large for a float", rule.feature)
-    if rule.integer and not number.is_integer():
-        return Anomaly(rule.name, TYPE_MISMATCH, "expected an integer, got a fraction", rule.feature)
     if number < rule.low or number > rule.high:
         shown = "value" if rule.personal else f"{number:g}"
         return Anomaly(rule.name, OUT_OF_RANGE,

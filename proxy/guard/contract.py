@@ -58,9 +58,9 @@ def request_schema(profile: Mapping[str, Any], settings: Settings, *, model_vers
 
 
 def _field_schema(rule: FieldRule) -> dict[str, Any]:
-    json_type = "string"
-    if rule.numeric:
-        json_type = "integer" if rule.integer else "number"
+    # A JSON number is a number: a fraction where training had whole numbers (a height sent in
+    # inches) is checked against the range like any other value, never a type error that hides it.
+    json_type = "number" if rule.numeric else "string"
     schema: dict[str, Any] = {"description": _ROLES[rule.feature], "type": json_type}
     if rule.numeric:
         if math.isfinite(rule.low):
@@ -69,6 +69,8 @@ def _field_schema(rule: FieldRule) -> dict[str, Any]:
             schema["maximum"] = rule.high
         if rule.train_min is not None:
             schema["description"] += f"; training range [{rule.train_min:g}, {rule.train_max:g}]"
+        if rule.integer:
+            schema["description"] += "; whole numbers in training"
     elif rule.domain is not None:
         schema["enum"] = sorted(rule.domain)
     if not rule.required:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
+import threading
+import time
+from typing import Callable
 
 import redis
 from flask import Blueprint, Response, request
@@ -14,10 +18,44 @@ from proxy.runtime import Runtime
 log = logging.getLogger("recguard.app")
 
 
+REFUSAL_LOG_INTERVAL = 60.0
+"""Seconds between two log lines about refused admin requests (each line gives the count since the last)."""
+
+
+class RefusalLog:
+    """Logs refused admin attempts at most once per interval, with their count: a fuzzer or a
+    password-guessing client must not fill the log (a line per attempt was 38,946 lines in one run)."""
+
+    def __init__(self, interval: float = REFUSAL_LOG_INTERVAL, clock: Callable[[], float] = time.monotonic):
+        self._interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._unlogged = 0
+        self._logged_at = -math.inf
+
+    def refused(self, status: int) -> None:
+        """Count one refusal; log the count when the interval since the last line is over."""
+        with self._lock:
+            self._unlogged += 1
+            now = self._clock()
+            if now - self._logged_at < self._interval:
+                return
+            count, self._unlogged, self._logged_at = self._unlogged, 0, now
+        log.warning("admin requests refused: token missing or wrong",
+                    extra={"refused": count, "last_status": status, "remote": request.remote_addr})
+
+
 def admin_blueprint(runtime: Runtime) -> Blueprint:
     """POST /alarms/<id>/clear of `runtime`; off (404) while no admin token is configured."""
     blueprint = Blueprint("admin", __name__)
     token = runtime.settings.admin.token
+    refusals = RefusalLog()
+
+    def refuse(message: str, status: int, headers: dict[str, str] | None = None) -> Response:
+        if runtime.loaded is not None:
+            runtime.loaded.metrics.admin_refused.labels(str(status)).inc()
+        refusals.refused(status)
+        return json_response({"error": message}, status, headers)
 
     @blueprint.post("/alarms/<path:alarm_id>/clear")
     def clear_alarm(alarm_id: str) -> Response:
@@ -27,11 +65,13 @@ def admin_blueprint(runtime: Runtime) -> Blueprint:
             monitor = loaded.quality
         if not token or monitor is None:
             return error_response("admin endpoints are off: no admin token is configured", 404)
-        supplied = request.headers.get("Authorization", "").encode()
-        if not hmac.compare_digest(supplied, f"Bearer {token}".encode()):
-            log.warning("alarm clear refused: admin token missing or wrong",
-                        extra={"alarm": alarm_id, "remote": request.remote_addr})
-            return error_response("admin token missing or wrong (Authorization: Bearer <token>)", 403)
+        supplied = request.headers.get("Authorization", "")
+        if not supplied:
+            # RFC 9110/6750: no credentials is 401 with the scheme to use; wrong ones are 403
+            return refuse("admin token missing (Authorization: Bearer <token>)", 401,
+                          {"WWW-Authenticate": 'Bearer realm="recguard admin"'})
+        if not hmac.compare_digest(supplied.encode(), f"Bearer {token}".encode()):
+            return refuse("admin token wrong (Authorization: Bearer <token>)", 403)
         try:
             cleared = monitor.clear(alarm_id)
         except redis.RedisError:

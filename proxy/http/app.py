@@ -7,7 +7,7 @@ from typing import Callable
 
 import redis
 from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from model.bundle import Bundle, load_bundle
 from proxy.http.admin import admin_blueprint
@@ -57,7 +57,11 @@ def create_app(
         status = exc.code or 500
         if status == 413:
             return reject(runtime, f"body larger than {limits.max_body_bytes} bytes", 413)
-        return error_response(exc.description or exc.name, status)
+        response = error_response(exc.description or exc.name, status)
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            # RFC 9110: a 405 lists the methods the resource does support
+            response.headers["Allow"] = ", ".join(sorted(exc.valid_methods))
+        return response
 
     @app.errorhandler(Exception)
     def unexpected_error(exc: Exception) -> Response:

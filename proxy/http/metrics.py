@@ -45,6 +45,9 @@ class Metrics:
                                  ["field", "kind"], registry=self.registry)
         self.rejected = Counter("recguard_rejected_requests", "Requests refused with a 4xx, by status.",
                                 ["status"], registry=self.registry)
+        self.admin_refused = Counter("recguard_admin_refused_requests",
+                                     "Admin requests refused: 401 without credentials, 403 with wrong ones.",
+                                     ["status"], registry=self.registry)
         self.latency = Histogram("recguard_request_duration_seconds", "Time to answer a prediction request.",
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
         # livemax: a worker that died with an alarm active must not hold the gauge up for ever

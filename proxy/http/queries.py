@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 import redis
 from flask import Blueprint, Response, request
 
+from proxy.guard.anomaly import KINDS
 from proxy.http.responses import error_response, json_response
 from proxy.quality.report import parse_group_keys, query_quality
 from proxy.runtime import Runtime, offline_figures
@@ -36,12 +37,15 @@ def queries_blueprint(runtime: Runtime) -> Blueprint:
         client = runtime.redis_client
         if client is None:
             return error_response("anomaly counting is off (--no-guard)", 404)
+        kind = request.args.get("kind")
+        if kind is not None and kind not in KINDS:
+            return error_response(f"unknown kind {kind[:40]!r}: one of {', '.join(KINDS)}", 400)
         now = datetime.now(timezone.utc)
         try:
             since = parse_time(request.args.get("since", DEFAULT_SINCE), now)
             until = parse_time(request.args["until"], now) if "until" in request.args else now
             report = query_anomalies(client, prefix, since, until,
-                                     field=request.args.get("field"), kind=request.args.get("kind"))
+                                     field=request.args.get("field"), kind=kind)
         except ValueError as exc:
             return error_response(str(exc), 400)
         except redis.RedisError:

@@ -24,6 +24,10 @@ MAX_RANGE = timedelta(days=7)
 _DURATION = re.compile(r"(\d+)([smhd])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _ANOMALY_PREFIX = "anomaly:"
+TOP_NAMES = 20
+"""Field names a report lists by count, in its totals and in each minute; the rest are added up
+under `_other` (what a client invents must not make the report unreadable or huge)."""
+OTHER = "_other"
 
 
 @dataclass
@@ -105,7 +109,6 @@ def query_anomalies(
     buckets = pipe.execute()
 
     requests = anomalous = fallback = 0
-    by_field: dict[str, int] = {}
     by_kind: dict[str, int] = {}
     by_field_kind: dict[str, dict[str, int]] = {}
     series = []
@@ -127,7 +130,6 @@ def query_anomalies(
                 continue
             count = _count(value)
             point["anomalies"][f"{anomaly_field}:{anomaly_kind}"] = count
-            by_field[anomaly_field] = by_field.get(anomaly_field, 0) + count
             by_kind[anomaly_kind] = by_kind.get(anomaly_kind, 0) + count
             kinds = by_field_kind.setdefault(anomaly_field, {})
             kinds[anomaly_kind] = kinds.get(anomaly_kind, 0) + count
@@ -136,12 +138,35 @@ def query_anomalies(
         anomalous += point["anomalous"]
         series.append(point)
 
+    by_field_kind = _top_names(by_field_kind)
+    for point in series:
+        per_name: dict[str, dict[str, int]] = {}
+        for name, count in point["anomalies"].items():
+            anomaly_field, _, anomaly_kind = name.rpartition(":")
+            per_name.setdefault(anomaly_field, {})[anomaly_kind] = count
+        point["anomalies"] = {f"{name}:{kind}": count for name, kinds in _top_names(per_name).items()
+                              for kind, count in kinds.items()}
     return AnomalyReport(
         since=since, until=until, requests=requests, anomalous_requests=anomalous, fallback_requests=fallback,
-        by_field=_descending(by_field), by_kind=_descending(by_kind),
-        by_field_kind={name: _descending(kinds) for name, kinds in _descending_groups(by_field_kind)},
-        series=series, field=field, kind=kind,
+        by_field={name: sum(kinds.values()) for name, kinds in by_field_kind.items()}, by_kind=_descending(by_kind),
+        by_field_kind=by_field_kind, series=series, field=field, kind=kind,
     )
+
+
+def _top_names(groups: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """The TOP_NAMES largest groups (by total, then name), the rest merged into `_other`; each
+    group's kinds largest first, the groups largest first."""
+    ordered = _descending_groups(groups)
+    kept = {name: dict(kinds) for name, kinds in ordered[:TOP_NAMES] if name != OTHER}
+    rest: dict[str, int] = dict(groups.get(OTHER, {}))
+    for name, kinds in ordered[TOP_NAMES:]:
+        if name == OTHER:
+            continue
+        for kind, count in kinds.items():
+            rest[kind] = rest.get(kind, 0) + count
+    if rest:
+        kept[OTHER] = rest
+    return {name: _descending(kinds) for name, kinds in _descending_groups(kept)}
 
 
 def format_table(report: AnomalyReport) -> str:

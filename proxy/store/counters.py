@@ -2,7 +2,10 @@
 
 Layout: one Redis hash per minute, `<prefix>:m:<epoch minute>`, with the fields `requests`,
 `source:<source>`, `anomalous`, `anomaly:<field>:<kind>` and whatever `Counters.add` is given,
-expiring `ttl_seconds` after its last write. Every worker of every replica writes the same keys.
+expiring `ttl_seconds` after its last write. A field name the profile does not know was chosen by
+a client (an unexpected field): such names are counted by name for at most NAMES_PER_BUCKET per
+bucket, the most frequent ones, and the rest together under `anomaly:_other:<kind>`, so a client
+inventing names cannot fill Redis (the list of named ones is the field `names:invented`). Every worker of every replica writes the same keys.
 Other series of time buckets (the drift windows, `<prefix>:d:<slot>`, a few seconds each and kept
 minutes, not days) ride the same batches and the same flush through `add_many`.
 
@@ -50,24 +53,76 @@ from redis.retry import Retry
 log = logging.getLogger("recguard.counters")
 
 MARKER_PREFIX = "batch:"
+ANOMALY_PREFIX = "anomaly:"
+OTHER_NAME = "_other"
+"""Where the counts of the names past the cap go: `anomaly:_other:<kind>`."""
+NAMES_PER_BUCKET = 64
+"""Distinct names a client chose (an unexpected field, a suspected rename) counted by name in one
+minute bucket, by every writer together; the most frequent win (see _APPLY_BATCH)."""
 
-# KEYS[1]: the bucket. ARGV: writer id, batch number, ttl, then field/amount pairs.
+# KEYS[1]: the bucket. ARGV: writer id, batch number, ttl, the cap on named names, the number of
+# plain field/amount pairs, then those pairs, then the pairs counted under a name a client chose
+# (`anomaly:<name>:<kind>`). Those are named for at most ARGV[4] distinct names per bucket (listed
+# in the field `names:invented`); a newcomer larger than the smallest named one takes its place (the
+# smallest one's count moves to `anomaly:_other:<kind>`), any other goes to `anomaly:_other:<kind>`.
 _APPLY_BATCH = """
+local function add(field, amount)
+  if string.find(amount, "[.eE]") then
+    redis.call("HINCRBYFLOAT", KEYS[1], field, amount)
+  else
+    local reply = redis.pcall("HINCRBY", KEYS[1], field, amount)
+    -- a sum fed both ints and floats already holds a float: HINCRBY refuses it, HINCRBYFLOAT does not
+    if type(reply) == "table" and reply.err then
+      redis.call("HINCRBYFLOAT", KEYS[1], field, amount)
+    end
+  end
+end
+local function other(field)
+  return "anomaly:_other:" .. string.match(field, ":([^:]*)$")
+end
 local mark = "batch:" .. ARGV[1]
 local number = tonumber(ARGV[2])
 local applied = 0
 if tonumber(redis.call("HGET", KEYS[1], mark) or "0") < number then
-  for i = 4, #ARGV, 2 do
-    local field, amount = ARGV[i], ARGV[i + 1]
-    if string.find(amount, "[.eE]") then
-      redis.call("HINCRBYFLOAT", KEYS[1], field, amount)
-    else
-      local reply = redis.pcall("HINCRBY", KEYS[1], field, amount)
-      -- a sum fed both ints and floats already holds a float: HINCRBY refuses it, HINCRBYFLOAT does not
-      if type(reply) == "table" and reply.err then
-        redis.call("HINCRBYFLOAT", KEYS[1], field, amount)
+  local plain_end = 6 + 2 * tonumber(ARGV[5]) - 1
+  for i = 6, plain_end, 2 do
+    add(ARGV[i], ARGV[i + 1])
+  end
+  if #ARGV > plain_end then
+    local cap = tonumber(ARGV[4])
+    local listed = redis.call("HGET", KEYS[1], "names:invented")
+    local names = listed and cjson.decode(listed) or {}
+    local counts = {}
+    for _, name in ipairs(names) do
+      counts[name] = tonumber(redis.call("HGET", KEYS[1], name) or "0")
+    end
+    for i = plain_end + 1, #ARGV, 2 do
+      local field, amount = ARGV[i], tonumber(ARGV[i + 1])
+      if counts[field] ~= nil then
+        counts[field] = counts[field] + amount
+        redis.call("HINCRBY", KEYS[1], field, amount)
+      elseif #names < cap then
+        table.insert(names, field)
+        counts[field] = amount
+        redis.call("HINCRBY", KEYS[1], field, amount)
+      else
+        local smallest, at = nil, nil
+        for index, name in ipairs(names) do
+          if smallest == nil or counts[name] < counts[smallest] then smallest, at = name, index end
+        end
+        if smallest ~= nil and amount > counts[smallest] then
+          redis.call("HINCRBY", KEYS[1], other(smallest), counts[smallest])
+          redis.call("HDEL", KEYS[1], smallest)
+          counts[smallest] = nil
+          names[at] = field
+          counts[field] = amount
+          redis.call("HINCRBY", KEYS[1], field, amount)
+        else
+          redis.call("HINCRBY", KEYS[1], other(field), amount)
+        end
       end
     end
+    redis.call("HSET", KEYS[1], "names:invented", cjson.encode(names))
   end
   redis.call("HSET", KEYS[1], mark, number)
   applied = 1
@@ -177,6 +232,8 @@ class Counters:
         self._writer = uuid.uuid4().hex
         self._minutes = Series("m", 60, ttl_seconds)
         self._after_flush: list[Callable[[], None]] = []
+        # field names of the profile: any other name in an anomaly field was chosen by a client
+        self._known: frozenset[str] | None = None
 
         self._lock = threading.Lock()
         self._current: dict[_Bucket, defaultdict[str, Number]] = {}
@@ -212,6 +269,11 @@ class Counters:
                 bucket["anomalous"] += 1
                 for name in names:
                     bucket[name] += 1
+
+    def know_names(self, names: Iterable[str]) -> None:
+        """The field names of the profile (and the guard's own, like `history`): anomalies under any
+        other name are counted by name only for the NAMES_PER_BUCKET most frequent per minute."""
+        self._known = frozenset(names) | {OTHER_NAME}
 
     def add(self, field: str, amount: Number = 1) -> None:
         """Add `amount` to `field` of the current minute's bucket (ints stay exact, floats are sums)."""
@@ -350,11 +412,35 @@ class Counters:
     def _send(self, batch: _Batch, buckets: list[_Bucket]) -> list:
         pipe = self._client.pipeline(transaction=False)
         for series, slot in buckets:
-            fields = batch.buckets[(series, slot)]
+            plain, invented = self._split(batch.buckets[(series, slot)])
             pipe.evalsha(self._script.sha, 1, series.key(self._prefix, slot),
-                         self._writer, batch.number, series.ttl_seconds,
-                         *chain.from_iterable((field, _wire(value)) for field, value in fields.items()))
+                         self._writer, batch.number, series.ttl_seconds, NAMES_PER_BUCKET, len(plain),
+                         *chain.from_iterable((field, _wire(value)) for field, value in plain.items()),
+                         *chain.from_iterable((field, _wire(value)) for field, value in invented))
         return pipe.execute(raise_on_error=False)
+
+    def _split(self, fields: dict[str, Number]) -> tuple[dict[str, Number], list[tuple[str, Number]]]:
+        """The fields as they are, and those counted under a name a client chose: the most frequent
+        NAMES_PER_BUCKET of them, the rest added to `anomaly:_other:<kind>` here already (a batch
+        sent again splits the same way)."""
+        if self._known is None:
+            return fields, []
+        plain: dict[str, Number] = {}
+        invented: list[tuple[str, Number]] = []
+        for field, amount in fields.items():
+            if field.startswith(ANOMALY_PREFIX):
+                name = field[len(ANOMALY_PREFIX):].rpartition(":")[0]
+                if name not in self._known:
+                    invented.append((field, amount))
+                    continue
+            plain[field] = amount
+        if len(invented) > NAMES_PER_BUCKET:
+            invented.sort(key=lambda pair: (-pair[1], pair[0]))
+            for field, amount in invented[NAMES_PER_BUCKET:]:
+                other = f"{ANOMALY_PREFIX}{OTHER_NAME}:{field.rpartition(':')[2]}"
+                plain[other] = plain.get(other, 0) + amount
+            invented = invented[:NAMES_PER_BUCKET]
+        return plain, invented
 
     def _mark_down(self, exc: RedisError) -> None:
         self._last_error = f"{type(exc).__name__}: {exc}"

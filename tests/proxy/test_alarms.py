@@ -46,11 +46,12 @@ class Worker:
         cells = cells_from_profile(profile)
         series = Series("d", DEFAULTS.drift.slot_seconds, DEFAULTS.drift.window_seconds + 60)
         self.counters = Counters(client, prefix=PREFIX, clock=clock)
-        self.watch = DriftWatch(profile, cells, series, self.counters.add_many)
+        self.watch = DriftWatch(profile, cells, series, self.counters.add_many, clock=clock)
         self.published: list[list] = []
         self.monitor = AlarmMonitor(client, PREFIX, cells, series,
                                     DEFAULTS.drift.window_seconds // DEFAULTS.drift.slot_seconds, THRESHOLDS,
-                                    listeners=[self.watch.quarantine, self.published.append], clock=clock)
+                                    listeners=[self.watch.quarantine, self.published.append],
+                                    cleared=self.watch.forget_before, clock=clock)
 
     def tick(self) -> None:
         assert self.counters.flush()

@@ -152,7 +152,7 @@ def test_nothing_personal_reaches_redis(app, client, tiny_holdout, redis_client)
     post(client, {**body, "user_email": email, email: 1, "first_name": 42})
     flushed(app)
     dump = str({key: redis_client.hgetall(key) for key in redis_client.keys("*")})
-    assert email not in dump and first not in dump
+    assert email not in dump and first not in dump and body["user_id"] not in dump
 
 
 def test_healthz_reports_model_redis_and_rates(app, client, tiny_holdout):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from types import SimpleNamespace
@@ -160,8 +161,10 @@ def test_the_watch_feeds_numbers_of_known_segments_and_quarantines_only_alarmed_
     watch = DriftWatch(profile, cells, Series("d", 5, 360), lambda amounts, series: fed.append(list(amounts)))
 
     assert watch.observe({"market": "A", "size": 4, "age": 31.5}) == ()
-    assert fed.pop() == [("size|A|n", 1), ("size|A|s", 4.0), ("size|A|q", 16.0),
-                         ("age|A|n", 1), ("age|A|s", 31.5), ("age|A|q", 992.25)]
+    user, *sums = fed.pop()
+    assert user[0].startswith("u|A|") and user[1] == 1
+    assert sums == [("size|A|n", 1), ("size|A|s", 4.0), ("size|A|q", 16.0),
+                    ("age|A|n", 1), ("age|A|s", 31.5), ("age|A|q", 992.25)]
     for body in ({"market": "A", "size": True, "age": float("nan")}, {"market": "A", "size": "4", "age": 1e13},
                  {"market": "Z", "size": 4}, {"market": ["A"], "size": 4}, {"size": 4}):
         watch.observe(body)
@@ -271,6 +274,15 @@ def drift_kinds(answer: dict) -> list[str]:
     return [anomaly["kind"] for anomaly in answer["anomalies"] if anomaly["kind"] == "drift_quarantine"]
 
 
+_SHOPPERS = itertools.count()
+
+
+def new_shopper(body: dict) -> dict:
+    """The body as sent by a shopper not seen before: drift evidence counts distinct users, and the
+    tiny data's markets have fewer held-out shoppers than a window needs."""
+    return {**body, "user_id": f"shopper-{next(_SHOPPERS)}"}
+
+
 def in_pounds(body: dict) -> dict:
     return {**body, "weight_kg": round(body["weight_kg"] * POUNDS_PER_KG, 1)}
 
@@ -283,7 +295,7 @@ def test_the_app_quarantines_one_market_alone_and_shows_the_alarm_everywhere(dri
         assert drift_kinds(post(client, body)) == []
     next_slot()
     for number in range(40):
-        post(client, in_pounds(germans[number % len(germans)]))
+        post(client, new_shopper(in_pounds(germans[number % len(germans)])))
     # a market the profile never saw and a feature it never had reach no drift field
     post(client, {**others[0], "country": "ZZ", "weight_zz": 3.0})
     settle(drift_app)
@@ -316,7 +328,12 @@ def test_the_app_quarantines_one_market_alone_and_shows_the_alarm_everywhere(dri
     fields = {name for key in redis_client.scan_iter("recguard:d:*") for name in redis_client.hkeys(key)
               if not name.startswith(MARKER_PREFIX)}
     assert fields and not any("ZZ" in name or "weight_zz" in name for name in fields)
-    assert {name.split("|")[0] for name in fields} <= {"age", "height_cm", "weight_kg"}
+    assert {name.split("|")[0] for name in fields} <= {"age", "height_cm", "weight_kg", "u"}
+    # users are marked by a keyed hash: no id, e-mail or name reaches Redis
+    marked = [name.split("|") for name in fields if name.startswith("u|")]
+    assert marked and all(segment == "DE" or segment in {b["country"] for b in tiny_holdout} for _, segment, _ in marked)
+    sent = {str(value) for body in tiny_holdout for value in body.values()}
+    assert not any(digest in sent or len(digest) != 16 for _, _, digest in marked)
 
 
 def test_the_alarm_clears_itself_once_the_market_is_back_to_normal(drift_app, tiny_holdout, loaded_bundle):
@@ -325,11 +342,11 @@ def test_the_alarm_clears_itself_once_the_market_is_back_to_normal(drift_app, ti
     training = loaded_bundle.profile["fields"]["weight_kg"]["segments"]["DE"]
     rng = np.random.default_rng(13)
     # a dozen held-out Germans are no sample of the market: back to normal is drawn from its training statistics
-    normal = [{**body, "weight_kg": round(float(rng.normal(training["mean"], training["std"])), 1)}
+    normal = [new_shopper({**body, "weight_kg": round(float(rng.normal(training["mean"], training["std"])), 1)})
               for body in germans * 4]
     next_slot()
     for number in range(40):
-        post(client, in_pounds(germans[number % len(germans)]))
+        post(client, new_shopper(in_pounds(germans[number % len(germans)])))
     settle(drift_app)
     assert [a["id"] for a in client.get("/alarms").get_json()["alarms"]] == ["weight_kg:DE"]
     next_slot()
@@ -353,15 +370,22 @@ def test_clearing_by_hand_needs_the_token_and_is_not_undone_by_the_stale_window(
     germans = [body for body in tiny_holdout if body["country"] == "DE"]
     next_slot()
     for number in range(40):
-        post(admin, in_pounds(germans[number % len(germans)]))
+        post(admin, new_shopper(in_pounds(germans[number % len(germans)])))
     settle(drift_app)
     assert [a["id"] for a in admin.get("/alarms").get_json()["alarms"]] == ["weight_kg:DE"]
 
     with caplog.at_level("WARNING"):
-        assert admin.post("/alarms/weight_kg:DE/clear").status_code == 403
+        missing = admin.post("/alarms/weight_kg:DE/clear")
+        assert missing.status_code == 401 and missing.headers["WWW-Authenticate"].startswith("Bearer")
         assert admin.post("/alarms/weight_kg:DE/clear", headers={"Authorization": "Bearer nope"}).status_code == 403
-        assert admin.post("/alarms/weight_kg:DE/clear", headers={"Authorization": TOKEN}).status_code == 403
-    assert "alarm clear refused" in caplog.text and TOKEN not in caplog.text and "nope" not in caplog.text
+        for _ in range(50):
+            assert admin.post("/alarms/weight_kg:DE/clear", headers={"Authorization": TOKEN}).status_code == 403
+    refused = [record for record in caplog.records if record.getMessage().startswith("admin requests refused")]
+    assert len(refused) == 1, "a line per refused attempt fills the log"
+    assert TOKEN not in caplog.text and "nope" not in caplog.text
+    metrics = admin.get("/metrics").get_data(as_text=True)
+    assert 'recguard_admin_refused_requests_total{status="401"} 1.0' in metrics
+    assert 'recguard_admin_refused_requests_total{status="403"} 51.0' in metrics
 
     bearer = {"Authorization": f"Bearer {TOKEN}"}
     assert admin.post("/alarms/weight_kg:DE/clear", headers=bearer).get_json() == {"cleared": "weight_kg:DE"}
@@ -376,7 +400,7 @@ def test_clearing_by_hand_needs_the_token_and_is_not_undone_by_the_stale_window(
     # (within it only as one worker's evidence, which 40 test-client posts may spread over several flushes)
     next_slot()
     for number in range(40):
-        post(admin, in_pounds(germans[number % len(germans)]))
+        post(admin, new_shopper(in_pounds(germans[number % len(germans)])))
     settle(drift_app)
     assert [a["id"] for a in admin.get("/alarms").get_json()["alarms"]] == ["weight_kg:DE"]
 
@@ -406,10 +430,12 @@ def test_the_watch_wakes_the_flusher_once_its_recent_values_alone_look_shifted()
     assert cell_id == "size:A" and evidence.started_at in (100.0, 200.0)
     assert THRESHOLDS.min_count <= evidence.window.count <= RECENT_BLOCKS * THRESHOLDS.min_count
     assert evidence.window.mean / 80.0 > 1.5
-    for _ in range(THRESHOLDS.min_count - 1):
-        watch.observe({"market": "B", "size": 80.0 * POUNDS_PER_KG})
+    # bodies without an id: each distinct set of values is a user of its own
+    shifted = rng.normal(80.0, 14.0, THRESHOLDS.min_count) * POUNDS_PER_KG
+    for value in shifted[:-1]:
+        watch.observe({"market": "B", "size": float(value)})
     assert wakes == [1], "woken before min_count values"
-    watch.observe({"market": "B", "size": 80.0 * POUNDS_PER_KG})
+    watch.observe({"market": "B", "size": float(shifted[-1])})
     assert wakes == [1, 1] and list(watch.take_recent()) == ["size:B"]
     watch.quarantine([SimpleNamespace(field="size", segment="B", detail="size in B looks ×2.205: kg→lb?")])
     for _ in range(100):
@@ -465,7 +491,8 @@ def test_a_busy_market_switching_to_pounds_is_quarantined_within_twice_the_docum
         switched = number >= 30 * rate // 10  # 3 s of clean traffic first
         body = holdout[int(rng.integers(len(holdout)))]
         if switched and body["country"] == "US":
-            body = light[int(rng.integers(len(light)))]
+            # every held-out shopper a distinct user: the world has too few light Americans for a window
+            body = new_shopper(light[int(rng.integers(len(light)))])
         worker = workers[number % 2]
         anomalies = worker.watch.observe(body)
         if body["country"] != "US" or not switched:

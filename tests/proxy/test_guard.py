@@ -70,7 +70,6 @@ def test_merged_names_are_reported_without_routing(guard):
     ({"weight_kg": "heavy"}, ("weight_kg", "type_mismatch")),
     ({"weight_kg": True}, ("weight_kg", "type_mismatch")),
     ({"weight_kg": [70]}, ("weight_kg", "type_mismatch")),
-    ({"age": 30.5}, ("age", "type_mismatch")),
     ({"weight_kg": 160.0}, ("weight_kg", "out_of_range")),
     ({"weight_kg": 30.0}, ("weight_kg", "out_of_range")),
     ({"weight_kg": math.nan}, ("weight_kg", "non_finite")),
@@ -83,6 +82,14 @@ def test_feature_anomalies_route_to_the_fallback(guard, changes, expected):
     anomalies = check(guard, **changes)
     assert kinds(anomalies) == [expected]
     assert routes_to_fallback(anomalies)
+
+
+def test_a_fraction_where_training_had_whole_numbers_is_a_number_checked_against_the_range(guard):
+    """A value in another unit with a fraction (a height in inches, round(cm / 2.54, 1)) is out of
+    range, not a type error that hides it, and a plausible fraction is served by the model."""
+    assert check(guard, age=30.5) == []
+    anomalies = check(guard, age=7.5)
+    assert kinds(anomalies) == [("age", "out_of_range")] and routes_to_fallback(anomalies)
 
 
 def test_tolerance_admits_values_just_outside_the_training_range(guard):

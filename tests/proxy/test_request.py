@@ -40,6 +40,11 @@ def test_defaults_when_k_and_history_are_absent_or_null():
     (b'{"k": "5"}', "k must be an integer"),
     (b'{"k": 2.5}', "k must be an integer"),
     (b'{"k": true}', "k must be an integer"),
+    (b'{"k": 10.5}', "k must be an integer"),
+    (b'{"k": 1e400}', "k must be an integer"),
+    (b'{"k": NaN}', "k must be an integer"),
+    (b'{"k": 0.0}', "k must be an integer from 1 to 100"),
+    (b'{"k": 1.01e2}', "k must be an integer from 1 to 100"),
     (b'{"history": "item_00001"}', "history must be a list"),
     (b'{"history": {"a": 1}}', "history must be a list"),
     (b'{"history": [1, 2]}', "history must be a list"),
@@ -52,6 +57,13 @@ def test_bad_envelopes_are_refused_with_a_clear_message(body, message):
         parse(body)
     assert caught.value.status == 400
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize("text", [b"10", b"10.0", b"1e1", b"1.0E+1", b"100.000"])
+def test_k_is_a_json_number_with_no_fractional_part(text):
+    """JSON Schema's integer, what the exported contract and any validator (ajv) accept."""
+    assert parse(b'{"k": ' + text + b"}").k == int(float(text))
+    assert type(parse(b'{"k": ' + text + b"}").k) is int
 
 
 def test_nan_infinity_and_overflowing_numbers_become_non_finite_values():
