@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import Any
+import math
+from typing import Any, Mapping
 
-from proxy.guard.anomaly import (
-    DRIFT_QUARANTINE,
-    MISSING_FIELD,
-    MODEL_ERROR,
-    MODEL_TIMEOUT,
-    NON_FINITE,
-    OUT_OF_RANGE,
-    QUALITY_QUARANTINE,
-    SUSPECTED_MERGE,
-    SUSPECTED_RENAME,
-    TYPE_MISMATCH,
-    UNEXPECTED_FIELD,
-    UNKNOWN_CATEGORY,
-    UNKNOWN_ITEM,
-)
+from proxy.guard.anomaly import KINDS
+from proxy.guard.checks import FieldRule, compile_rules
+from proxy.settings import Settings
 
-ANOMALY_KINDS = [MISSING_FIELD, UNEXPECTED_FIELD, TYPE_MISMATCH, OUT_OF_RANGE, UNKNOWN_CATEGORY, NON_FINITE,
-                 UNKNOWN_ITEM, MODEL_ERROR, MODEL_TIMEOUT, DRIFT_QUARANTINE, SUSPECTED_RENAME, SUSPECTED_MERGE,
-                 QUALITY_QUARANTINE]
+ANOMALY_KINDS = list(KINDS)
 SOURCES = ["model", "fallback", "holdback"]
 
 
@@ -36,40 +22,81 @@ def _error(description: str) -> dict[str, Any]:
     return _json("Error", description)
 
 
-_PREDICT = {
-    "summary": "Recommend items for a signup request",
-    "description": "Checks the request against the training profile; answers from the model, or from the "
-                   "popularity fallback when the model cannot be trusted with it.",
-    "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}}},
-    "responses": {
-        "200": {**_json("Prediction", "Recommended items"),
-                "headers": {"X-Recguard-Source": {"schema": {"type": "string", "enum": SOURCES}},
-                            "X-Request-Id": {"schema": {"type": "string"},
-                                             "description": "The caller's X-Request-Id, else a new one"},
-                            "X-Recguard-Ticket": {"schema": {"type": "string"},
-                                                  "description": "The signed feedback ticket (when feedback is on)"}}},
-        "400": _error("Not JSON, not an object, bad k or bad history"),
-        "413": _error("Body over the size limit"),
-        "415": _error("Content-Type is not JSON"),
-        "503": _error("Bundle not loaded yet"),
-    },
-}
+def _predict(summary: str) -> dict[str, Any]:
+    return {
+        "summary": summary,
+        "description": "Checks the request against the training profile; answers from the model, or from the "
+                       "popularity fallback when the model cannot be trusted with it. Signup fields of any JSON type "
+                       "are accepted and answered (200): a value the model cannot take is an anomaly, not an error.",
+        "requestBody": {"required": True, "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}}},
+        "responses": {
+            "200": {**_json("Prediction", "Recommended items"),
+                    "headers": {"X-Recguard-Source": {"schema": {"type": "string", "enum": SOURCES}},
+                                "X-Request-Id": {"schema": {"type": "string"},
+                                                 "description": "The caller's X-Request-Id, else a new one"},
+                                "X-Recguard-Ticket": {"schema": {"type": "string"},
+                                                      "description": "The signed feedback ticket (when feedback is on)"}}},
+            "400": _error("Empty, not UTF-8, not JSON, nested too deeply, not an object, bad k or bad history"),
+            "405": _NOT_ALLOWED,
+            "413": _error("Body over the size limit"),
+            "415": _error("Content-Type is not JSON"),
+            "503": _error("Bundle not loaded yet"),
+        },
+    }
+
+
+_TIME = {"type": "string", "anyOf": [{"pattern": "^[0-9]{1,9}[smhd]$"}, {"format": "date-time"}]}
+
+_NOT_ALLOWED = {**_error("Method not allowed on this path"),
+                "headers": {"Allow": {"schema": {"type": "string"}, "description": "The methods the path takes"}}}
 
 
 def _get(summary: str, response: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"get": {"summary": summary, "responses": {"200": response, **extra.pop("responses", {})}, **extra}}
+    return {"get": {"summary": summary, "responses": {"200": response, "405": _NOT_ALLOWED,
+                                                      **extra.pop("responses", {})}, **extra}}
 
 
-@lru_cache(maxsize=1)
-def openapi_document() -> dict[str, Any]:
-    """The whole document; built once per process."""
-    ready = {"200": _json("Status", "Ready"), "503": _json("Status", "Loading or failed")}
+def _request_schema(profile: Mapping[str, Any] | None, settings: Settings) -> dict[str, Any]:
+    """PredictRequest: the profile's fields as the model expects them (described, not constrained: the
+    proxy answers any value), history and k as the proxy checks them (a 400 otherwise)."""
+    limits = settings.limits
+    properties: dict[str, Any] = {}
+    if profile is not None:
+        rules = compile_rules(profile, range_tolerance=settings.guard.range_tolerance,
+                              required_presence=settings.guard.required_presence)
+        properties = {rule.name: {"description": _expected(rule)} for rule in rules}
+    properties["history"] = {"type": ["array", "null"], "items": {"type": "string"}, "maxItems": limits.max_history,
+                             "description": "Item ids, most recent last; null is none"}
+    properties["k"] = {"type": ["integer", "null"], "minimum": 1, "maximum": limits.max_k, "default": limits.default_k,
+                       "description": "Items to return: a number with no fractional part (10, 10.0, 1e1); null is the default"}
+    return {"type": "object", "description": "The signup fields of the training profile, plus history and k. "
+                                             "See `recguard contract` for the schema of a request the guard passes untouched.",
+            "properties": properties, "additionalProperties": True}
+
+
+def _expected(rule: FieldRule) -> str:
+    role = "model feature" if rule.feature else "checked, not read by the model"
+    if rule.numeric:
+        shown = "a number" + (f" in [{rule.low:g}, {rule.high:g}]" if math.isfinite(rule.low) else "")
+    elif rule.domain is not None:
+        shown = "one of " + ", ".join(sorted(rule.domain)[:20])
+    else:
+        shown = "a string"
+    need = "required" if rule.required else "optional"
+    return f"{role}, {need}: {shown}; anything else is answered from the fallback with an anomaly"
+
+
+def openapi_document(profile: Mapping[str, Any] | None, settings: Settings) -> dict[str, Any]:
+    """The whole document, for the bundle's profile (None before it is loaded)."""
+    ready = {"200": _json("Status", "Ready"), "405": _NOT_ALLOWED, "503": _json("Status", "Loading or failed")}
+    not_ready = {"503": _error("Bundle not loaded yet")}
     return {
         "openapi": "3.1.0",
         "info": {"title": "recguard", "version": "1", "description": "A guarded drop-in endpoint for a recommender."},
         "paths": {
-            "/predict": {"post": {**_PREDICT, "operationId": "predict"}},
-            "/invocations": {"post": {**_PREDICT, "operationId": "invocations", "summary": "SageMaker alias of /predict"}},
+            "/predict": {"post": {**_predict("Recommend items for a signup request"), "operationId": "predict"}},
+            "/invocations": {"post": {**_predict("SageMaker alias of /predict"), "operationId": "invocations"}},
             "/livez": _get("Process alive (never depends on Redis)", _json("Status", "Alive")),
             "/readyz": {"get": {"summary": "Ready once the bundle is loaded", "responses": ready}},
             "/ping": {"get": {"summary": "SageMaker alias of /readyz", "responses": ready}},
@@ -77,13 +104,17 @@ def openapi_document() -> dict[str, Any]:
             "/anomalies": _get(
                 "Anomaly counts over a time range", _json("AnomalyReport", "Counts"),
                 parameters=[
-                    {"name": "since", "in": "query", "schema": {"type": "string", "default": "15m"},
-                     "description": "A duration back from now (90s, 15m, 1h, 2d) or an ISO-8601 time"},
-                    {"name": "until", "in": "query", "schema": {"type": "string"}, "description": "Like since; default now"},
+                    {"name": "since", "in": "query", "schema": {**_TIME, "default": "15m"},
+                     "description": "A duration back from now (90s, 15m, 1h, 2d) or an ISO-8601 time; empty is a 400. "
+                                    "At most 7 days before until (older counts have expired)"},
+                    {"name": "until", "in": "query", "schema": _TIME,
+                     "description": "Like since, not before it; default now; empty is a 400"},
                     {"name": "field", "in": "query", "schema": {"type": "string"}},
-                    {"name": "kind", "in": "query", "schema": {"type": "string", "enum": ANOMALY_KINDS}},
+                    {"name": "kind", "in": "query", "schema": {"type": "string", "enum": ANOMALY_KINDS},
+                     "description": "Any other value is a 400 listing the kinds"},
                 ],
-                responses={"400": _error("Bad time range"), "503": _error("Redis unavailable")},
+                responses={"400": _error("Bad or empty time, since after until, unknown kind"),
+                           "404": _error("Anomaly counting is off (no guard)"), "503": _error("Redis unavailable")},
             ),
             "/alarms": _get(
                 "The active drift alarms, shared by every worker and replica", _json("AlarmList", "Active alarms"),
@@ -99,7 +130,10 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {
                     "200": {"description": "Cleared", "content": {"application/json": {"schema": {
                         "type": "object", "required": ["cleared"], "properties": {"cleared": {"type": "string"}}}}}},
-                    "403": _error("Admin token missing or wrong"),
+                    "401": {**_error("No Authorization header"), "headers": {"WWW-Authenticate": {
+                        "schema": {"type": "string"}, "description": "Bearer"}}},
+                    "403": _error("Admin token wrong"),
+                    "405": _NOT_ALLOWED,
                     "404": _error("No such active alarm, or no admin token configured (endpoint off)"),
                     "503": _error("Redis unavailable"),
                 },
@@ -120,6 +154,7 @@ def openapi_document() -> dict[str, Any]:
                     "401": _error("Feedback token missing"),
                     "403": _error("Ticket forged or altered, or feedback token wrong"),
                     "404": _error("Feedback is off (no RECGUARD_FEEDBACK_SECRET)"),
+                    "405": _NOT_ALLOWED,
                     "410": _error("Ticket expired"),
                     "413": _error("Body over the size limit"),
                     "415": _error("Content-Type is not JSON"),
@@ -138,22 +173,15 @@ def openapi_document() -> dict[str, Any]:
                            "503": _error("Redis unavailable")},
             ),
             "/metrics": _get("Prometheus metrics", {"description": "Prometheus text format",
-                                                     "content": {"text/plain": {"schema": {"type": "string"}}}}),
+                                                     "content": {"text/plain": {"schema": {"type": "string"}}}},
+                             responses=not_ready),
             "/dashboard": _get("The anomaly dashboard (a self-contained HTML page)",
                                {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}),
             "/openapi.json": _get("This document", {"description": "OpenAPI 3.1",
                                                     "content": {"application/json": {"schema": {"type": "object"}}}}),
         },
         "components": {"schemas": {
-            "PredictRequest": {
-                "type": "object",
-                "description": "The signup fields of the training profile, plus history and k.",
-                "properties": {
-                    "history": {"type": "array", "items": {"type": "string"}, "description": "Item ids, most recent last"},
-                    "k": {"type": "integer", "minimum": 1, "maximum": 100, "default": 10},
-                },
-                "additionalProperties": True,
-            },
+            "PredictRequest": _request_schema(profile, settings),
             "Anomaly": {"type": "object", "required": ["field", "kind", "detail"], "properties": {
                 "field": {"type": "string"}, "kind": {"type": "string", "enum": ANOMALY_KINDS}, "detail": {"type": "string"}}},
             "Prediction": {"type": "object", "required": ["items", "scores", "source", "model_version", "anomalies"],

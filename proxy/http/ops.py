@@ -38,8 +38,16 @@ def ops_blueprint(runtime: Runtime) -> Blueprint:
         payload, content_type = runtime.loaded.metrics.render()
         return Response(payload, content_type=content_type)
 
+    built: list[dict] = []
+
     @blueprint.get("/openapi.json")
     def openapi() -> Response:
-        return json_response(openapi_document())
+        # generated from the bundle's profile once it is loaded (the request schema lists its fields)
+        loaded = runtime.loaded
+        if loaded is None:
+            return json_response(openapi_document(None, runtime.settings))
+        if not built:
+            built.append(openapi_document(loaded.bundle.profile, runtime.settings))
+        return json_response(built[0])
 
     return blueprint

@@ -94,13 +94,14 @@ def query_anomalies(
 ) -> AnomalyReport:
     """Sum the minute buckets overlapping [since, until] (one pipelined HGETALL per minute).
 
-    Raises ValueError when since is after until or the range is longer than MAX_RANGE, and
-    redis.RedisError when Redis cannot be read."""
+    A range longer than MAX_RANGE (the counters' TTL) starts MAX_RANGE before `until`. Raises
+    ValueError when since is after until, and redis.RedisError when Redis cannot be read."""
     since, until = _utc(since), _utc(until)
     if since > until:
         raise ValueError(f"since ({_iso(since)}) is after until ({_iso(until)})")
     if until - since > MAX_RANGE:
-        raise ValueError(f"range too long: at most {MAX_RANGE.days} days (counts expire after that)")
+        # counts older than that have expired: the report covers what exists and says so in `since`
+        since = until - MAX_RANGE
 
     first, last = int(since.timestamp() // 60), int(until.timestamp() // 60)
     pipe = client.pipeline(transaction=False)

@@ -260,3 +260,38 @@ def test_openapi_document_lists_every_endpoint(client):
     routes = {re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
               for rule in client.application.url_map.iter_rules() if rule.endpoint != "static"}
     assert routes == set(document["paths"])
+
+
+@pytest.mark.parametrize("method, path, allowed", [
+    ("get", "/predict", {"POST", "OPTIONS"}),
+    ("delete", "/anomalies", {"GET", "HEAD", "OPTIONS"}),
+    ("put", "/healthz", {"GET", "HEAD", "OPTIONS"}),
+    ("get", "/alarms/weight_kg:DE/clear", {"POST", "OPTIONS"}),
+])
+def test_a_wrong_method_is_a_405_that_names_the_allowed_ones(client, method, path, allowed):
+    answer = getattr(client, method)(path)
+    assert answer.status_code == 405 and "error" in answer.get_json()
+    assert set(answer.headers["Allow"].split(", ")) == allowed
+
+
+def test_an_unknown_kind_is_a_400_listing_the_kinds_not_an_empty_report(client):
+    answer = client.get("/anomalies?kind=bogus")
+    assert answer.status_code == 400
+    assert "unknown kind 'bogus'" in answer.get_json()["error"] and "out_of_range" in answer.get_json()["error"]
+    assert client.get("/anomalies?kind=out_of_range").status_code == 200
+    for query in ("since=", "until=", "since=15m&until=2000-01-01T00:00:00Z"):
+        assert client.get(f"/anomalies?{query}").status_code == 400, query
+
+
+def test_the_openapi_request_schema_lists_the_profile_fields_nulls_and_errors(client, loaded_bundle):
+    document = client.get("/openapi.json").get_json()
+    request = document["components"]["schemas"]["PredictRequest"]
+    assert set(loaded_bundle.profile["fields"]) <= set(request["properties"])
+    assert "in [" in request["properties"]["weight_kg"]["description"]
+    assert "null" in request["properties"]["k"]["type"] and "null" in request["properties"]["history"]["type"]
+    predict = document["paths"]["/predict"]["post"]["responses"]
+    assert {"400", "405", "413", "415", "503"} <= set(predict)
+    clear = document["paths"]["/alarms/{alarm_id}/clear"]["post"]["responses"]
+    assert {"401", "403", "404"} <= set(clear) and "WWW-Authenticate" in clear["401"]["headers"]
+    kinds = [p for p in document["paths"]["/anomalies"]["get"]["parameters"] if p["name"] == "kind"][0]
+    assert "bogus" not in kinds["schema"]["enum"] and "drift_quarantine" in kinds["schema"]["enum"]
