@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from proxy.guard.anomaly import DRIFT_QUARANTINE, Anomaly
+from proxy.guard.units import UNIT_CHANGES
 from proxy.store.counters import Number, Series
 
 MAX_MAGNITUDE = 1e12
@@ -54,18 +55,6 @@ value sent over and over (a default, a replayed body) is no evidence of a unit c
 USER_FIELD_PREFIX = "u|"
 """Drift-slot hash fields `u|<segment>|<user digest>`: the distinct users of a segment in a slot."""
 
-# Ratio of the window mean to the training mean -> what changed. The ratio of a field now sent
-# in pounds where training had kilograms is 2.20462: "kg→lb".
-UNIT_CHANGES: tuple[tuple[float, str], ...] = (
-    (2.20462, "kg→lb"),
-    (1 / 2.20462, "lb→kg"),
-    (2.54, "in→cm"),
-    (1 / 2.54, "cm→in"),
-    (100.0, "m→cm or fraction→percent"),
-    (0.01, "cm→m or percent→fraction"),
-    (1000.0, "s→ms"),
-    (0.001, "ms→s"),
-)
 
 
 @dataclass(frozen=True, slots=True)

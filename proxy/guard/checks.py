@@ -22,6 +22,7 @@ from proxy.guard.anomaly import (
     UNKNOWN_ITEM,
     Anomaly,
 )
+from proxy.guard.units import unit_hint
 from proxy.request import PredictRequest, json_type_name
 
 # Field names a client invents are echoed and counted only when they look like names;
@@ -47,6 +48,9 @@ class FieldRule:
     train_min: float | None = None
     train_max: float | None = None
     domain: frozenset[str] | None = None
+    central: tuple[float, float] | None = None
+    """The training's 5th to 95th percentile, where an out-of-range value converted back should land."""
+    median: float | None = None
 
 
 def compile_rules(profile: Mapping[str, Any], *, range_tolerance: float, required_presence: float) -> list[FieldRule]:
@@ -59,6 +63,9 @@ def compile_rules(profile: Mapping[str, Any], *, range_tolerance: float, require
             slack = range_tolerance * (spec["max"] - spec["min"])
             extra = {"low": spec["min"] - slack, "high": spec["max"] + slack,
                      "train_min": spec["min"], "train_max": spec["max"]}
+            quantiles = spec.get("quantiles") or {}
+            if {"0.05", "0.5", "0.95"} <= set(quantiles):
+                extra |= {"central": (quantiles["0.05"], quantiles["0.95"]), "median": quantiles["0.5"]}
         elif not numeric and spec.get("domain"):
             extra = {"domain": frozenset(spec["domain"])}
         rules.append(FieldRule(
@@ -149,8 +156,11 @@ def _check_number(rule: FieldRule, value: Any) -> Anomaly | None:
         return Anomaly(rule.name, NON_FINITE, "NaN, Infinity or a number too large for a float", rule.feature)
     if number < rule.low or number > rule.high:
         shown = "value" if rule.personal else f"{number:g}"
-        return Anomaly(rule.name, OUT_OF_RANGE,
-                       f"{shown} outside the training range [{rule.train_min:g}, {rule.train_max:g}]", rule.feature)
+        detail = f"{shown} outside the training range [{rule.train_min:g}, {rule.train_max:g}]"
+        hint = unit_hint(number, rule.central, rule.median) if rule.central is not None else None
+        if hint is not None:
+            detail += f"; looks like {hint}?"
+        return Anomaly(rule.name, OUT_OF_RANGE, detail, rule.feature)
     return None
 
 

@@ -129,3 +129,28 @@ def test_names_and_values_with_a_trailing_newline_are_not_echoed(guard):
     anomalies = check(guard, **{"email\n": "x"}, country="XX\n")
     assert ("_other", "unexpected_field") in kinds(anomalies)
     assert all("\n" not in f"{a.field}{a.detail}" for a in anomalies)
+
+
+def test_an_out_of_range_value_that_a_common_unit_factor_brings_back_is_named(loaded_bundle):
+    """Per request: the value converted back by a common factor lands in the training's central range."""
+    from proxy.request import PredictRequest
+    from proxy.runtime import build_guard
+    from proxy.settings import Settings
+
+    guard = build_guard(loaded_bundle, Settings())
+    fields = loaded_bundle.profile["fields"]
+    base = {"country": "DE", "weight_kg": fields["weight_kg"]["quantiles"]["0.5"],
+            "height_cm": int(fields["height_cm"]["quantiles"]["0.5"]), "age": int(fields["age"]["quantiles"]["0.5"])}
+
+    def detail(**changes) -> str:
+        [anomaly] = [a for a in guard.check(PredictRequest({**base, **changes}, [], 10)) if a.kind == "out_of_range"]
+        return anomaly.detail
+
+    assert "; looks like cm→in" in detail(height_cm=round(base["height_cm"] / 2.54, 1))
+    assert "; looks like kg→lb" in detail(weight_kg=round(base["weight_kg"] * 2.20462, 1))
+    # a heavier shopper in pounds may sit where inches would too: both are named, the nearer first
+    assert "kg→lb" in detail(weight_kg=round(base["weight_kg"] * 2.20462 * 1.2, 1))
+    assert "; looks like years→months or ft→in" in detail(age=base["age"] * 12)
+    assert "; looks like cm→m or percent→fraction" in detail(height_cm=base["height_cm"] / 100)
+    # nothing to name: out of range, and no common factor brings it back
+    assert "looks like" not in detail(height_cm=5000) and "looks like" not in detail(weight_kg=-3)
