@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import deque
 from hashlib import blake2b
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -358,13 +359,16 @@ class DriftWatch:
         # Replaced whole by take_recent. Per segment, per cell: [count, sum, sum of squares, start, users].
         self._recent: dict[str, list[list[Any]]] = {}
         self._evidence: dict[str, Evidence] = {}
-        # user digest -> [when first counted, hash of the values counted, changes counted since]
-        self._users: dict[bytes, list[Any]] = {}
+        # user -> [when first counted, hash of the values counted, changes counted since], and the
+        # entries in the order they were made (an entry replaced later is skipped when it comes up)
+        self._users: dict[int, list[Any]] = {}
+        self._order: deque[tuple[int, list[Any]]] = deque()
         # segment -> when an alarm of it was last cleared: users counted before may count again
         self._cleared: dict[str, float] = {}
         # the users marked in the current slot, per segment
         self._slot = -1
-        self._slot_users: dict[str, set[bytes]] = {}
+        self._slot_seconds = series.seconds
+        self._slot_users: dict[str, set[int]] = {}
         self._lock = threading.Lock()
 
     def observe(self, fields: Mapping[str, Any]) -> tuple[Anomaly, ...]:
@@ -377,25 +381,36 @@ class DriftWatch:
         if cells is None:
             return ()
         quarantined = self._quarantined.get(segment, ())
-        values = [fields.get(cell[0]) for cell in cells]
-        # bool is not a number here, and NaN fails the range test
-        numbers = [float(value) if (type(value) is float or type(value) is int)
-                   and -MAX_MAGNITUDE < value < MAX_MAGNITUDE else None for value in values]
-        if all(number is None for number in numbers):
+        numbers = []
+        counted = False
+        for cell in cells:
+            value = fields.get(cell[0])
+            # bool is not a number here, and NaN fails the range test
+            if (type(value) is float or type(value) is int) and -MAX_MAGNITUDE < value < MAX_MAGNITUDE:
+                numbers.append(float(value))
+                counted = True
+            else:
+                numbers.append(None)
+        if not counted:
             return quarantined
-        user = user_digest(fields, self._id_field, self._feature_names, self._user_key)
+        # In memory the user is Python's (per-process salted) hash of its id: the keyed digest, which
+        # is what reaches Redis, is computed only for the few users marked in a slot.
+        user = self._memory_key(fields)
         now = self._clock()
         amounts: list[tuple[str, Number]] = []
         with self._lock:
             if not self._admit(user, hash(tuple(numbers)), now, self._cleared.get(segment, -math.inf)):
                 return quarantined
-            slot = self.series.slot(now)
+            slot = int(now // self._slot_seconds)
             if slot != self._slot:
                 self._slot, self._slot_users = slot, {}
-            marked = self._slot_users.setdefault(segment, set())
+            marked = self._slot_users.get(segment)
+            if marked is None:
+                marked = self._slot_users[segment] = set()
             if len(marked) < self._min_users and user not in marked:
                 marked.add(user)
-                amounts.append((user_field(segment, user), 1))
+                digest = user_digest(fields, self._id_field, self._feature_names, self._user_key)
+                amounts.append((user_field(segment, digest), 1))
         # once a segment is quarantined or has evidence waiting, there is no hurry left
         watch_recent = self._wake is not None and not quarantined and not self._evidence
         if watch_recent:
@@ -426,7 +441,18 @@ class DriftWatch:
             self._wake()
         return quarantined
 
-    def _admit(self, user: bytes, values: int, now: float, cleared_at: float) -> bool:
+    def _memory_key(self, fields: Mapping[str, Any]) -> int:
+        """The user of a request as this worker remembers it (never written anywhere)."""
+        raw = fields.get(self._id_field) if self._id_field is not None else None
+        if isinstance(raw, str) or (isinstance(raw, int) and not isinstance(raw, bool)):
+            return hash(("id", raw))
+        values = tuple(fields.get(name) for name in self._feature_names)
+        try:
+            return hash(values)
+        except TypeError:  # a list or an object sent as a feature
+            return hash(repr(values))
+
+    def _admit(self, user: int, values: int, now: float, cleared_at: float) -> bool:
         """Whether this user's values count now (call under the lock)."""
         users = self._users
         entry = users.get(user)
@@ -436,11 +462,14 @@ class DriftWatch:
             entry[1] = values
             entry[2] += 1
             return True
-        users.pop(user, None)
-        users[user] = [now, values, 0]
-        # insertion order is the order of first counts: the oldest come first
-        while len(users) > MAX_USERS_REMEMBERED or now - users[next(iter(users))][0] >= self._user_window:
-            del users[next(iter(users))]
+        entry = users[user] = [now, values, 0]
+        order = self._order
+        order.append((user, entry))
+        # first counts in time order: forget the expired, and the oldest past the bound
+        while order and (now - order[0][1][0] >= self._user_window or len(users) > MAX_USERS_REMEMBERED):
+            old, old_entry = order.popleft()
+            if users.get(old) is old_entry:
+                del users[old]
         return True
 
     def forget_before(self, cleared: Mapping[str, float]) -> None:
