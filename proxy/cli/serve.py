@@ -8,6 +8,8 @@ import os
 import sys
 import tempfile
 
+from proxy.guard.anomaly import KINDS
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the serving-side subcommands to the `recguard` parser."""
@@ -31,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     anomalies.add_argument("--since", default="1h", help="90s, 15m, 1h, 2d or an ISO-8601 time (default 1h)")
     anomalies.add_argument("--until", help="like --since (default now)")
     anomalies.add_argument("--field", help="only anomalies of this field")
-    anomalies.add_argument("--kind", help="only anomalies of this kind")
+    anomalies.add_argument("--kind", choices=KINDS, metavar="KIND",
+                           help=f"only anomalies of this kind ({', '.join(KINDS)})")
     anomalies.add_argument("--redis", dest="redis_url", help="Redis URL (RECGUARD_REDIS_URL)")
     anomalies.add_argument("--redis-prefix", help="Redis key prefix (RECGUARD_REDIS_PREFIX)")
     anomalies.add_argument("--json", action="store_true", help="print JSON instead of a table")

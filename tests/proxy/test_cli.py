@@ -63,3 +63,24 @@ def test_active_alarms_are_listed_with_their_diagnosis(redis_server, redis_clien
     assert any("weight_kg:DE" in line and "kg->lb?" in line for line in table.stdout.splitlines())
     report = json.loads(run("anomalies", "--json", "--redis", redis_server.url).stdout)
     assert [(found["id"], found["unit"]) for found in report["alarms"]] == [("weight_kg:DE", "kg->lb")]
+
+
+def test_an_unknown_kind_is_refused_not_an_empty_report(redis_server, redis_client):
+    record_traffic(redis_client)
+    typo = run("anomalies", "--kind", "missing_feild", "--redis", redis_server.url)
+    assert typo.returncode == 2 and "missing_feild" in typo.stderr and "missing_field" in typo.stderr
+    assert "Traceback" not in typo.stderr
+
+
+def test_the_table_names_the_most_frequent_invented_names_and_adds_up_the_rest(redis_server, redis_client):
+    counters = Counters(redis_client)
+    counters.know_names({"country", "email"})
+    for number in range(300):
+        counters.record_request("model", [(f"junk_{number}", "unexpected_field"), ("user_email", "unexpected_field")])
+    assert counters.flush()
+    report = json.loads(run("anomalies", "--since", "10m", "--json", "--redis", redis_server.url).stdout)
+    assert report["by_field"]["user_email"] == 300 and len(report["by_field"]) <= 21
+    assert sum(report["by_field"].values()) == 600 and report["by_field"]["_other"] > 0
+    table = run("anomalies", "--since", "10m", "--redis", redis_server.url).stdout.splitlines()
+    assert any(line.split() == ["user_email", "unexpected_field", "300"] for line in table)
+    assert any(line.split()[:2] == ["_other", "unexpected_field"] for line in table)
