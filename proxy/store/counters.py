@@ -5,7 +5,7 @@ Layout: one Redis hash per minute, `<prefix>:m:<epoch minute>`, with the fields 
 expiring `ttl_seconds` after its last write. A field name the profile does not know was chosen by
 a client (an unexpected field): such names are counted by name for at most NAMES_PER_BUCKET per
 bucket, the most frequent ones, and the rest together under `anomaly:_other:<kind>`, so a client
-inventing names cannot fill Redis (the list of named ones is the field `names:invented`). Every worker of every replica writes the same keys.
+inventing names cannot fill Redis (the list of named ones is the field `batch:names`, bookkeeping that readers skip like the writers' `batch:<writer id>` marks). Every worker of every replica writes the same keys.
 Other series of time buckets (the drift windows, `<prefix>:d:<slot>`, a few seconds each and kept
 minutes, not days) ride the same batches and the same flush through `add_many`.
 
@@ -63,7 +63,7 @@ minute bucket, by every writer together; the most frequent win (see _APPLY_BATCH
 # KEYS[1]: the bucket. ARGV: writer id, batch number, ttl, the cap on named names, the number of
 # plain field/amount pairs, then those pairs, then the pairs counted under a name a client chose
 # (`anomaly:<name>:<kind>`). Those are named for at most ARGV[4] distinct names per bucket (listed
-# in the field `names:invented`); a newcomer larger than the smallest named one takes its place (the
+# in the field `batch:names`); a newcomer larger than the smallest named one takes its place (the
 # smallest one's count moves to `anomaly:_other:<kind>`), any other goes to `anomaly:_other:<kind>`.
 _APPLY_BATCH = """
 local function add(field, amount)
@@ -90,7 +90,7 @@ if tonumber(redis.call("HGET", KEYS[1], mark) or "0") < number then
   end
   if #ARGV > plain_end then
     local cap = tonumber(ARGV[4])
-    local listed = redis.call("HGET", KEYS[1], "names:invented")
+    local listed = redis.call("HGET", KEYS[1], "batch:names")
     local names = listed and cjson.decode(listed) or {}
     local counts = {}
     for _, name in ipairs(names) do
@@ -122,7 +122,7 @@ if tonumber(redis.call("HGET", KEYS[1], mark) or "0") < number then
         end
       end
     end
-    redis.call("HSET", KEYS[1], "names:invented", cjson.encode(names))
+    redis.call("HSET", KEYS[1], "batch:names", cjson.encode(names))
   end
   redis.call("HSET", KEYS[1], mark, number)
   applied = 1

@@ -69,7 +69,7 @@ def test_the_most_frequent_names_keep_their_place_across_writers_and_batches(red
         assert writer.flush()
     [key] = list(redis_client.scan_iter("recguard:m:*"))
     stored = redis_client.hgetall(key)
-    listed = json.loads(stored["names:invented"])
+    listed = json.loads(stored["batch:names"])
     assert len(listed) == NAMES_PER_BUCKET and "anomaly:weight_lb:unexpected_field" in listed
     assert int(stored["anomaly:weight_lb:unexpected_field"]) == 90
     assert int(stored["anomaly:weight_kg:out_of_range"]) == 90, "a profile field is never capped"
