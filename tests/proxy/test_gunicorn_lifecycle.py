@@ -126,10 +126,12 @@ def test_a_bundle_that_fails_to_load_leaves_the_worker_alive_and_unready(gated, 
 
 
 def raise_the_alarm(proxy: ProxyProcess, germans: list[dict], weight: dict, rng: random.Random) -> None:
-    """German weights in pounds (all inside the training range) until the market is quarantined."""
-    for _ in range(200):
+    """German weights in pounds (all inside the training range) until the market is quarantined; each
+    request a shopper of its own (drift evidence counts distinct users, the tiny data has 19 Germans)."""
+    for number in range(200):
         kilograms = rng.uniform(weight["min"], weight["max"] / POUNDS_PER_KG)
-        answer = proxy.predict({**rng.choice(germans), "weight_kg": round(kilograms * POUNDS_PER_KG, 1)}).json()
+        answer = proxy.predict({**rng.choice(germans), "weight_kg": round(kilograms * POUNDS_PER_KG, 1),
+                                "user_id": f"shopper-{number}"}).json()
         if any(anomaly["kind"] == "drift_quarantine" for anomaly in answer["anomalies"]):
             return
     pytest.fail("DE not quarantined after 200 requests in pounds")

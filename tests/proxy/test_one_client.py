@@ -128,6 +128,7 @@ def test_a_thousand_requests_rotating_over_five_users_raise_nothing(world, redis
     assert read_alarms(redis_client, PREFIX) == []
 
 
+@pytest.mark.integration
 def test_redis_down_while_counting_users_crashes_nothing_and_raises_nothing_from_partial_data(world, tmp_path):
     profile, holdout = world
     server = RedisServer(tmp_path).start()
@@ -182,6 +183,7 @@ def test_the_hash_key_setting_is_checked_and_never_echoed():
     assert Settings.from_env({"RECGUARD_USER_HASH_KEY": "x" * 16}).drift.user_hash_key == "x" * 16
 
 
+@pytest.mark.system
 def test_over_http_one_shopper_repeating_a_heavy_weight_quarantines_nobody(tiny_bundle, tiny_holdout, redis_server,
                                                                            redis_client, tmp_path):
     """The issue's report: 40 identical contract-valid requests of one shopper (and a load test's 400

@@ -10,12 +10,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.proxy.conftest import ProxyProcess
 
 TOKEN = "schemathesis-admin-token"
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 
 
+@pytest.mark.system
 def test_schemathesis_finds_nothing(tiny_bundle, redis_server, redis_client, tmp_path):
     server = ProxyProcess(tiny_bundle, redis_server.url, workers=2, log_path=tmp_path / "proxy.log",
                           env={"RECGUARD_ADMIN_TOKEN": TOKEN}).start()
