@@ -33,7 +33,8 @@ from proxy.quality.desk import TicketDesk
 from proxy.quality.feedback import FeedbackLedger
 from proxy.quality.tickets import TicketSigner
 from proxy.settings import Settings
-from proxy.store.counters import Counters, Series, make_redis_client
+from proxy.store.client import make_redis_client
+from proxy.store.counters import Counters, Series
 
 log = logging.getLogger("recguard.runtime")
 
@@ -94,7 +95,8 @@ class Runtime:
             store = settings.redis
             self.redis_client = redis_client or make_redis_client(store.url, store.timeout)
             self.counters = Counters(self.redis_client, prefix=store.prefix, ttl_seconds=store.counter_ttl_seconds,
-                                     flush_interval=store.flush_interval, max_pending=store.max_pending_counts)
+                                     flush_interval=store.flush_interval, max_pending=store.max_pending_counts,
+                                     replica_wait_ms=store.wait_ms)
             self.counters.start()
         self.loaded: Loaded | None = None
         self.error: str | None = None

@@ -16,6 +16,7 @@ from typing import Any, Iterator, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from model.errors import RecguardError
+from proxy.store.client import valid_redis_url
 
 ENV_PREFIX = "RECGUARD_"
 WORKER_CLASSES = ("sync", "gthread")
@@ -65,7 +66,8 @@ class RedisSettings:
     """The shared store: where it is and how counts reach it."""
 
     url: str = setting("redis_url", "redis://127.0.0.1:6379/0")
-    """Redis for counters and drift windows, shared by all workers and replicas."""
+    """Redis for counters and drift windows, shared by all workers and replicas: one server
+    (redis://, rediss://, unix://) or a Redis Cluster (redis+cluster://HOST:PORT[,HOST:PORT...])."""
     prefix: str = setting("redis_prefix", "recguard")
     """Key prefix of every Redis key recguard writes."""
     timeout: float = setting("redis_timeout", 0.25)
@@ -76,15 +78,21 @@ class RedisSettings:
     """Seconds between two flushes of the in-memory counters."""
     max_pending_counts: int = setting("max_pending_counts", 200_000)
     """Counter fields kept in memory while Redis is down; past it the oldest are dropped and counted."""
+    wait_ms: int = setting("redis_wait_ms", 100)
+    """Redis Cluster: how long a flush waits (WAIT) for each shard's replicas to acknowledge its writes;
+    counts not acknowledged are sent again, so a failover loses none. 0 turns the wait off."""
 
     def checks(self) -> list[tuple[bool, str, str]]:
         return [
-            (self.url.startswith(("redis://", "rediss://", "unix://")), "redis_url", "a redis://, rediss:// or unix:// URL"),
+            (valid_redis_url(self.url), "redis_url",
+             "a redis://, rediss:// or unix:// URL, or redis+cluster://HOST:PORT[,HOST:PORT...]"),
             (bool(self.prefix) and ":" not in self.prefix, "redis_prefix", "non-empty, without ':'"),
             (self.timeout > 0, "redis_timeout", "positive"),
             (self.counter_ttl_seconds >= 60, "counter_ttl_seconds", "at least 60"),
             (0 < self.flush_interval <= 60, "flush_interval", "in (0, 60]"),
             (self.max_pending_counts >= 100, "max_pending_counts", "at least 100"),
+            # past the socket timeout the connection would give up before WAIT answers
+            (0 <= self.wait_ms < self.timeout * 1000, "redis_wait_ms", "0 or more, below redis_timeout in ms"),
         ]
 
 

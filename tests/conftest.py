@@ -162,3 +162,23 @@ def tiny_bundle(tiny_data, tmp_path_factory) -> Path:
     config = TrainConfig(epochs=8, batch_size=512, threads=1, validation_users=40)
     return train(load_dataset(tiny_data), tmp_path_factory.mktemp("bundles") / "tiny", config,
                  holdout=read_holdout(tiny_data))
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """One real Redis Cluster (3 primaries + 3 replicas) for the whole session: started once."""
+    from tests.redis_cluster import LocalCluster
+
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster(redis_cluster):
+    """The session's cluster, whole again (nodes a previous test killed restarted) and empty."""
+    redis_cluster.repair()
+    redis_cluster.flushall()
+    yield redis_cluster
+    redis_cluster.repair()
+    redis_cluster.flushall()

@@ -94,7 +94,7 @@ def _query_redis(args: argparse.Namespace, what: str, query):
     from model.errors import RecguardError
     from proxy.settings import redact_url
     from proxy.store.anomaly_query import parse_time
-    from proxy.store.counters import make_redis_client
+    from proxy.store.client import make_redis_client
 
     settings = _settings(args, ("redis_url", "redis_prefix"))
     now = datetime.now(timezone.utc)

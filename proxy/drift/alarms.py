@@ -44,6 +44,7 @@ from proxy.drift.watch import (
     judge,
     nested_windows,
 )
+from proxy.store.client import LuaScript, command, execute
 from proxy.store.counters import Series
 
 log = logging.getLogger("recguard.alarms")
@@ -190,8 +191,8 @@ class AlarmMonitor:
         # told when each segment was last cleared: users counted before it may count again
         self._cleared = cleared
         self._clock = clock
-        self._set_alarm = client.register_script(_SET_ALARM)
-        self._clear_alarm = client.register_script(_CLEAR_ALARM)
+        self._set_alarm = LuaScript(_SET_ALARM)
+        self._clear_alarm = LuaScript(_CLEAR_ALARM)
         self._lock = threading.Lock()
         self._active: list[Alarm] = []
         # Bumped by every clear by hand: a refresh that read the hash before it does not apply.
@@ -215,11 +216,8 @@ class AlarmMonitor:
         slots = range(current, current - self._window_slots, -1)
         unread = [slot for slot in slots if slot > current - self._open_slots or slot not in self._settled]
         try:
-            pipe = self._client.pipeline(transaction=False)
-            for slot in unread:
-                pipe.hgetall(self._series.key(self._prefix, slot))
-            pipe.hgetall(self._key)
-            *buckets, state = pipe.execute()
+            reads = [command("HGETALL", self._series.key(self._prefix, slot)) for slot in unread]
+            *buckets, state = execute(self._client, reads + [command("HGETALL", self._key)])
             read = {slot: self._row(bucket) for slot, bucket in zip(unread, buckets)}
             self._settled = {slot: read.get(slot, self._settled.get(slot)) for slot in slots[self._open_slots:]}
             rows = [read.get(slot, self._settled.get(slot)) for slot in slots]
@@ -242,7 +240,7 @@ class AlarmMonitor:
         """Clear an alarm by hand (the admin endpoint); False when no such alarm is active."""
         with self._lock:
             self._generation += 1
-            if not self._clear_alarm(keys=[self._key], args=[alarm_id, repr(self._clock())]):
+            if not execute(self._client, [self._clear_alarm.call(self._key, alarm_id, repr(self._clock()))])[0]:
                 return False
             self._publish([alarm for alarm in self._active if alarm.id != alarm_id])
         segment = next((cell.segment for cell in self._cells if cell.id == alarm_id), None)
@@ -286,12 +284,9 @@ class AlarmMonitor:
                 clears.append(cell.id)
         if not raises and not clears:
             return
-        pipe = self._client.pipeline(transaction=False)
-        for marker, alarm in raises:
-            self._set_alarm(keys=[self._key], args=[alarm.id, marker, json.dumps(alarm.to_json())], client=pipe)
-        for alarm_id in clears:
-            self._clear_alarm(keys=[self._key], args=[alarm_id, repr(now)], client=pipe)
-        replies = pipe.execute()
+        writes = [self._set_alarm.call(self._key, alarm.id, marker, json.dumps(alarm.to_json())) for marker, alarm in raises]
+        writes += [self._clear_alarm.call(self._key, alarm_id, repr(now)) for alarm_id in clears]
+        replies = execute(self._client, writes)
         for (_, alarm), reply in zip(raises, replies):
             if reply == -1:
                 continue

@@ -16,6 +16,7 @@ from typing import Any
 
 import redis
 
+from proxy.store.client import command, execute
 from proxy.store.counters import bucket_key
 
 MAX_RANGE = timedelta(days=7)
@@ -92,7 +93,7 @@ def query_anomalies(
     field: str | None = None,
     kind: str | None = None,
 ) -> AnomalyReport:
-    """Sum the minute buckets overlapping [since, until] (one pipelined HGETALL per minute).
+    """Sum the minute buckets overlapping [since, until] (one HGETALL per minute, pipelined per node).
 
     A range longer than MAX_RANGE (the counters' TTL) starts MAX_RANGE before `until`. Raises
     ValueError when since is after until, and redis.RedisError when Redis cannot be read."""
@@ -104,10 +105,7 @@ def query_anomalies(
         since = until - MAX_RANGE
 
     first, last = int(since.timestamp() // 60), int(until.timestamp() // 60)
-    pipe = client.pipeline(transaction=False)
-    for minute in range(first, last + 1):
-        pipe.hgetall(bucket_key(prefix, minute))
-    buckets = pipe.execute()
+    buckets = execute(client, [command("HGETALL", bucket_key(prefix, minute)) for minute in range(first, last + 1)])
 
     requests = anomalous = fallback = 0
     by_kind: dict[str, int] = {}

@@ -16,7 +16,9 @@ applied already and is skipped. So a flush retried after a lost reply (Redis app
 not know) is not counted twice. A writer sends batch n+1 only once batch n is written everywhere,
 which is what makes one high-water mark per writer and bucket enough, instead of one marker per
 flush. Readers ignore the `batch:` fields. Each script touches one key, and the pipeline is not a
-transaction, so the layout works on Redis Cluster.
+transaction, so the layout works on Redis Cluster: `proxy.store.client.execute` sends one pipeline per
+node, and with `replica_wait_ms` a bucket is forgotten only once its shard's replicas acknowledged it
+(until then it is sent again, and applied once), so a primary's failover loses no flushed count.
 
 While Redis is down, new increments keep merging into the in-memory buckets (memory grows with
 distinct minute x field pairs, not with traffic), bounded by `max_pending` fields: past it the
@@ -37,18 +39,18 @@ from itertools import chain
 from typing import Callable, Iterable
 
 import redis
-from redis.backoff import NoBackoff
 from redis.exceptions import (
     AskError,
     ClusterDownError,
-    NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
-    RedisError,
     ResponseError,
     TryAgainError,
 )
-from redis.retry import Retry
+
+from proxy.store.client import LuaScript, execute, make_redis_client
+
+__all__ = ["Counters", "CounterStatus", "Series", "bucket_key", "make_redis_client"]
 
 log = logging.getLogger("recguard.counters")
 
@@ -142,20 +144,6 @@ EARLY_FLUSHES_PER_INTERVAL = 10
 """`flush_soon` flushes at once, but at most this many times per flush interval."""
 
 
-def make_redis_client(url: str, timeout: float = 0.25) -> redis.Redis:
-    """A client for the counter and query paths: fails fast, never retries on its own.
-
-    Counter flushes are idempotent and retried by the flusher at the next interval, so a
-    library-level retry with backoff would only hold the flusher (or a /healthz call) longer.
-    """
-    # No health_check_interval: the pool already replaces a connection the server closed (it
-    # checks readability at checkout), and a PING before each flush would double its round trips.
-    return redis.Redis.from_url(
-        url, socket_timeout=timeout, socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0), decode_responses=True,
-    )
-
-
 def bucket_key(prefix: str, minute: int) -> str:
     """The Redis key of the bucket of one epoch minute."""
     return f"{prefix}:m:{minute}"
@@ -221,14 +209,16 @@ class Counters:
         ttl_seconds: int = 7 * 86400,
         flush_interval: float = 0.5,
         max_pending: int = 200_000,
+        replica_wait_ms: int = 0,
         clock: Callable[[], float] = time.time,
     ):
         self._client = client
+        self._wait_ms = replica_wait_ms
         self._prefix = prefix
         self._interval = flush_interval
         self._max_pending = max_pending
         self._clock = clock
-        self._script = client.register_script(_APPLY_BATCH)
+        self._script = LuaScript(_APPLY_BATCH)
         self._writer = uuid.uuid4().hex
         self._minutes = Series("m", 60, ttl_seconds)
         self._after_flush: list[Callable[[], None]] = []
@@ -372,25 +362,17 @@ class Counters:
                 return
 
     def _write_unsent(self) -> bool:
-        """Send the unsent batch, one script call per bucket; forget each bucket Redis applied."""
+        """Send the unsent batch, one script call per bucket; forget each bucket Redis applied (and, on a
+        cluster with a replica wait, its shard's replicas acknowledged)."""
         batch = self._unsent
         buckets = list(batch.buckets)
-        try:
-            replies = dict(zip(buckets, self._send(batch, buckets)))
-            missing = [bucket for bucket, reply in replies.items() if isinstance(reply, NoScriptError)]
-            if missing:
-                # a restarted (or different) server: load the script once and resend those buckets
-                self._client.script_load(_APPLY_BATCH)
-                replies.update(zip(missing, self._send(batch, missing)))
-        except RedisError as exc:
-            self._mark_down(exc)
-            return False
+        replies = dict(zip(buckets, self._send(batch, buckets)))
 
-        retry_error: ResponseError | None = None
+        retry_error: redis.RedisError | None = None
         for (series, slot), reply in replies.items():
-            if not isinstance(reply, ResponseError):
+            if not isinstance(reply, Exception):
                 self._unsent_size -= len(batch.buckets.pop((series, slot)))
-            elif _is_transient(reply):
+            elif not isinstance(reply, ResponseError) or _is_transient(reply):
                 retry_error = reply
             else:
                 fields = batch.buckets.pop((series, slot))
@@ -410,14 +392,15 @@ class Counters:
         return True
 
     def _send(self, batch: _Batch, buckets: list[_Bucket]) -> list:
-        pipe = self._client.pipeline(transaction=False)
+        """One script call per bucket, pipelined (per node on a cluster); each reply or its error."""
+        calls = []
         for series, slot in buckets:
             plain, invented = self._split(batch.buckets[(series, slot)])
-            pipe.evalsha(self._script.sha, 1, series.key(self._prefix, slot),
-                         self._writer, batch.number, series.ttl_seconds, NAMES_PER_BUCKET, len(plain),
-                         *chain.from_iterable((field, _wire(value)) for field, value in plain.items()),
-                         *chain.from_iterable((field, _wire(value)) for field, value in invented))
-        return pipe.execute(raise_on_error=False)
+            calls.append(self._script.call(
+                series.key(self._prefix, slot), self._writer, batch.number, series.ttl_seconds, NAMES_PER_BUCKET,
+                len(plain), *chain.from_iterable((field, _wire(value)) for field, value in plain.items()),
+                *chain.from_iterable((field, _wire(value)) for field, value in invented)))
+        return execute(self._client, calls, raise_on_error=False, wait_ms=self._wait_ms)
 
     def _split(self, fields: dict[str, Number]) -> tuple[dict[str, Number], list[tuple[str, Number]]]:
         """The fields as they are, and those counted under a name a client chose: the most frequent
@@ -442,7 +425,7 @@ class Counters:
             invented = invented[:NAMES_PER_BUCKET]
         return plain, invented
 
-    def _mark_down(self, exc: RedisError) -> None:
+    def _mark_down(self, exc: redis.RedisError) -> None:
         self._last_error = f"{type(exc).__name__}: {exc}"
         if self._redis_up:
             self._redis_up = False

@@ -1,0 +1,165 @@
+"""A real Redis Cluster for the tests: six redis-server processes (three primaries, one replica each),
+`cluster-enabled yes`, a short node timeout, free ports, joined by `redis-cli --cluster create`."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from redis.cluster import RedisCluster
+
+from tests.conftest import free_port
+
+NODE_TIMEOUT_MS = 1500
+"""Short, so a killed primary's replica takes over in about two seconds; long enough that a node
+busy for a few hundred milliseconds on the shared machine is not failed over by mistake."""
+
+
+class LocalCluster:
+    """Start, inspect, break and repair a six-node cluster the tests own."""
+
+    def __init__(self, directory: Path, nodes: int = 6):
+        self.directory = directory
+        self.ports = [free_port() for _ in range(nodes)]
+        self.bus_ports = {port: free_port() for port in self.ports}
+        self.processes: dict[int, subprocess.Popen] = {}
+
+    @property
+    def url(self) -> str:
+        """The proxy's URL for it: two seeds, either enough."""
+        return f"redis+cluster://127.0.0.1:{self.ports[0]},127.0.0.1:{self.ports[1]}"
+
+    def start(self) -> "LocalCluster":
+        for binary in ("redis-server", "redis-cli"):
+            if shutil.which(binary) is None:
+                pytest.fail(f"{binary} is not installed (make install puts it there)")
+        for port in self.ports:
+            self.start_node(port)
+        subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{port}" for port in self.ports),
+                        "--cluster-replicas", "1", "--cluster-yes"],
+                       check=True, capture_output=True, timeout=60)
+        self.wait_healthy()
+        return self
+
+    def start_node(self, port: int) -> None:
+        """Start (or restart, with its nodes.conf: it rejoins) the node on `port`."""
+        directory = self.directory / str(port)
+        directory.mkdir(exist_ok=True)
+        self.processes[port] = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+             "--cluster-port", str(self.bus_ports[port]), "--cluster-config-file", "nodes.conf",
+             "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--save", "", "--appendonly", "no",
+             "--dir", str(directory), "--logfile", str(directory / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        node = self.node(port)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if node.ping():
+                    return
+            except redis.RedisError:
+                time.sleep(0.02)
+        raise RuntimeError(f"redis-server did not start on port {port}")
+
+    def node(self, port: int) -> redis.Redis:
+        """A plain client of one node."""
+        return redis.Redis(port=port, decode_responses=True, socket_timeout=5)
+
+    def alive(self) -> list[int]:
+        return [port for port, process in self.processes.items() if process.poll() is None]
+
+    def client(self) -> RedisCluster:
+        """A cluster client for the test's own reads and writes."""
+        return RedisCluster(host="127.0.0.1", port=self.alive()[0], decode_responses=True)
+
+    def topology(self) -> dict[int, list[int]]:
+        """Primary port -> its replicas' ports, as a live node sees it (failed nodes left out)."""
+        text = self.node(self.alive()[0]).execute_command("CLUSTER", "NODES")
+        rows = []
+        for line in text.splitlines():
+            node_id, address, flags, primary_id, _, _, _, link, *slots = line.split()
+            rows.append((node_id, int(address.split("@")[0].rsplit(":", 1)[1]), set(flags.split(",")),
+                         primary_id, link == "connected" and "fail" not in flags and "fail?" not in flags, slots))
+        ports = {node_id: port for node_id, port, *_ in rows}
+        primaries = {port: [] for _, port, flags, _, up, slots in rows if "master" in flags and up and slots}
+        for _, port, flags, primary_id, up, _ in rows:
+            if "slave" in flags and up and ports.get(primary_id) in primaries:
+                primaries[ports[primary_id]].append(port)
+        return primaries
+
+    def owner(self, key: str) -> int:
+        """The port of the primary that holds `key`'s slot."""
+        client = self.node(self.alive()[0])
+        slot = client.execute_command("CLUSTER", "KEYSLOT", key)
+        for start, end, primary, *_ in client.execute_command("CLUSTER", "SLOTS"):
+            if start <= slot <= end:
+                return int(primary[1])
+        raise AssertionError(f"slot {slot} has no owner")
+
+    def primaries(self) -> list[int]:
+        return sorted(self.topology())
+
+    def kill(self, port: int) -> None:
+        """SIGKILL one node: no shutdown, no last write to its replica."""
+        process = self.processes[port]
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+
+    def wait_healthy(self, timeout: float = 60.0, primaries: int = 3) -> None:
+        """Until every live node says cluster_state:ok, `primaries` primaries own slots, each has an
+        online replica, and the replicas are in sync (so a failover now loses nothing it was sent)."""
+        deadline = time.monotonic() + timeout
+        problem = "not checked"
+        while time.monotonic() < deadline:
+            try:
+                problem = self._health_problem(primaries)
+            except redis.RedisError as exc:
+                problem = repr(exc)
+            if problem is None:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"redis cluster not healthy after {timeout} s: {problem}")
+
+    def _health_problem(self, primaries: int) -> str | None:
+        for port in self.alive():
+            state = self.node(port).execute_command("CLUSTER", "INFO")
+            if "cluster_state:ok" not in state:
+                return f"{port}: {state.splitlines()[0]}"
+        topology = self.topology()
+        if len(topology) != primaries:
+            return f"primaries {sorted(topology)}"
+        for primary, replicas in topology.items():
+            if not replicas:
+                return f"{primary} has no replica"
+            info = self.node(primary).info("replication")
+            if info.get("connected_slaves", 0) < 1 or info.get("slave0", {}).get("state") != "online":
+                return f"{primary}'s replica is not online"
+        return None
+
+    def repair(self) -> None:
+        """Restart every killed node (it rejoins as a replica) and wait until the cluster is whole."""
+        for port, process in self.processes.items():
+            if process.poll() is not None:
+                self.start_node(port)
+        self.wait_healthy()
+
+    def flushall(self) -> None:
+        for port in self.primaries():
+            self.node(port).flushall()
+            self.node(port).script_flush()
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
