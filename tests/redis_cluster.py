@@ -3,15 +3,18 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import redis
 from redis.cluster import RedisCluster
+from redis.crc import key_slot
 
 from tests.conftest import free_port
 
@@ -53,7 +56,7 @@ class LocalCluster:
         self.processes[port] = subprocess.Popen(
             ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
              "--cluster-port", str(self.bus_ports[port]), "--cluster-config-file", "nodes.conf",
-             "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--save", "", "--appendonly", "no",
+             "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--enable-debug-command", "local", "--save", "", "--appendonly", "no",
              "--dir", str(directory), "--logfile", str(directory / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
@@ -95,15 +98,67 @@ class LocalCluster:
 
     def owner(self, key: str) -> int:
         """The port of the primary that holds `key`'s slot."""
-        client = self.node(self.alive()[0])
-        slot = client.execute_command("CLUSTER", "KEYSLOT", key)
-        for start, end, primary, *_ in client.execute_command("CLUSTER", "SLOTS"):
+        return self.slot_owner(key_slot(key.encode()))
+
+    def slot_owner(self, slot: int) -> int:
+        """The port of the primary that holds `slot`, as a live node sees it."""
+        for start, end, primary, *_ in self.node(self.alive()[0]).execute_command("CLUSTER", "SLOTS"):
             if start <= slot <= end:
                 return int(primary[1])
         raise AssertionError(f"slot {slot} has no owner")
 
+    def replica_of(self, primary: int) -> int:
+        return self.topology()[primary][0]
+
+    def node_id(self, port: int) -> str:
+        return self.node(port).execute_command("CLUSTER", "MYID")
+
+    def begin_migration(self, slot: int, target: int) -> int:
+        """Mark `slot` migrating from its owner to `target` (keys stay where they are); the source."""
+        source = self.slot_owner(slot)
+        self.node(target).execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", self.node_id(source))
+        self.node(source).execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", self.node_id(target))
+        return source
+
+    def end_migration(self, slot: int, source: int, target: int) -> None:
+        """Move the slot's remaining keys and give the slot to `target` (what `redis-cli --cluster reshard` does)."""
+        while keys := self.node(source).execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+            self.node(source).execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys)
+        for port in self.primaries():
+            self.node(port).execute_command("CLUSTER", "SETSLOT", slot, "NODE", self.node_id(target))
+
+    def move_slot(self, slot: int, target: int) -> None:
+        """Migrate one slot to `target`, keys and all."""
+        source = self.begin_migration(slot, target)
+        self.end_migration(slot, source, target)
+
+    def wait_failover(self, killed: int, timeout: float = 30.0) -> int:
+        """Until the killed primary's replica has taken its slots and the cluster is ok; the new primary."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                states = [self.node(port).execute_command("CLUSTER", "INFO") for port in self.alive()]
+                topology = self.topology()
+            except redis.RedisError:
+                time.sleep(0.1)
+                continue
+            if all("cluster_state:ok" in state for state in states) and killed not in topology and len(topology) == 3:
+                promoted = [port for port in topology if not topology[port]]
+                return promoted[0] if promoted else -1
+            time.sleep(0.1)
+        raise RuntimeError(f"no failover of {killed} within {timeout} s")
+
     def primaries(self) -> list[int]:
         return sorted(self.topology())
+
+    def cut_replication(self, primary: int) -> int:
+        """Cut the primary's replica off (its link dropped, its reconnection refused at AUTH): writes
+        from now on reach the primary alone. `repair` undoes it. The replica's port."""
+        replica = self.replica_of(primary)
+        self.node(replica).config_set("masteruser", "cut-off")
+        self.node(replica).config_set("masterauth", "cut-off")
+        self.node(primary).execute_command("CLIENT", "KILL", "TYPE", "replica")
+        return replica
 
     def kill(self, port: int) -> None:
         """SIGKILL one node: no shutdown, no last write to its replica."""
@@ -147,6 +202,9 @@ class LocalCluster:
         for port, process in self.processes.items():
             if process.poll() is not None:
                 self.start_node(port)
+            else:
+                self.node(port).config_set("masteruser", "")
+                self.node(port).config_set("masterauth", "")
         self.wait_healthy()
 
     def flushall(self) -> None:
@@ -163,3 +221,76 @@ class LocalCluster:
                 process.wait(10)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+_ARGUMENT = re.compile(r'"((?:[^"\\]|\\.)*)"')
+
+
+def _unquote(text: str) -> str:
+    return re.sub(r"\\x([0-9a-f]{2})|\\(.)",
+                  lambda m: chr(int(m[1], 16)) if m[1] else {"n": "\n", "r": "\r", "t": "\t"}.get(m[2], m[2]), text)
+
+
+class CommandAudit:
+    """Every command every primary runs (MONITOR on each), scripts' own commands included, for a
+    check that knows no command names: the server itself (COMMAND GETKEYS) says which arguments are
+    keys, so whatever key family or command the proxy starts using is covered."""
+
+    def __init__(self, cluster: LocalCluster):
+        self.cluster = cluster
+        self.commands: list[tuple[int, str, tuple[str, ...]]] = []
+        """(node port, client: "lua" for a script's own commands, arguments)."""
+        self._stopping = False
+        self._monitors = []
+        self._threads = []
+        for port in cluster.primaries():
+            monitor = cluster.node(port).monitor().__enter__()
+            self._monitors.append(monitor)
+            thread = threading.Thread(target=self._run, args=(port, monitor), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _run(self, port: int, monitor) -> None:
+        while True:
+            try:
+                line = monitor.connection.read_response()
+            except (redis.ConnectionError, OSError, ValueError):
+                return
+            if isinstance(line, bytes):
+                line = line.decode(errors="replace")
+            header, _, arguments = line.partition("] ")
+            client = header.rsplit(" ", 1)[-1]
+            self.commands.append((port, client, tuple(_unquote(a) for a in _ARGUMENT.findall(arguments))))
+
+    def stop(self) -> list[tuple[int, str, tuple[str, ...]]]:
+        for monitor in self._monitors:
+            monitor.connection.disconnect()
+        for thread in self._threads:
+            thread.join(5)
+        return self.commands
+
+    def cluster_risks(self) -> list[str]:
+        """Commands Redis Cluster could refuse or that break the layout's promise: keys in more than
+        one hash slot, a transaction, a command the server cannot name the keys of."""
+        node = self.cluster.node(self.cluster.alive()[0])
+        risky = []
+        shapes = {args for _, _, args in self.commands if args}
+        for args in shapes:
+            name = args[0].upper()
+            if name in ("MULTI", "EXEC", "WATCH"):
+                risky.append(f"transaction: {name}")
+                continue
+            try:
+                keys = node.execute_command("COMMAND", "GETKEYS", *args)
+            except redis.ResponseError as exc:
+                if "no key arguments" in str(exc) or "Invalid arguments" in str(exc) and name in _KEYLESS:
+                    continue
+                risky.append(f"{' '.join(args)[:100]}: {exc}")
+                continue
+            if len({key_slot(key.encode() if isinstance(key, str) else key) for key in keys}) > 1:
+                risky.append(f"cross-slot: {' '.join(args)[:100]}")
+        return risky
+
+
+# Commands that take no key and that COMMAND GETKEYS refuses rather than answering "no key arguments".
+_KEYLESS = {"PING", "HELLO", "CLIENT", "SCRIPT", "INFO", "COMMAND", "CLUSTER", "WAIT", "ASKING", "READONLY"}

@@ -330,10 +330,11 @@ def _on_cluster(cluster: RedisCluster, commands: Sequence[Command], wait_ms: int
                 node_replies = [exc] * len(batch)
             for position, (index, reply) in enumerate(zip(indices, node_replies)):
                 replies[index] = reply
-                asked.pop(index, None)
-                if position in missing:
+                if position in missing:  # resent to the same node (with ASKING again, if asked)
                     retry.append(index)
-                elif isinstance(reply, MovedError):
+                    continue
+                asked.pop(index, None)
+                if isinstance(reply, MovedError):
                     cluster.nodes_manager.move_slot(reply)
                     retry.append(index)
                 elif isinstance(reply, AskError):
