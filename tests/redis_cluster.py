@@ -244,7 +244,8 @@ class CommandAudit:
         self._monitors = []
         self._threads = []
         for port in cluster.primaries():
-            monitor = cluster.node(port).monitor().__enter__()
+            # no socket timeout: a node may have nothing to run for a while
+            monitor = redis.Redis(port=port, decode_responses=True).monitor().__enter__()
             self._monitors.append(monitor)
             thread = threading.Thread(target=self._run, args=(port, monitor), daemon=True)
             thread.start()
@@ -274,16 +275,16 @@ class CommandAudit:
         one hash slot, a transaction, a command the server cannot name the keys of."""
         node = self.cluster.node(self.cluster.alive()[0])
         risky = []
-        shapes = {args for _, _, args in self.commands if args}
+        shapes = list(dict.fromkeys(args for _, _, args in self.commands if args))
         for args in shapes:
             name = args[0].upper()
             if name in ("MULTI", "EXEC", "WATCH"):
                 risky.append(f"transaction: {name}")
                 continue
             try:
-                keys = node.execute_command("COMMAND", "GETKEYS", *args)
+                keys = node.command_getkeys(*args)
             except redis.ResponseError as exc:
-                if "no key arguments" in str(exc) or "Invalid arguments" in str(exc) and name in _KEYLESS:
+                if "no key arguments" in str(exc) or name in _KEYLESS:
                     continue
                 risky.append(f"{' '.join(args)[:100]}: {exc}")
                 continue

@@ -17,6 +17,7 @@ from proxy.store.anomaly_query import query_anomalies
 from proxy.store.client import ClusterClient, ClusterURL, make_redis_client, parse_cluster_url, valid_redis_url
 from proxy.store.counters import Counters, Series, bucket_key
 from tests.conftest import free_port
+from tests.redis_cluster import CommandAudit
 
 BASE = 29_000_000 * 60  # an epoch minute far from now: buckets of the test's own clock
 
@@ -180,3 +181,13 @@ def test_a_worker_starts_and_counts_while_no_cluster_node_answers():
     assert not status.redis_up and status.pending == 4 and "no Redis Cluster node answered" in status.last_error
     with pytest.raises(redis.ConnectionError):
         query_anomalies(client, "recguard", datetime.now(timezone.utc), datetime.now(timezone.utc))
+
+
+def test_the_command_audit_flags_what_a_cluster_would_refuse(cluster):
+    audit = CommandAudit(cluster)
+    audit.stop()
+    audit.commands = [(0, "c", ("HGETALL", "recguard:m:1")), (0, "c", ("EVALSHA", "ab" * 20, "1", "recguard:d:5", "x")),
+                      (0, "c", ("PING",)), (0, "c", ("MGET", "recguard:m:1", "recguard:m:2")), (0, "c", ("MULTI",)),
+                      (0, "c", ("EVALSHA", "ab" * 20, "2", "recguard:m:1", "recguard:m:2"))]
+    assert audit.cluster_risks() == ["cross-slot: MGET recguard:m:1 recguard:m:2", "transaction: MULTI",
+                                     f"cross-slot: EVALSHA {'ab' * 20} 2 recguard:m:1 recguard:m:2"]
