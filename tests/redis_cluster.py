@@ -240,12 +240,11 @@ class CommandAudit:
         self.cluster = cluster
         self.commands: list[tuple[int, str, tuple[str, ...]]] = []
         """(node port, client: "lua" for a script's own commands, arguments)."""
-        self._stopping = False
         self._monitors = []
         self._threads = []
         for port in cluster.primaries():
-            # no socket timeout: a node may have nothing to run for a while
-            monitor = redis.Redis(port=port, decode_responses=True).monitor().__enter__()
+            # a long read timeout: a node may have nothing to run for a while (redis-py's default is 5 s)
+            monitor = redis.Redis(port=port, decode_responses=True, socket_timeout=3600).monitor().__enter__()
             self._monitors.append(monitor)
             thread = threading.Thread(target=self._run, args=(port, monitor), daemon=True)
             thread.start()
