@@ -301,13 +301,9 @@ def _on_cluster(cluster: RedisCluster, commands: Sequence[Command], wait_ms: int
         for index in todo:
             node, replicas = asked.get(index), 0
             if node is None:
-                try:
-                    shard = cluster.nodes_manager.slots_cache.get(cluster.keyslot(commands[index].key)) or []
-                except RedisClusterException as exc:
-                    shard = []
-                    replies[index] = ClusterUnavailable(str(exc))
-                if not shard:
-                    replies[index] = replies[index] or ClusterUnavailable("the key's slot has no known owner")
+                shard = cluster.nodes_manager.slots_cache.get(cluster.keyslot(commands[index].key))
+                if not shard:  # mid-failover, or a topology read while part of the cluster was away
+                    replies[index] = ClusterUnavailable("the key's slot has no known owner")
                     refresh = True
                     continue
                 node, replicas = shard[0], len(shard) - 1
@@ -319,7 +315,7 @@ def _on_cluster(cluster: RedisCluster, commands: Sequence[Command], wait_ms: int
             batch = [commands[index] for index in indices]
             wait = (_replicas_of(cluster, node) if asking else replicas) if wait_ms else 0
             node_replies, waited = _pipeline(client, batch, asking=asking, wait=wait, wait_ms=wait_ms)
-            if wait and isinstance(waited, int) and waited < wait:
+            if wait and not (isinstance(waited, int) and waited >= wait):
                 short = NotReplicatedError(f"{waited} of {wait} replicas of {node.name} acknowledged within {wait_ms} ms")
                 node_replies = [reply if isinstance(reply, Exception) else short for reply in node_replies]
                 refresh = True  # a replica may have left the shard
