@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -50,6 +51,16 @@ NOT_THE_PROXY = {"info", "monitor", "cluster", "ping", "command", "hello", "clie
 REQUESTS_PER_WORKER_SECOND = 780
 """A sync worker's throughput on one core (docs/benchmarks.md, "The proxy under load": 1,560
 requests/s for two workers on two cores): what a worker does when it has a core to itself."""
+
+
+def wait_loaded(server: Server, workers: int, timeout: float = 600.0) -> None:
+    """Until every worker has loaded its bundle (sync workers take requests in turn: one ready
+    worker is not a ready server)."""
+    deadline = time.monotonic() + timeout
+    while server.log.read_text(errors="replace").count('"msg": "bundle loaded"') < workers:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{server.name}: workers not loaded after {timeout:.0f} s; see {server.log}")
+        time.sleep(0.5)
 
 
 def node_stats(cluster: LocalCluster) -> dict[int, dict[str, int]]:
@@ -209,9 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", default="2,8,32")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--benchmark-requests", type=int, default=200_000)
+    parser.add_argument("--benchmark-requests", type=int, default=10_000)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the cluster on the way out
     if not (args.bundle / "manifest.json").exists():
         raise SystemExit(f"{args.bundle}: no bundle (recguard generate, then recguard train)")
 
@@ -224,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     script.write_text(WRK_SCRIPT)
     base = {key: value for key, value in os.environ.items() if not key.startswith("RECGUARD_")}
     base.update({"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-                 "RECGUARD_LOG_LEVEL": "WARNING"})
+                 "RECGUARD_LOG_LEVEL": "INFO"})  # INFO: each worker logs "bundle loaded"
     runs, mix, frequencies = [], {}, {}
     try:
         for workers in (int(count) for count in args.workers.split(",")):
@@ -236,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                             base, port, work / f"w{workers}.log")
             try:
                 server.wait_ready(timeout=300)
+                wait_loaded(server, workers)
                 run_wrk(server.url, mixes["clean"], script, args.connections, 3)  # every worker warm
                 time.sleep(1.0)
                 before = node_stats(cluster)
