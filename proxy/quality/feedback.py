@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import redis
-from redis.exceptions import NoScriptError, RedisError
 
 from proxy.quality.tickets import Ticket
+from proxy.store.client import LuaScript, execute
 from proxy.store.counters import Counters, Series
 
 log = logging.getLogger("recguard.feedback")
@@ -85,7 +85,7 @@ class FeedbackLedger:
         self._prefix = prefix
         self._window = int(window_seconds) + 60
         self.series = quality_series(ttl_seconds)
-        self._script = client.register_script(_SEEN)
+        self._script = LuaScript(_SEEN)
         self._queue: deque[Event] = deque()
         self._lock = threading.Lock()
         self._max_pending = max_pending
@@ -125,15 +125,7 @@ class FeedbackLedger:
             self._queue.clear()
         if not batch:
             return True
-        try:
-            replies = self._send(batch)
-            if any(isinstance(reply, NoScriptError) for reply in replies):
-                self._client.script_load(_SEEN)
-                replies = self._send(batch)
-        except RedisError as exc:
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            self._requeue(batch)
-            return False
+        replies = self._send(batch)
         failed = []
         for event, reply in zip(batch, replies):
             if isinstance(reply, Exception):
@@ -153,12 +145,13 @@ class FeedbackLedger:
             self._trim()
 
     def _send(self, batch: list[Event]) -> list:
-        pipe = self._client.pipeline(transaction=False)
+        """One script call per event, pipelined (per node on a cluster); each reply or its error."""
+        calls = []
         for event in batch:
             served = event.index is not None and event.ticket.rank_of(event.index) is not None
-            pipe.evalsha(self._script.sha, 1, f"{self._prefix}:t:{event.key}", f"{event.item}\x1f{event.kind}",
-                         "1" if served else "0", self._window)
-        return pipe.execute(raise_on_error=False)
+            calls.append(self._script.call(f"{self._prefix}:t:{event.key}", f"{event.item}\x1f{event.kind}",
+                                           "1" if served else "0", self._window))
+        return execute(self._client, calls, raise_on_error=False)
 
     def _count(self, event: Event, first_hit: bool) -> None:
         ticket = event.ticket

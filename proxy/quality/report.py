@@ -11,6 +11,7 @@ import redis
 from proxy.quality.feedback import KINDS, quality_series
 from proxy.quality.stats import wilson_interval
 from proxy.store.anomaly_query import MAX_RANGE
+from proxy.store.client import command, execute
 
 GROUP_KEYS = ("version", "source", "segment")
 
@@ -91,12 +92,9 @@ def parse_group_keys(text: str | None) -> tuple[str, ...]:
 
 
 def read_minutes(client: redis.Redis, prefix: str, first: int, last: int) -> list[dict[str, str]]:
-    """The raw quality buckets of epoch minutes first..last, one pipelined HGETALL each."""
+    """The raw quality buckets of epoch minutes first..last, one HGETALL each, pipelined per node."""
     series = quality_series(60)
-    pipe = client.pipeline(transaction=False)
-    for minute in range(first, last + 1):
-        pipe.hgetall(series.key(prefix, minute))
-    return pipe.execute()
+    return execute(client, [command("HGETALL", series.key(prefix, minute)) for minute in range(first, last + 1)])
 
 
 def split_field(name: str) -> tuple[str, tuple[str, str, str]] | None:

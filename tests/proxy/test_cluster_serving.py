@@ -88,17 +88,27 @@ def quarantined(answer: dict) -> bool:
 def test_two_replicas_on_a_cluster_count_exactly_share_alarms_and_send_one_slot_per_command(
         tiny_bundle, tiny_holdout, loaded_bundle, cluster, tmp_path):
     audit = CommandAudit(cluster)
-    env = {"RECGUARD_ADMIN_TOKEN": TOKEN, "RECGUARD_DRIFT_SLOT_SECONDS": "1", "RECGUARD_DRIFT_WINDOW_SECONDS": "60"}
+    env = {"RECGUARD_ADMIN_TOKEN": TOKEN, "RECGUARD_DRIFT_SLOT_SECONDS": "1", "RECGUARD_DRIFT_WINDOW_SECONDS": "60",
+           # feedback on (clicks on a few answers), and no quality alarm against the bundle's offline figure
+           "RECGUARD_FEEDBACK_SECRET": "cluster-feedback-secret", "RECGUARD_HOLDBACK": "0", "RECGUARD_QUALITY_OFFLINE": "0"}
     replicas = [served(tiny_bundle, cluster, tmp_path, f"replica{index}", **env) for index in range(2)]
     for replica in replicas:
         replica.start(wait_ready=False)
     try:
         for replica in replicas:
             replica.wait_ready()
-        sent = 0
+        sent, answers = 0, []
         for index, body in enumerate(tiny_holdout * 2):
-            assert replicas[index % 2].predict(body).status_code == 200
+            answer = replicas[index % 2].predict(body)
+            assert answer.status_code == 200
+            answers.append(answer.json())
             sent += 1
+        # clicks on the first 30 answers, each sent three times, to the replica that did not answer it
+        clicked = answers[:30]
+        for index, answer in enumerate(clicked):
+            for _ in range(3):
+                event = {"ticket": answer["ticket"], "item": answer["items"][0], "event": "click"}
+                assert requests.post(f"{replicas[(index + 1) % 2].url}/feedback", json=event, timeout=10).status_code == 202
 
         # one market switches to pounds; whichever worker raises the alarm, every worker of both replicas
         # quarantines the market
@@ -139,10 +149,17 @@ def test_two_replicas_on_a_cluster_count_exactly_share_alarms_and_send_one_slot_
             report = replica.get("/anomalies?since=10m").json()
             assert report["requests"] == sent and report["by_field"]["weight_kg"] >= 1
             assert replica.get("/healthz").json()["redis"] == "up"
+            groups = replica.get("/quality?since=10m&by=source").json()["groups"]
+            assert sum(group["impressions"] for group in groups) == sent
+            assert sum(group["feedback"] for group in groups) == sum(group["hits"] for group in groups) == len(clicked)
         cli = subprocess.run([sys.executable, "-m", "proxy.cli.main", "anomalies", "--since", "10m", "--json",
                               "--redis", cluster.url], capture_output=True, text=True, timeout=60)
         assert cli.returncode == 0, cli.stderr
         assert json.loads(cli.stdout)["requests"] == sent
+        cli = subprocess.run([sys.executable, "-m", "proxy.cli.main", "quality", "--since", "10m", "--by", "source",
+                              "--json", "--redis", cluster.url], capture_output=True, text=True, timeout=60)
+        assert cli.returncode == 0, cli.stderr
+        assert sum(group["feedback"] for group in json.loads(cli.stdout)["groups"]) == len(clicked)
 
         commands = audit.stop()
         assert audit.cluster_risks() == [], "commands Redis Cluster could refuse"
