@@ -5,6 +5,8 @@ flush loses nothing."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from datetime import datetime, timezone
@@ -191,3 +193,13 @@ def test_the_command_audit_flags_what_a_cluster_would_refuse(cluster):
                       (0, "c", ("EVALSHA", "ab" * 20, "2", "recguard:m:1", "recguard:m:2"))]
     assert audit.cluster_risks() == ["cross-slot: MGET recguard:m:1 recguard:m:2", "transaction: MULTI",
                                      f"cross-slot: EVALSHA {'ab' * 20} 2 recguard:m:1 recguard:m:2"]
+
+
+def test_recguard_anomalies_on_an_unreachable_cluster_is_one_line_without_the_password():
+    url = f"redis+cluster://ops:hunter2@127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
+    result = subprocess.run([sys.executable, "-m", "proxy.cli.main", "anomalies", "--redis", url],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("recguard anomalies: cannot read counters from redis+cluster://ops:***@127.0.0.1:")
+    assert "no Redis Cluster node answered" in result.stderr and "hunter2" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
