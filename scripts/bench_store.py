@@ -41,7 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_proxy import WRK_SCRIPT, Server, free_port, run_wrk, write_mixes  # noqa: E402  (same directory)
+from _servers import free_port  # noqa: E402  (same directory)
+from bench_proxy import WRK_SCRIPT, Server, run_wrk, write_mixes  # noqa: E402
 from tests.redis_cluster import LocalCluster  # noqa: E402  (the tests' throwaway cluster)
 
 # The commands a Lua script runs inside Redis (counted by commandstats, never sent by the proxy).

@@ -11,12 +11,11 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
-from tests.conftest import free_port
+from scripts._servers import free_port
 
 NODE_TIMEOUT_MS = 1500
 """Short, so a killed primary's replica takes over in about two seconds; long enough that a node
@@ -40,7 +39,7 @@ class LocalCluster:
     def start(self) -> "LocalCluster":
         for binary in ("redis-server", "redis-cli"):
             if shutil.which(binary) is None:
-                pytest.fail(f"{binary} is not installed (make install puts it there)")
+                raise RuntimeError(f"{binary} is not installed (make install puts it there)")
         for port in self.ports:
             self.start_node(port)
         subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{port}" for port in self.ports),

@@ -21,6 +21,9 @@ from proxy.store.counters import Counters, Series, bucket_key
 from tests.conftest import free_port
 from tests.redis_cluster import CommandAudit
 
+# the cluster is made by redis-cli (and the CLI and gunicorn run as child processes)
+pytestmark = pytest.mark.system
+
 BASE = 29_000_000 * 60  # an epoch minute far from now: buckets of the test's own clock
 
 

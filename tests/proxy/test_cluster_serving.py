@@ -21,6 +21,9 @@ from tests.proxy.conftest import ProxyProcess
 from tests.proxy.test_faults import counted, settle
 from tests.redis_cluster import CommandAudit
 
+# the cluster is made by redis-cli (and the CLI and gunicorn run as child processes)
+pytestmark = pytest.mark.system
+
 POUNDS_PER_KG = 2.20462
 TOKEN = "cluster-admin-token"
 ALARM = "weight_kg:DE"
