@@ -121,19 +121,28 @@ def test_two_replicas_on_a_cluster_count_exactly_share_alarms_and_send_one_slot_
         others = [body for body in tiny_holdout if body["country"] != "DE"]
         for attempt in range(400):
             kilograms = rng.uniform(weight["min"], weight["max"] / POUNDS_PER_KG)
-            answer = replicas[attempt % 2].predict({**rng.choice(germans), "weight_kg": round(kilograms * POUNDS_PER_KG, 1)})
+            # each request a shopper of its own: drift evidence counts distinct users
+            answer = replicas[attempt % 2].predict({**rng.choice(germans), "weight_kg": round(kilograms * POUNDS_PER_KG, 1),
+                                                    "user_id": f"shopper-{attempt}"})
             sent += 1
             if quarantined(answer.json()):
                 break
         else:
             pytest.fail("no alarm after 400 requests in pounds")
-        time.sleep(0.5)  # every worker has refreshed
+        # every worker applies it at its next refresh (a flush interval): until 4 answers in a row from
+        # each replica (both workers, sync workers taking requests in turn) show it, for at most 2 s
+        deadline = time.monotonic() + 2.0
         for replica in replicas:
-            for _ in range(4):  # both workers of each replica, sync workers taking requests in turn
-                german = replica.predict(germans[0]).json()
+            while True:
+                germans_seen = [replica.predict(germans[0]).json() for _ in range(4)]
+                sent += 4
+                if all(quarantined(german) for german in germans_seen):
+                    break
+                assert time.monotonic() < deadline, f"not every worker quarantines: {germans_seen}"
+            assert all(german["source"] == "fallback" for german in germans_seen)
+            for _ in range(4):
                 other = replica.predict(others[0]).json()
-                sent += 2
-                assert german["source"] == "fallback" and quarantined(german)
+                sent += 1
                 assert other["source"] == "model" and not quarantined(other)
             assert [alarm["id"] for alarm in replica.get("/alarms").json()["alarms"]] == [ALARM]
 
@@ -141,8 +150,10 @@ def test_two_replicas_on_a_cluster_count_exactly_share_alarms_and_send_one_slot_
         cleared = requests.post(f"{replicas[0].url}/alarms/{ALARM}/clear", headers={"Authorization": f"Bearer {TOKEN}"},
                                 timeout=10)
         assert cleared.json() == {"cleared": ALARM}
-        time.sleep(0.5)
-        assert replicas[1].get("/alarms").json()["alarms"] == []
+        deadline = time.monotonic() + 2.0
+        while replicas[1].get("/alarms").json()["alarms"] != []:  # the other replica, at its next refresh
+            assert time.monotonic() < deadline, "the clear did not reach the other replica"
+            time.sleep(0.05)
         assert not quarantined(replicas[1].predict(germans[0]).json())
         sent += 1
 
