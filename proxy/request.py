@@ -76,30 +76,37 @@ def decode_json(body: bytes) -> Any:
         raise BadRequest(f"body is not valid JSON{detail}") from None
 
 
-def parse_predict_body(body: bytes, *, default_k: int, max_k: int, max_history: int) -> PredictRequest:
-    """Parse and check the envelope of a /predict body."""
-    payload = decode_json(body)
-    if not isinstance(payload, dict):
-        raise BadRequest(f"body must be a JSON object, got {json_type_name(payload)}")
-
-    k = payload.get(K_FIELD, default_k)
+def check_k(k: Any, *, default_k: int, max_k: int) -> int:
+    """k as sent (None: the default); BadRequest unless an integer from 1 to max_k."""
     if k is None:
-        k = default_k
+        return default_k
     # JSON has numbers, not integers: 10.0 and 1e1 are the integer 10 (as JSON Schema says), 10.5 is not
     if isinstance(k, float) and k.is_integer():
         k = int(k)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= max_k:
         raise BadRequest(f"k must be an integer from 1 to {max_k}")
+    return k
 
-    history = payload.get(HISTORY_FIELD)
+
+def check_history(history: Any, *, max_history: int) -> list[str]:
+    """The history as sent (None: empty); BadRequest unless a list of at most max_history strings."""
     if history is None:
-        history = []
+        return []
     if not isinstance(history, list):
         raise BadRequest("history must be a list of item ids (strings), most recent last")
     if len(history) > max_history:
         raise BadRequest(f"history has {len(history)} items; at most {max_history} are accepted")
     if not all(isinstance(item, str) for item in history):
         raise BadRequest("history must be a list of item ids (strings), most recent last")
+    return history
 
+
+def parse_predict_body(body: bytes, *, default_k: int, max_k: int, max_history: int) -> PredictRequest:
+    """Parse and check the envelope of a /predict body."""
+    payload = decode_json(body)
+    if not isinstance(payload, dict):
+        raise BadRequest(f"body must be a JSON object, got {json_type_name(payload)}")
+    k = check_k(payload.get(K_FIELD), default_k=default_k, max_k=max_k)
+    history = check_history(payload.get(HISTORY_FIELD), max_history=max_history)
     fields = {key: value for key, value in payload.items() if key not in ENVELOPE_FIELDS}
     return PredictRequest(fields=fields, history=history, k=k)

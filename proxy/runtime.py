@@ -23,16 +23,19 @@ from proxy.guard.anomaly import QUALITY_QUARANTINE, Anomaly
 from proxy.guard.checks import Guard
 from proxy.guard.diagnosis import Diagnosis
 from proxy.http.metrics import Metrics
+from proxy.models.breaker import CircuitBreaker
 from proxy.models.fallback import PopularityFallback
 from proxy.models.holdback import Holdback
 from proxy.models.recommender import Recommender
 from proxy.models.scorer import Scorer
 from proxy.models.service import PredictionService
+from proxy.models.shapes import OipV2Shape, Shape, make_shape
+from proxy.models.upstream import UpstreamClient
 from proxy.quality.alarm import QualityMonitor, QualityThresholds
 from proxy.quality.desk import TicketDesk
 from proxy.quality.feedback import FeedbackLedger
 from proxy.quality.tickets import TicketSigner
-from proxy.settings import Settings
+from proxy.settings import Settings, redact_url
 from proxy.store.client import make_redis_client
 from proxy.store.counters import Counters, Series
 
@@ -64,6 +67,10 @@ class Loaded:
     """Tickets and feedback (None while no feedback secret is configured)."""
     quality: QualityMonitor | None = None
     """Quality alarms as this worker sees them (None while feedback is off)."""
+    upstream: UpstreamClient | None = None
+    """The team's own endpoint, in upstream mode: bodies in its `shape` are forwarded to it."""
+    oip: OipV2Shape | None = None
+    """recguard's own Open Inference Protocol v2 bodies (the /v2 endpoints)."""
 
     @property
     def model_version(self) -> str:
@@ -107,7 +114,8 @@ class Runtime:
         settings = self.settings
         profile = bundle.profile
         metrics = Metrics(profile["fields"])
-        scorer = self.model or Scorer.from_bundle(bundle)
+        upstream = self._upstream(bundle, metrics) if settings.upstream.enabled else None
+        scorer = self.model or upstream or Scorer.from_bundle(bundle)
         guard = drift = alarms = desk = quality = holdback = quarantine = None
         recorders: list = [metrics]
         if settings.guard.enabled:
@@ -126,11 +134,24 @@ class Runtime:
             scorer, PopularityFallback(bundle.popularity), guard,
             model_timeout=settings.limits.model_timeout_ms / 1000 if settings.guard.enabled else None,
             recorders=recorders, executor_threads=settings.server.threads, drift=drift,
-            holdback=holdback, stamp=desk, quarantine=quarantine,
+            holdback=holdback, stamp=desk, quarantine=quarantine, upstream=upstream,
         )
-        self.loaded = Loaded(bundle, service, metrics, alarms, desk, quality)
+        oip = OipV2Shape(settings.limits, settings.server.model_name)
+        self.loaded = Loaded(bundle, service, metrics, alarms, desk, quality, upstream, oip)
         self.settled.set()
-        log.info("bundle loaded", extra={"model_version": bundle.model_version, "guard": settings.guard.enabled})
+        log.info("bundle loaded", extra={"model_version": bundle.model_version, "guard": settings.guard.enabled,
+                                         "upstream": redact_url(settings.upstream.url) or None})
+
+    def _upstream(self, bundle: Bundle, metrics: Metrics) -> UpstreamClient:
+        """The client of the team's endpoint: one pool per worker, as many connections as it has threads."""
+        settings = self.settings
+        up = settings.upstream
+        breaker = CircuitBreaker(up.breaker_failures, up.breaker_base_ejection_ms / 1000, up.breaker_max_ejection_ms / 1000,
+                                 on_change=metrics.breaker_changed)
+        metrics.breaker_changed("closed")
+        shape: Shape = make_shape(up, settings.limits, settings.server.model_name)
+        return UpstreamClient(up.url, shape, bundle.catalogue, timeout=settings.limits.model_timeout_ms / 1000,
+                              pool_size=settings.worker_threads, breaker=breaker, observe=metrics.upstream_call)
 
     def _drift(self, profile: Mapping[str, Any], metrics: Metrics) -> tuple[DriftWatch, AlarmMonitor]:
         """The drift windows (fed by requests, written by the counters' flush) and this worker's
@@ -215,5 +236,7 @@ class Runtime:
         """Stop the model pool and flush pending counts (graceful shutdown)."""
         if self.loaded is not None:
             self.loaded.service.close()
+            if self.loaded.upstream is not None:
+                self.loaded.upstream.close()
         if self.counters is not None:
             self.counters.close()

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from model.errors import RecguardError
+from proxy.pointer import valid_pointer
 from proxy.store.client import valid_redis_url
 
 ENV_PREFIX = "RECGUARD_"
-WORKER_CLASSES = ("sync", "gthread")
+WORKER_CLASSES = ("auto", "sync", "gthread")
+UPSTREAM_PROTOCOLS = ("plain", "kserve-v1", "oip-v2")
 SECRET_SETTINGS = frozenset({"admin_token", "user_hash_key"})
 """Never shown in an error message or a log line."""
 
@@ -43,13 +46,16 @@ class ServerSettings:
     """host:port gunicorn listens on."""
     workers: int = setting("workers", 2)
     """gunicorn worker processes."""
-    worker_class: str = setting("worker_class", "sync")
+    worker_class: str = setting("worker_class", "auto")
     """gunicorn worker class: sync (one request at a time per worker: the lowest tail latency,
-    measured in docs/benchmarks.md) or gthread (`threads` per worker: keep-alive, slow clients)."""
+    measured in docs/benchmarks.md) or gthread (`threads` per worker: keep-alive, slow clients, and
+    requests that wait on an upstream); auto is sync for the bundle's model, gthread in upstream mode."""
     threads: int = setting("threads", 4)
     """Threads per worker with gthread; also the size of each worker's model-budget pool."""
     log_level: str = setting("log_level", "INFO")
     """Python logging level name."""
+    model_name: str = setting("model_name", "recguard")
+    """The model's name on recguard's Open Inference Protocol v2 endpoints (/v2/models/<name>)."""
 
     def checks(self) -> list[tuple[bool, str, str]]:
         return [
@@ -58,6 +64,7 @@ class ServerSettings:
             (self.threads >= 1, "threads", "at least 1"),
             (self.log_level.upper() in {"DEBUG", "INFO", "WARNING", "ERROR"}, "log_level", "DEBUG, INFO, WARNING or ERROR"),
             (_valid_bind(self.bind), "bind", "HOST:PORT"),
+            (bool(_MODEL_NAME.fullmatch(self.model_name)), "model_name", "letters, digits, '.', '_' or '-'"),
         ]
 
 
@@ -208,6 +215,54 @@ class FeedbackSettings:
 
 
 @dataclass(frozen=True)
+class UpstreamSettings:
+    """The team's own model endpoint recguard stands in front of (empty url: the bundle's model answers)."""
+
+    url: str = setting("upstream_url", "")
+    """The endpoint every request the guard lets through is forwarded to (http:// or https://)."""
+    protocol: str = setting("upstream_protocol", "plain")
+    """The body shape the upstream speaks: plain, kserve-v1 ({"instances"} -> {"predictions"}) or oip-v2."""
+    items: str = setting("upstream_items", "/items")
+    """RFC 6901 pointer to the list of item ids in the upstream's answer (in each prediction with kserve-v1)."""
+    scores: str = setting("upstream_scores", "")
+    """Pointer to the scores beside the items in the upstream's answer; empty: it gives none."""
+    request_fields: str = setting("request_fields", "")
+    """Pointer to the object holding the signup fields in a request body (in each instance with kserve-v1);
+    empty: the top level."""
+    request_history: str = setting("request_history", "/history")
+    """Pointer to the history list in a request body."""
+    request_k: str = setting("request_k", "/k")
+    """Pointer to k in a request body."""
+    breaker_failures: int = setting("breaker_failures", 5)
+    """Consecutive failed upstream calls that eject the upstream (Envoy's consecutive_5xx)."""
+    breaker_base_ejection_ms: float = setting("breaker_base_ejection_ms", 30_000.0)
+    """How long the first ejection lasts; the n-th lasts n times this (Envoy's base_ejection_time)."""
+    breaker_max_ejection_ms: float = setting("breaker_max_ejection_ms", 300_000.0)
+    """The longest an ejection lasts (Envoy's max_ejection_time)."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url)
+
+    def checks(self) -> list[tuple[bool, str, str]]:
+        return [
+            (not self.url or (self.url.startswith(("http://", "https://")) and bool(urlsplit(self.url).hostname)),
+             "upstream_url", "empty or an http:// or https:// URL"),
+            (self.protocol in UPSTREAM_PROTOCOLS, "upstream_protocol", " or ".join(UPSTREAM_PROTOCOLS)),
+            (valid_pointer(self.items), "upstream_items", "a JSON pointer (RFC 6901): empty or starting with /"),
+            (valid_pointer(self.scores), "upstream_scores", "a JSON pointer (RFC 6901): empty or starting with /"),
+            (valid_pointer(self.request_fields), "request_fields", "a JSON pointer (RFC 6901): empty or starting with /"),
+            (valid_pointer(self.request_history) and bool(self.request_history), "request_history",
+             "a JSON pointer starting with /"),
+            (valid_pointer(self.request_k) and bool(self.request_k), "request_k", "a JSON pointer starting with /"),
+            (self.breaker_failures >= 1, "breaker_failures", "at least 1"),
+            (self.breaker_base_ejection_ms > 0, "breaker_base_ejection_ms", "positive"),
+            (self.breaker_max_ejection_ms >= self.breaker_base_ejection_ms, "breaker_max_ejection_ms",
+             "at least breaker_base_ejection_ms"),
+        ]
+
+
+@dataclass(frozen=True)
 class AdminSettings:
     """Who may change state through the admin endpoints."""
 
@@ -228,6 +283,7 @@ class Settings:
     guard: GuardSettings = field(default_factory=GuardSettings)
     drift: DriftSettings = field(default_factory=DriftSettings)
     feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
+    upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
 
     @classmethod
@@ -272,12 +328,26 @@ class Settings:
         return {ENV_PREFIX + name.upper(): ("1" if value else "0") if isinstance(value, bool) else str(value)
                 for name, value in self.flat().items()}
 
+    @property
+    def worker_class(self) -> str:
+        """The gunicorn worker class to run: `server.worker_class`, with auto resolved (gthread in upstream
+        mode, where a request waits on the network and threads overlap the waits; else sync)."""
+        if self.server.worker_class != "auto":
+            return self.server.worker_class
+        return "gthread" if self.upstream.enabled else "sync"
+
+    @property
+    def worker_threads(self) -> int:
+        """Threads per worker: `server.threads` with gthread, 1 with sync (gunicorn would swap sync for gthread)."""
+        return self.server.threads if self.worker_class == "gthread" else 1
+
     def validate(self) -> None:
         """Raise SettingsError for a value out of its range."""
         for group in fields(self):
             for ok, name, expected in getattr(self, group.name).checks():
                 if not ok:
-                    shown = redact_url(self.redis.url) if name == "redis_url" else self.flat()[name]
+                    shown = self.flat()[name]
+                    shown = redact_url(shown) if name in ("redis_url", "upstream_url") else shown
                     if name in SECRET_SETTINGS:
                         shown = f"<{len(shown)} characters>"
                     raise SettingsError(f"{ENV_PREFIX}{name.upper()}: expected {expected}, got {shown!r}")
@@ -296,6 +366,9 @@ def redact_url(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def _valid_bind(bind: str) -> bool:

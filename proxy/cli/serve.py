@@ -18,8 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--bundle", help="bundle directory (RECGUARD_BUNDLE)")
     serve.add_argument("--bind", help="HOST:PORT (RECGUARD_BIND, default 127.0.0.1:8000)")
     serve.add_argument("--workers", type=int, help="worker processes (RECGUARD_WORKERS)")
-    serve.add_argument("--worker-class", choices=("sync", "gthread"),
-                       help="gunicorn worker class (RECGUARD_WORKER_CLASS, default sync)")
+    serve.add_argument("--worker-class", choices=("auto", "sync", "gthread"),
+                       help="gunicorn worker class (RECGUARD_WORKER_CLASS, default auto: sync, gthread with --upstream)")
     serve.add_argument("--threads", type=int, help="threads per worker with gthread (RECGUARD_THREADS)")
     serve.add_argument("--redis", dest="redis_url", help="Redis URL (RECGUARD_REDIS_URL)")
     serve.add_argument("--redis-prefix", help="Redis key prefix (RECGUARD_REDIS_PREFIX)")
@@ -27,6 +27,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--flush-interval", type=float, help="seconds between counter flushes (RECGUARD_FLUSH_INTERVAL)")
     serve.add_argument("--no-guard", dest="guard", action="store_const", const=False,
                        help="serve the bare model: no checks, no counters (the baseline)")
+    serve.add_argument("--model-name", help="the model's name on the /v2 endpoints (RECGUARD_MODEL_NAME, default recguard)")
+    upstream = serve.add_argument_group("upstream mode", "stand in front of the team's own model endpoint "
+                                                         "(docs/upstream.md)")
+    upstream.add_argument("--upstream", dest="upstream_url", metavar="URL",
+                          help="forward what the guard lets through to this endpoint (RECGUARD_UPSTREAM_URL)")
+    upstream.add_argument("--upstream-protocol", choices=("plain", "kserve-v1", "oip-v2"),
+                          help="the body shape it speaks (RECGUARD_UPSTREAM_PROTOCOL, default plain)")
+    upstream.add_argument("--upstream-items", metavar="POINTER",
+                          help="JSON pointer to the item ids in its answer (RECGUARD_UPSTREAM_ITEMS, default /items)")
+    upstream.add_argument("--upstream-scores", metavar="POINTER",
+                          help="JSON pointer to the scores in its answer (RECGUARD_UPSTREAM_SCORES, default none)")
+    upstream.add_argument("--request-fields", metavar="POINTER",
+                          help="JSON pointer to the signup fields in a request (RECGUARD_REQUEST_FIELDS, default the top level)")
+    upstream.add_argument("--request-history", metavar="POINTER",
+                          help="JSON pointer to the history in a request (RECGUARD_REQUEST_HISTORY, default /history)")
+    upstream.add_argument("--request-k", metavar="POINTER",
+                          help="JSON pointer to k in a request (RECGUARD_REQUEST_K, default /k)")
     serve.set_defaults(handler=serve_command)
 
     anomalies = sub.add_parser("anomalies", help="what went wrong since a time, from the counters in Redis")
@@ -61,17 +78,22 @@ def _settings(args: argparse.Namespace, names: tuple[str, ...]):
 def serve_command(args: argparse.Namespace) -> int:
     """Validate settings and the bundle here, then replace this process with gunicorn."""
     from model.bundle import load_bundle
+    from proxy.settings import redact_url
 
     settings = _settings(args, ("bundle", "bind", "workers", "worker_class", "threads", "redis_url", "redis_prefix",
-                                "model_timeout_ms", "flush_interval", "guard"))
+                                "model_timeout_ms", "flush_interval", "guard", "model_name", "upstream_url",
+                                "upstream_protocol", "upstream_items", "upstream_scores", "request_fields",
+                                "request_history", "request_k"))
     bundle = load_bundle(settings.server.bundle)
-    if not bundle.has_model:
+    if not bundle.has_model and not settings.upstream.enabled:
         from model.errors import RecguardError
 
         raise RecguardError(f"{settings.server.bundle} is a guard-only bundle (no model to serve): it needs --upstream URL, "
                             f"the endpoint of your own model")
-    print(f"recguard: serving {bundle.model_version} on {settings.server.bind} "
-          f"({settings.server.workers} {settings.server.worker_class} workers, guard {'on' if settings.guard.enabled else 'off'})", file=sys.stderr)
+    target = (f"in front of {redact_url(settings.upstream.url)} ({settings.upstream.protocol})"
+              if settings.upstream.enabled else bundle.model_version)
+    print(f"recguard: serving {target} on {settings.server.bind} "
+          f"({settings.server.workers} {settings.worker_class} workers, guard {'on' if settings.guard.enabled else 'off'})", file=sys.stderr)
     env = dict(os.environ)
     env.update(settings.to_env())
     env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="recguard-metrics-")

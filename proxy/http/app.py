@@ -13,6 +13,7 @@ from model.bundle import Bundle, load_bundle
 from proxy.http.admin import admin_blueprint
 from proxy.http.dashboard import dashboard_blueprint
 from proxy.http.feedback import feedback_blueprint
+from proxy.http.oip import oip_blueprint
 from proxy.http.ops import ops_blueprint
 from proxy.http.predict import predict_blueprint
 from proxy.http.queries import queries_blueprint
@@ -48,7 +49,7 @@ def create_app(
     else:
         runtime.load_in_background(bundle_loader)
 
-    for blueprint in (predict_blueprint(runtime), ops_blueprint(runtime), queries_blueprint(runtime),
+    for blueprint in (predict_blueprint(runtime), oip_blueprint(runtime), ops_blueprint(runtime), queries_blueprint(runtime),
                       feedback_blueprint(runtime), admin_blueprint(runtime), dashboard_blueprint()):
         app.register_blueprint(blueprint)
 

@@ -5,7 +5,9 @@ of CPU, so threads in a worker add only GIL hand-offs, and gthread's keep-alive 
 pin a client to one worker and unbalance the two; measured in docs/benchmarks.md ("Choosing
 the worker class"). gthread stays a setting for clients that are slow or hold connections open
 without a buffering load balancer in front. Choose it with RECGUARD_WORKER_CLASS, not with
-gunicorn's --worker-class flag: threads are given to gthread only.
+gunicorn's --worker-class flag: threads are given to gthread only. In upstream mode (auto) workers
+are gthread: a request there waits on the network, and threads overlap the waits
+(docs/benchmarks.md, "The cost of the hop").
 The bundle is loaded in each worker after the fork (no preload): nothing torch-like runs in
 the master, and each worker's counter-flush thread is started where it will live.
 """
@@ -34,9 +36,9 @@ _settings = Settings.from_env()
 bind = _settings.server.bind
 workers = _settings.server.workers
 # gunicorn quietly swaps sync for gthread when threads > 1: sync means one thread
-threads = _settings.server.threads if _settings.server.worker_class == "gthread" else 1
+threads = _settings.worker_threads
 # sync is gunicorn's sync worker plus a drain of the listen backlog on SIGTERM (proxy/http/workers.py)
-worker_class = "proxy.http.workers.SyncWorker" if _settings.server.worker_class == "sync" else _settings.server.worker_class
+worker_class = "proxy.http.workers.SyncWorker" if _settings.worker_class == "sync" else _settings.worker_class
 timeout = 30
 graceful_timeout = 10
 keepalive = 5

@@ -7,7 +7,9 @@ from typing import Any
 
 import redis
 
+from proxy.models.breaker import CLOSED
 from proxy.runtime import Runtime
+from proxy.settings import redact_url
 from proxy.store.anomaly_query import query_anomalies
 
 RATE_WINDOW = timedelta(minutes=5)
@@ -46,6 +48,15 @@ def health_report(runtime: Runtime, client: redis.Redis | None, prefix: str) -> 
     reasons.extend(f"drift alarm {alarm.id}: {alarm.detail}" for alarm in alarms)
     quality = loaded.quality.active if loaded is not None and loaded.quality is not None else []
     reasons.extend(f"quality alarm {alarm.id}: {alarm.detail}" for alarm in quality)
+    upstream = None
+    if loaded is not None and loaded.upstream is not None:
+        breaker = loaded.upstream.breaker.state()
+        upstream = {"url": redact_url(runtime.settings.upstream.url), "protocol": loaded.upstream.shape.name,
+                    "breaker": breaker.to_json()}
+        if breaker.state != CLOSED:
+            retry = "probing now" if breaker.retry_in_seconds is None else f"probe in {breaker.retry_in_seconds:.1f} s"
+            reasons.append(f"upstream ejected by this worker's circuit breaker after {breaker.consecutive_failures} "
+                           f"failures in a row ({retry}): the fallback answers")
 
     return {
         "status": "degraded" if reasons else "ok",
@@ -62,4 +73,5 @@ def health_report(runtime: Runtime, client: redis.Redis | None, prefix: str) -> 
             "pending": loaded.desk.ledger.pending, "dropped": loaded.desk.ledger.dropped,
             "last_error": loaded.desk.ledger.last_error,
         },
+        "upstream": upstream,
     }

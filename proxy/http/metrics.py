@@ -64,12 +64,34 @@ class Metrics:
                             ["version", "source"], registry=self.registry)
         self.feedback_rejected = Counter("recguard_feedback_rejected", "Feedback events refused, by status.",
                                          ["status"], registry=self.registry)
+        self.upstream_calls = Counter("recguard_upstream_calls", "Calls to the upstream model endpoint, by outcome.",
+                                      ["outcome"], registry=self.registry)
+        self.upstream_latency = Histogram("recguard_upstream_duration_seconds",
+                                          "Time of one call to the upstream (not counted while the breaker is open).",
+                                          buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.breaker_ejections = Counter("recguard_upstream_ejections", "Times a worker's circuit breaker ejected the upstream.",
+                                         registry=self.registry)
+        # livesum: how many live workers have the upstream ejected (open or probing) right now
+        self.breaker_open = Gauge("recguard_upstream_breaker_open", "Workers whose circuit breaker has the upstream ejected.",
+                                  registry=self.registry, multiprocess_mode="livesum")
 
     def record_feedback(self, version: str, source: str, event: str, hit: bool) -> None:
         """Count one feedback event the ledger found new."""
         self.feedback.labels(version, source, event).inc()
         if hit:
             self.hits.labels(version, source).inc()
+
+    def upstream_call(self, outcome: str, seconds: float) -> None:
+        """Count one upstream call (or one skipped by the open breaker, which takes no time)."""
+        self.upstream_calls.labels(outcome).inc()
+        if outcome != "upstream_unavailable":
+            self.upstream_latency.observe(seconds)
+
+    def breaker_changed(self, state: str) -> None:
+        """Follow the breaker: an ejection counted, the open gauge set."""
+        if state == "open":
+            self.breaker_ejections.inc()
+        self.breaker_open.set(0 if state == "closed" else 1)
 
     def record_request(self, source: str, anomalies: Sequence[tuple[str, str]]) -> None:
         """Count one answered prediction request."""

@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 from proxy.guard.anomaly import KINDS
 from proxy.guard.checks import FieldRule, compile_rules
+from proxy.http.oip import OPENAPI_PATHS as OIP_PATHS
 from proxy.settings import Settings
 
 ANOMALY_KINDS = list(KINDS)
@@ -177,6 +178,7 @@ def openapi_document(profile: Mapping[str, Any] | None, settings: Settings) -> d
                              responses=not_ready),
             "/dashboard": _get("The anomaly dashboard (a self-contained HTML page)",
                                {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}),
+            **OIP_PATHS,
             "/openapi.json": _get("This document", {"description": "OpenAPI 3.1",
                                                     "content": {"application/json": {"schema": {"type": "object"}}}}),
         },

@@ -1,7 +1,13 @@
-"""POST /predict (and /invocations, SageMaker's path): parse the body, ask the service, answer."""
+"""POST /predict (and /invocations, SageMaker's path): parse the body, ask the service, answer.
+
+In upstream mode (`--upstream`) the same paths, and KServe v1's `/v1/models/<name>:predict`,
+take bodies in the upstream's shape: what the guard lets through is forwarded unchanged and the
+upstream's status, body and content type come back unchanged; the fallback answers in that shape.
+"""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
@@ -10,8 +16,11 @@ from flask import Blueprint, Response, request
 from werkzeug.exceptions import HTTPException
 
 from proxy.http.responses import error_response, json_response, reject
+from proxy.models.service import Forwarding
+from proxy.models.shapes import KSERVE_V1, Shape, anomaly_list
+from proxy.models.upstream import forwarded_headers
 from proxy.request import BadRequest, parse_predict_body
-from proxy.runtime import Runtime
+from proxy.runtime import Loaded, Runtime
 
 JSON_TYPES = ("application/json",)
 SOURCE_HEADER = "X-Recguard-Source"
@@ -19,6 +28,7 @@ REQUEST_ID_HEADER = "X-Request-Id"
 TICKET_HEADER = "X-Recguard-Ticket"
 # a caller's request id is echoed and signed into the ticket: printable ASCII, bounded
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,200}")
+ANOMALIES_HEADER = "X-Recguard-Anomalies"
 STARTUP_WAIT_SECONDS = 5.0
 
 
@@ -32,6 +42,62 @@ def _is_json(mimetype: str) -> bool:
     return mimetype in JSON_TYPES or (mimetype.startswith("application/") and mimetype.endswith("+json"))
 
 
+def loaded_or_wait(runtime: Runtime) -> Loaded | None:
+    """The loaded parts; a worker that just booted takes connections while its bundle loads (a
+    fraction of a second): waiting briefly beats failing a request another worker would have answered."""
+    loaded = runtime.loaded
+    if loaded is None and runtime.settled.wait(STARTUP_WAIT_SECONDS):
+        loaded = runtime.loaded
+    return loaded
+
+
+def read_body(runtime: Runtime, *, json_type: bool = True) -> bytes | Response:
+    """The request's body, or the 4xx answer that refuses it; `json_type`: its Content-Type must say JSON."""
+    if json_type and not _is_json(request.mimetype):
+        return reject(runtime, "Content-Type must be application/json", 415)
+    try:
+        body = request.get_data(cache=False)
+    except HTTPException:
+        raise
+    except Exception:  # noqa: BLE001
+        # The WSGI server's own framing errors surface here (gunicorn raises its ParseException
+        # for a malformed chunked body): the client's fault, not an internal error.
+        return reject(runtime, "body could not be read: malformed chunked encoding or cut short", 400)
+    limit = runtime.settings.limits.max_body_bytes
+    if len(body) > limit:
+        return reject(runtime, f"body larger than {limit} bytes", 413)
+    return body
+
+
+def recguard_headers(rid: str, sources: list[str], anomalies: list[str], tickets: list[str]) -> dict[str, str]:
+    """X-Request-Id, and X-Recguard-Source, -Anomalies and -Ticket with one entry per row, rows separated by ';'."""
+    headers = {REQUEST_ID_HEADER: rid, SOURCE_HEADER: ";".join(sources)}
+    if any(anomalies):
+        headers[ANOMALIES_HEADER] = ";".join(anomalies)
+    if tickets:
+        headers[TICKET_HEADER] = ";".join(tickets)
+    return headers
+
+
+def forward_answer(runtime: Runtime, loaded: Loaded, shape: Shape, body: bytes) -> Response:
+    """A body in the upstream's shape: forwarded, or answered by the fallback in that shape."""
+    try:
+        parsed = shape.parse(body)
+    except BadRequest as exc:
+        return reject(runtime, str(exc), exc.status)
+    rid = request_id()
+    # the upstream sees the request id the answer carries, the caller's or a new one
+    sent_headers = {**forwarded_headers(request.headers.items()), REQUEST_ID_HEADER: rid}
+    outcome: Forwarding = loaded.service.forward(parsed, body, sent_headers, shape, rid)
+    headers = recguard_headers(rid, [row.source for row in outcome.rows],
+                               [anomaly_list(row.anomalies) for row in outcome.rows], outcome.tickets)
+    reply = outcome.reply
+    if reply is not None:
+        return Response(reply.body, status=reply.status, content_type=reply.content_type, headers=headers)
+    rendered = shape.render(parsed, outcome.rows, loaded.model_version)
+    return Response(json.dumps(rendered, allow_nan=False), mimetype="application/json", headers=headers)
+
+
 def predict_blueprint(runtime: Runtime) -> Blueprint:
     """The prediction endpoints of `runtime`."""
     blueprint = Blueprint("predict", __name__)
@@ -41,25 +107,16 @@ def predict_blueprint(runtime: Runtime) -> Blueprint:
     @blueprint.post("/invocations")
     def predict() -> Response:
         started = time.perf_counter()
-        loaded = runtime.loaded
-        # A worker that just booted takes connections while its bundle loads (a fraction of a
-        # second): waiting briefly beats failing a request another worker would have answered.
-        if loaded is None and runtime.settled.wait(STARTUP_WAIT_SECONDS):
-            loaded = runtime.loaded
+        loaded = loaded_or_wait(runtime)
         if loaded is None:
             return error_response("model not loaded yet", 503)
-        if not _is_json(request.mimetype):
-            return reject(runtime, "Content-Type must be application/json", 415)
-        try:
-            body = request.get_data(cache=False)
-        except HTTPException:
-            raise
-        except Exception:  # noqa: BLE001
-            # The WSGI server's own framing errors surface here (gunicorn raises its ParseException
-            # for a malformed chunked body): the client's fault, not an internal error.
-            return reject(runtime, "body could not be read: malformed chunked encoding or cut short", 400)
-        if len(body) > limits.max_body_bytes:
-            return reject(runtime, f"body larger than {limits.max_body_bytes} bytes", 413)
+        body = read_body(runtime)
+        if isinstance(body, Response):
+            return body
+        if loaded.upstream is not None:
+            response = forward_answer(runtime, loaded, loaded.upstream.shape, body)
+            loaded.metrics.latency.observe(time.perf_counter() - started)
+            return response
         try:
             parsed = parse_predict_body(body, default_k=limits.default_k, max_k=limits.max_k,
                                         max_history=limits.max_history)
@@ -76,5 +133,10 @@ def predict_blueprint(runtime: Runtime) -> Blueprint:
         response = json_response(answer, headers=headers)
         loaded.metrics.latency.observe(time.perf_counter() - started)
         return response
+
+    if runtime.settings.upstream.enabled and runtime.settings.upstream.protocol == KSERVE_V1:
+        @blueprint.post("/v1/models/<name>:predict")
+        def kserve_predict(name: str) -> Response:
+            return predict()
 
     return blueprint

@@ -10,9 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Protocol, Sequence
 
+from proxy.guard.anomaly import MODEL_ERROR
+
 
 class ModelError(Exception):
-    """The model could not give a trustworthy answer (it raised, or its scores are not finite)."""
+    """The model could not give a trustworthy answer (it raised, or its scores are not finite); `kind` is
+    the anomaly kind the fallback's answer reports."""
+
+    kind = MODEL_ERROR
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ def test_admin_token_is_not_in_the_repr():
     ({"RECGUARD_WORKERZ": "3"}, "RECGUARD_WORKERZ: unknown setting"),
     ({"RECGUARD_WORKERS": "three"}, "RECGUARD_WORKERS: expected an integer, got 'three'"),
     ({"RECGUARD_WORKERS": "0"}, "RECGUARD_WORKERS: expected at least 1"),
-    ({"RECGUARD_WORKER_CLASS": "gevent"}, "RECGUARD_WORKER_CLASS: expected sync or gthread, got 'gevent'"),
+    ({"RECGUARD_WORKER_CLASS": "gevent"}, "RECGUARD_WORKER_CLASS: expected auto or sync or gthread, got 'gevent'"),
     ({"RECGUARD_GUARD": "maybe"}, "RECGUARD_GUARD: expected a boolean"),
     ({"RECGUARD_MODEL_TIMEOUT_MS": "nan"}, "RECGUARD_MODEL_TIMEOUT_MS: expected positive"),
     ({"RECGUARD_REDIS_URL": "localhost:6379"}, "RECGUARD_REDIS_URL: expected a redis://"),

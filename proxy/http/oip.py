@@ -1,0 +1,147 @@
+"""recguard's own Open Inference Protocol v2 endpoints (KServe's v2 data plane), JSON tensors.
+
+GET /v2, /v2/health/live, /v2/health/ready, /v2/models/<name>, /v2/models/<name>/ready and
+POST /v2/models/<name>/infer, for the embedded model and in upstream mode: with an oip-v2
+upstream the infer body is forwarded as it came; with another upstream each row is asked of it
+in its own shape. The inputs are the profile's signup fields, typed from it, plus history and k.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+
+from flask import Blueprint, Response, request
+
+from proxy.http.predict import forward_answer, loaded_or_wait, read_body, recguard_headers, request_id
+from proxy.http.responses import error_response, json_response, reject
+from proxy.models.shapes import ITEMS_OUTPUT, OIP_TYPES, OIP_V2, SCORES_OUTPUT, RowAnswer, anomaly_list
+from proxy.request import HISTORY_FIELD, K_FIELD, BadRequest
+from proxy.runtime import Runtime
+
+BINARY_HEADER = "Inference-Header-Content-Length"
+
+
+def model_metadata(profile: dict, name: str, version: str) -> dict:
+    """The OIP model metadata: an input per signup field of the profile, history and k; items and scores."""
+    inputs = [{"name": field, "datatype": OIP_TYPES.get(spec["type"], "BYTES"), "shape": [-1]}
+              for field, spec in profile["fields"].items()]
+    inputs += [{"name": HISTORY_FIELD, "datatype": "BYTES", "shape": [-1, -1]},
+               {"name": K_FIELD, "datatype": "INT32", "shape": [1]}]
+    return {"name": name, "versions": [version], "platform": "recguard", "inputs": inputs,
+            "outputs": [{"name": ITEMS_OUTPUT, "datatype": "BYTES", "shape": [-1, -1]},
+                        {"name": SCORES_OUTPUT, "datatype": "FP32", "shape": [-1, -1]}]}
+
+
+def _oip_get(summary: str, description: str, *errors: tuple[str, str]) -> dict:
+    responses = {"200": {"description": description, "content": {"application/json": {"schema": {"type": "object"}}}}}
+    responses.update({status: {"description": text, "content": {"application/json": {"schema": {
+        "$ref": "#/components/schemas/Error"}}}} for status, text in errors})
+    return {"summary": summary, "responses": responses}
+
+
+_NAME = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
+          "description": "The model's name, RECGUARD_MODEL_NAME (default recguard)"}]
+OPENAPI_PATHS = {
+    "/v2": {"get": _oip_get("OIP v2 server metadata", "name, version, extensions")},
+    "/v2/health/live": {"get": _oip_get("OIP v2 liveness", "`{\"live\": true}`")},
+    "/v2/health/ready": {"get": _oip_get("OIP v2 readiness", "`{\"ready\": true}`", ("503", "Not loaded yet"))},
+    "/v2/models/{name}": {"get": {**_oip_get("OIP v2 model metadata: an input per signup field, history, k",
+                                             "name, versions, platform, inputs, outputs",
+                                             ("404", "No model of this name"), ("503", "Not loaded yet")),
+                                  "parameters": _NAME}},
+    "/v2/models/{name}/ready": {"get": {**_oip_get("OIP v2 model readiness", "`{\"name\", \"ready\"}`",
+                                                   ("404", "No model of this name"), ("503", "Not loaded yet")),
+                                        "parameters": _NAME}},
+    "/v2/models/{name}/infer": {"post": {
+        **_oip_get("OIP v2 inference (JSON tensors); outputs items and scores, source and anomalies in parameters",
+                   "The inference response", ("400", "Not an OIP v2 request, binary tensors, bad k or history"),
+                   ("404", "No model of this name"), ("413", "Body over the size limit"),
+                   ("415", "Content-Type is not JSON"), ("503", "Not loaded yet")),
+        "parameters": _NAME,
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}}},
+}
+"""The /v2 endpoints in the OpenAPI document."""
+
+
+def _recguard_version() -> str:
+    try:
+        return package_version("recguard")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def oip_blueprint(runtime: Runtime) -> Blueprint:
+    """The /v2 endpoints of `runtime`."""
+    blueprint = Blueprint("oip", __name__)
+    model_name = runtime.settings.server.model_name
+    version = _recguard_version()
+
+    def unknown(name: str) -> Response | None:
+        if name != model_name:
+            return error_response(f"no model named {name[:64]!r} here; this one is {model_name!r}", 404)
+        return None
+
+    @blueprint.get("/v2")
+    def server_metadata() -> Response:
+        return json_response({"name": "recguard", "version": version, "extensions": []})
+
+    @blueprint.get("/v2/health/live")
+    def live() -> Response:
+        return json_response({"live": True})
+
+    @blueprint.get("/v2/health/ready")
+    def ready() -> Response:
+        return json_response({"ready": runtime.loaded is not None}, 200 if runtime.loaded is not None else 503)
+
+    @blueprint.get("/v2/models/<name>/ready")
+    def model_ready(name: str) -> Response:
+        return unknown(name) or json_response({"name": name, "ready": runtime.loaded is not None},
+                                              200 if runtime.loaded is not None else 503)
+
+    @blueprint.get("/v2/models/<name>")
+    def metadata(name: str) -> Response:
+        if (refused := unknown(name)) is not None:
+            return refused
+        loaded = loaded_or_wait(runtime)
+        if loaded is None:
+            return error_response("model not loaded yet", 503)
+        return json_response(model_metadata(loaded.bundle.profile, name, loaded.model_version))
+
+    @blueprint.post("/v2/models/<name>/infer")
+    def infer(name: str) -> Response:
+        if (refused := unknown(name)) is not None:
+            return refused
+        loaded = loaded_or_wait(runtime)
+        if loaded is None:
+            return error_response("model not loaded yet", 503)
+        if BINARY_HEADER in request.headers:
+            return reject(runtime, "binary tensor data is not accepted: send JSON tensors "
+                                   "(tritonclient: binary_data=False)", 400)
+        # OIP clients need not say what they send (tritonclient sends no Content-Type): the body decides
+        body = read_body(runtime, json_type=False)
+        if isinstance(body, Response):
+            return body
+        shape = loaded.oip
+        if loaded.upstream is not None and loaded.upstream.shape.name == OIP_V2:
+            return forward_answer(runtime, loaded, loaded.upstream.shape, body)
+        try:
+            parsed = shape.parse(body)
+        except BadRequest as exc:
+            return reject(runtime, str(exc), exc.status)
+        rid = request_id()
+        rows, tickets = [], []
+        for row in parsed.rows:
+            prediction = loaded.service.predict(row, rid)
+            rows.append(RowAnswer(prediction.items, prediction.scores, prediction.source, prediction.anomalies))
+            if prediction.ticket is not None:
+                tickets.append(prediction.ticket)
+        answer = shape.render(parsed, rows, loaded.model_version)
+        if tickets:
+            answer["parameters"]["ticket"] = ";".join(tickets)
+        return Response(json.dumps(answer, allow_nan=False), mimetype="application/json",
+                        headers=recguard_headers(rid, [row.source for row in rows],
+                                                 [anomaly_list(row.anomalies) for row in rows], tickets))
+
+    return blueprint

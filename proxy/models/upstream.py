@@ -1,0 +1,205 @@
+"""The team's own model endpoint, over one keep-alive connection pool per worker.
+
+`UpstreamClient.call` forwards a request body unchanged and reads the answer's items in the
+upstream's shape; `recommend` (the Recommender protocol) asks it for one request that came in
+another shape (the OIP endpoints in front of a plain upstream). Every way a call can go wrong
+raises a ModelError whose `kind` the fallback's answer reports: `upstream_error` (refused, reset,
+5xx, not JSON, no items where the pointer says, items outside the catalogue), `model_timeout`
+(past the budget, connect and read together) and `upstream_unavailable` (the breaker is open:
+nothing was sent). A 4xx is the caller's own error: returned as it came, with no rows.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Sequence
+from urllib.parse import urlsplit
+
+import urllib3
+from urllib3.exceptions import NewConnectionError, ProtocolError
+from urllib3.exceptions import TimeoutError as Urllib3Timeout
+
+from proxy.guard.anomaly import MODEL_TIMEOUT, UPSTREAM_ERROR, UPSTREAM_UNAVAILABLE
+from proxy.models.breaker import CircuitBreaker
+from proxy.models.recommender import ModelError, Recommendation
+from proxy.models.shapes import Shape, ShapeError
+from proxy.request import PredictRequest
+
+FORWARDED_HEADERS = ("Content-Type", "Accept", "X-Request-Id", "Authorization")
+FORWARDED_PREFIX = "x-amzn-sagemaker-"
+"""Request headers that reach the upstream; hop-by-hop and every other header stay behind."""
+
+OK = "ok"
+CLIENT_ERROR = "client_error"
+
+
+class UpstreamError(ModelError):
+    """The upstream refused, dropped or failed the call, or answered something unusable."""
+
+    kind = UPSTREAM_ERROR
+
+
+class UpstreamTimeout(ModelError):
+    """Connect and read together ran past the model budget."""
+
+    kind = MODEL_TIMEOUT
+
+
+class UpstreamUnavailable(ModelError):
+    """The circuit breaker is open: the upstream was not called."""
+
+    kind = UPSTREAM_UNAVAILABLE
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The upstream's answer as it came, and the items of each row read from it (none for a 4xx)."""
+
+    status: int
+    body: bytes
+    content_type: str
+    rows: list[Recommendation] | None
+
+
+def forwarded_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """The request headers that pass through to the upstream."""
+    wanted = {name.lower() for name in FORWARDED_HEADERS}
+    return {name: value for name, value in headers
+            if name.lower() in wanted or name.lower().startswith(FORWARDED_PREFIX)}
+
+
+class _ReuseAware:
+    """Notes on each thread whether the connection it took from the pool had carried a request before."""
+
+    _local = threading.local()
+
+    def _get_conn(self, timeout: float | None = None):
+        conn = super()._get_conn(timeout)  # type: ignore[misc]
+        # the pool already dropped a connection it saw closed; one with a socket still was used before
+        _ReuseAware._local.reused = getattr(conn, "sock", None) is not None
+        return conn
+
+    @staticmethod
+    def last_reused() -> bool:
+        return getattr(_ReuseAware._local, "reused", False)
+
+
+class _HTTPPool(_ReuseAware, urllib3.HTTPConnectionPool):
+    pass
+
+
+class _HTTPSPool(_ReuseAware, urllib3.HTTPSConnectionPool):
+    pass
+
+
+class UpstreamClient:
+    """Forwards bodies to one upstream URL on pooled keep-alive connections, behind a circuit breaker."""
+
+    bounded = True
+    """Connect and read are bounded by socket timeouts set from the model budget, so a call runs on
+    the request thread; a call that trickles past the budget is still answered by the fallback."""
+
+    def __init__(self, url: str, shape: Shape, catalogue: Iterable[str], *, timeout: float, pool_size: int,
+                 breaker: CircuitBreaker, observe: Callable[[str, float], None] | None = None):
+        parts = urlsplit(url)
+        self.shape = shape
+        self.catalogue = list(catalogue)
+        self._known = frozenset(self.catalogue)
+        self.timeout = timeout
+        self.breaker = breaker
+        self.observe = observe
+        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        pool_class = _HTTPSPool if parts.scheme == "https" else _HTTPPool
+        self.pool = pool_class(parts.hostname, parts.port, maxsize=pool_size, block=False, retries=False,
+                               timeout=urllib3.Timeout(total=timeout))
+
+    def call(self, body: bytes, headers: Mapping[str, str], rows: int) -> Reply:
+        """Forward one body; the answer and its rows' items, or a ModelError saying what went wrong."""
+        if not self.breaker.allow():
+            self._observe(UPSTREAM_UNAVAILABLE, 0.0)
+            raise UpstreamUnavailable("upstream ejected by the circuit breaker: not called")
+        started = time.perf_counter()
+        try:
+            try:
+                reply = self._read(self._send(body, headers, started), rows)
+            except ModelError:
+                raise
+            except Exception as exc:  # whatever else goes wrong, the breaker must hear of it (a probe included)
+                raise UpstreamError(f"upstream call failed: {type(exc).__name__}") from None
+            if time.perf_counter() - started > self.timeout:
+                raise UpstreamTimeout(f"upstream answered past the budget of {self.timeout * 1000:g} ms")
+        except ModelError as exc:
+            self.breaker.failure()
+            self._observe(exc.kind, time.perf_counter() - started)
+            raise
+        self.breaker.success()
+        self._observe(OK if reply.rows is not None else CLIENT_ERROR, time.perf_counter() - started)
+        return reply
+
+    def recommend(self, fields: Mapping[str, Any], history: Sequence[str], k: int) -> Recommendation:
+        """One request asked of the upstream in its own shape (the Recommender protocol)."""
+        body = self.shape.request_body([PredictRequest(dict(fields), list(history), k)])
+        reply = self.call(body, {"Content-Type": "application/json", "Accept": "application/json"}, 1)
+        if reply.rows is None:
+            raise UpstreamError(f"upstream refused the request recguard built from it ({reply.status})")
+        return reply.rows[0]
+
+    def _send(self, body: bytes, headers: Mapping[str, str], started: float) -> urllib3.BaseHTTPResponse:
+        for attempt in (1, 2):
+            remaining = self.timeout - (time.perf_counter() - started)
+            if remaining <= 0:
+                raise UpstreamTimeout(f"upstream past the budget of {self.timeout * 1000:g} ms")
+            try:
+                return self.pool.urlopen("POST", self.path, body=body, headers=dict(headers), retries=False,
+                                         timeout=urllib3.Timeout(total=remaining), assert_same_host=False,
+                                         redirect=False, preload_content=True)
+            except NewConnectionError as exc:
+                raise UpstreamError(f"upstream refused the connection: {_reason(exc)}") from None
+            except Urllib3Timeout:
+                raise UpstreamTimeout(f"upstream past the budget of {self.timeout * 1000:g} ms") from None
+            except (ProtocolError, OSError) as exc:
+                # a kept-alive connection the upstream closed while it sat idle: the one retry
+                if attempt == 1 and _ReuseAware.last_reused():
+                    continue
+                raise UpstreamError(f"upstream closed the connection: {_reason(exc)}") from None
+        raise AssertionError("unreachable")
+
+    def _read(self, response: urllib3.BaseHTTPResponse, rows: int) -> Reply:
+        status = response.status
+        content_type = response.headers.get("Content-Type", "application/json")
+        if 400 <= status < 500:
+            return Reply(status, response.data, content_type, None)
+        if status >= 500 or not 200 <= status < 300:
+            raise UpstreamError(f"upstream answered {status}")
+        try:
+            payload = json.loads(response.data)
+        except (ValueError, UnicodeDecodeError):
+            raise UpstreamError("upstream answer is not JSON") from None
+        try:
+            answers = self.shape.read_answer(payload, rows)
+        except ShapeError as exc:
+            raise UpstreamError(f"upstream {exc}") from None
+        outside = sum(1 for answer in answers for item in answer.items if item not in self._known)
+        if outside:
+            raise UpstreamError(f"upstream answered {outside} items outside the catalogue")
+        return Reply(status, response.data, content_type, answers)
+
+    def _observe(self, outcome: str, seconds: float) -> None:
+        if self.observe is not None:
+            self.observe(outcome, seconds)
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self.pool.close()
+
+
+def _reason(exc: BaseException) -> str:
+    """The socket error's class under urllib3's wrapping (ConnectionRefusedError, RemoteDisconnected)."""
+    for arg in exc.args:
+        if isinstance(arg, BaseException):
+            return type(arg).__name__
+    cause = exc.__cause__ or exc.__context__
+    return type(cause if cause is not None else exc).__name__
