@@ -1,14 +1,18 @@
-"""The model budget in PredictionService, without HTTP: where the model runs and when the fallback answers."""
+"""PredictionService without HTTP: where the model runs, when the fallback answers, which rows a forward sends."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
-from proxy.guard.anomaly import MODEL_TIMEOUT
+from proxy.guard.anomaly import DRIFT_QUARANTINE, MODEL_TIMEOUT, Anomaly
 from proxy.models.recommender import Recommendation
 from proxy.models.service import PredictionService
+from proxy.models.shapes import KServeV1Shape
+from proxy.models.upstream import Reply
 from proxy.request import PredictRequest
+from proxy.settings import LimitSettings, UpstreamSettings
 
 REQUEST = PredictRequest(fields={}, history=[], k=2)
 
@@ -50,3 +54,40 @@ def test_any_other_model_runs_on_the_budget_pool_and_is_abandoned_at_the_budget(
     prediction = service(model).predict(REQUEST)
     assert time.monotonic() - started < 0.3
     assert prediction.source == "fallback" and model.threads[0].startswith("model")
+
+
+class Upstream:
+    """An upstream that answers each row it is sent with item_1, noting the bodies."""
+
+    def __init__(self):
+        self.bodies: list[bytes] = []
+
+    def call(self, body, headers, rows):
+        self.bodies.append(body)
+        return Reply(200, b"as it came", "application/json", [Recommendation(["item_1"], [1.0])] * rows)
+
+
+def test_forward_sends_the_clean_rows_only_and_answers_the_rest_from_the_fallback():
+    class Users:
+        def holds(self, fields):
+            return fields.get("user") == "held"
+
+    class Stamp:
+        def stamp(self, source, items, fields, request_id):
+            return f"{request_id}:{fields['user']}:{source}"
+
+    upstream = Upstream()
+    routed = lambda fields: Anomaly("user", DRIFT_QUARANTINE, "", True) if fields.get("user") == "routed" else None
+    svc = PredictionService(Fixed(bounded=True), Fixed(), None, model_timeout=0.05, holdback=Users(),
+                            quarantine=routed, stamp=Stamp(), upstream=upstream)
+    shape = KServeV1Shape(UpstreamSettings(), LimitSettings())
+    body = b'{"instances": [{"user": "a"}, {"user": "held"}, {"user": "routed"}]}'
+    outcome = svc.forward(shape.parse(body), body, {}, shape, "r1")
+    assert outcome.reply is None
+    assert [row.source for row in outcome.rows] == ["model", "holdback", "fallback"]
+    assert json.loads(upstream.bodies[-1]) == {"instances": [{"user": "a"}]}
+    assert outcome.tickets == ["r1:a:model", "r1:held:holdback", "r1:routed:fallback"]
+
+    clean = b'{"instances": [{"user": "a"}, {"user": "b"}]}'
+    outcome = svc.forward(shape.parse(clean), clean, {}, shape, "r2")
+    assert upstream.bodies[-1] == clean and outcome.reply.body == b"as it came"
