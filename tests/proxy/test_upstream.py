@@ -19,6 +19,9 @@ from tests.conftest import free_port
 from tests.proxy.conftest import ProxyProcess, renamed_email
 from tests.proxy.upstream_server import UpstreamServer
 
+# the clean-path proxies: a budget that a loaded shared machine cannot exceed, as these tests are about
+# what comes back, not about the budget (the fault tests have their own)
+ROOMY = {"RECGUARD_MODEL_TIMEOUT_MS": "3000"}
 FAST_BREAKER = {"RECGUARD_BREAKER_FAILURES": "3", "RECGUARD_BREAKER_BASE_EJECTION_MS": "600",
                 "RECGUARD_MODEL_TIMEOUT_MS": "300"}
 
@@ -58,7 +61,7 @@ def model_endpoint(tiny_bundle, redis_server):
 @pytest.fixture(scope="module")
 def in_front(tiny_bundle, redis_server, model_endpoint):
     server = ProxyProcess(tiny_bundle, redis_server.url, "--upstream", model_endpoint.url + "/predict",
-                          workers=2).start()
+                          workers=2, env=ROOMY).start()
     yield server
     server.stop()
 
@@ -254,3 +257,19 @@ def test_the_dashboard_shows_the_open_breaker(guarded_faulty, faulty, tiny_holdo
     assert dashboard.texts["upstream"] == f"{faulty.url} (plain)"
     assert dashboard.texts["breaker"].startswith("open, probe in ") and dashboard.texts["breaker"].endswith(", ejections: 1")
     assert dashboard.texts["status"] == "degraded" and "circuit breaker" in dashboard.texts["reasons"]
+
+
+def test_a_guard_only_bundle_serves_in_front_of_the_model(tiny_data, redis_server, model_endpoint, tiny_holdout,
+                                                          tmp_path):
+    from proxy.cli.main import main
+
+    assert main(["profile", "--data", str(tiny_data), "--out", str(tmp_path / "guard")]) == 0
+    assert not load_bundle(tmp_path / "guard").has_model
+    proxy = ProxyProcess(tmp_path / "guard", redis_server.url, "--upstream", model_endpoint.url + "/predict",
+                         workers=1, env=ROOMY).start()
+    try:
+        raw = json.dumps(tiny_holdout[3]).encode()
+        assert post_raw(proxy.url + "/predict", raw).content == post_raw(model_endpoint.url + "/predict", raw).content
+        assert proxy.predict(wrong_weight(tiny_holdout[3])).headers["X-Recguard-Source"] == "fallback"
+    finally:
+        proxy.stop()
