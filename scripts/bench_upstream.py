@@ -16,7 +16,9 @@ requests, POST /predict), so a change in the machine's load hits every way alike
 
 Besides latency and throughput it reports each proxy's CPU seconds per forwarded request, from
 /proc/<pid>/stat of its processes before and after each run: on two shared cores every proxy's own
-CPU competes with the upstream and wrk. wrk and nginx are Debian's packages: the script installs
+CPU competes with the upstream and wrk. With the fixed upstream it also times the hop in-process
+(getrusage, no scheduler queue): a guarded /predict of the embedded model, the same request
+forwarded, and the upstream client's call alone. wrk and nginx are Debian's packages: the script installs
 them with apt-get when they are missing (as root), or says how. docs/benchmarks.md records the figures.
 """
 
@@ -202,6 +204,47 @@ def measure(server: Server, mix: Path, script: Path, connections: int, seconds: 
     return result
 
 
+def hop_cpu(args: argparse.Namespace, redis_url: str, upstream_url: str, count: int = 300) -> dict[str, float]:
+    """In-process CPU milliseconds per request (getrusage), median of three passes over `count` held-out
+    requests through Flask's test client: a guarded /predict of the embedded model, the same request
+    forwarded to the upstream, and the upstream client's call alone. No scheduler queue in these: what
+    the hop itself costs."""
+    import resource
+
+    from model.bundle import load_bundle
+    from proxy.http.app import create_app
+    from proxy.settings import Settings
+
+    def cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    bundle = load_bundle(args.bundle)
+    with open(args.data / "holdout.jsonl") as lines:
+        bodies = [json.dumps(json.loads(line)["request"]).encode() for line, _ in zip(lines, range(count))]
+    apps = {name: create_app(Settings.from_env({}, bundle=args.bundle, redis_url=redis_url, redis_prefix=f"hop{name}",
+                                               **extra), bundle)
+            for name, extra in (("embedded", {}), ("forwarded", {"upstream_url": upstream_url}))}
+    clients = {name: app.test_client() for name, app in apps.items()}
+    upstream = apps["forwarded"].extensions["recguard"].loaded.upstream
+    steps = {name: (lambda body, client=client: client.post("/predict", data=body, content_type="application/json"))
+             for name, client in clients.items()}
+    steps["client call alone"] = lambda body: upstream.call(body, {"Content-Type": "application/json"}, 1)
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    try:
+        for round_ in range(4):
+            for name, step in steps.items():
+                before = cpu()
+                for body in bodies:
+                    step(body)
+                if round_:  # the first pass warms up
+                    samples[name].append(1000 * (cpu() - before) / len(bodies))
+    finally:
+        for app in apps.values():
+            app.extensions["recguard"].close()
+    return {name: round(statistics.median(values), 3) for name, values in samples.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", type=Path, default=ROOT / "bundles/default")
@@ -251,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
             report["results"][key] = {field: statistics.median(run[field] for run in runs)
                                       for field in ("rps", "p50_us", "p99_us", "cpu_ms_per_request")}
             report["results"][key]["errors"] = sum(sum(run["errors"].values()) for run in runs)
+        if "fixed" in servers:
+            report["hop_cpu_ms"] = hop_cpu(args, redis_url, servers["fixed"]["direct"].url + "/predict")
+            print(f"in-process CPU ms per request: {report['hop_cpu_ms']}", file=sys.stderr, flush=True)
         report["model_share"] = {}
         for upstream, ways in servers.items():
             for name, server in ways.items():
@@ -290,6 +336,8 @@ def print_table(report: dict[str, Any], levels: list[int]) -> None:
                       f"{row['p99_us'] / 1000:.2f} | {(row['p99_us'] - direct['p99_us']) / 1000:+.2f} | "
                       f"{row['cpu_ms_per_request']}{' (upstream)' if way == 'direct' else ''} |")
     print(f"\nload average before {report['load_before']}, after {report['load_after']}; {report['nproc']} cores")
+    if "hop_cpu_ms" in report:
+        print("in-process CPU ms per request: " + ", ".join(f"{name} {value}" for name, value in report["hop_cpu_ms"].items()))
     for upstream, lines in report.get("model_share", {}).items():
         print(f"{upstream} recguard counters: " + "; ".join(lines))
 
