@@ -9,6 +9,7 @@ in its own shape. The inputs are the profile's signup fields, typed from it, plu
 from __future__ import annotations
 
 import json
+import time
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 
@@ -58,7 +59,7 @@ OPENAPI_PATHS = {
         **_oip_get("OIP v2 inference (JSON tensors); outputs items and scores, source and anomalies in parameters",
                    "The inference response", ("400", "Not an OIP v2 request, binary tensors, bad k or history"),
                    ("404", "No model of this name"), ("413", "Body over the size limit"),
-                   ("415", "Content-Type is not JSON"), ("503", "Not loaded yet")),
+                   ("503", "Not loaded yet")),
         "parameters": _NAME,
         "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}}},
 }
@@ -113,6 +114,13 @@ def oip_blueprint(runtime: Runtime) -> Blueprint:
     def infer(name: str) -> Response:
         if (refused := unknown(name)) is not None:
             return refused
+        started = time.perf_counter()
+        response = _infer()
+        if runtime.loaded is not None:
+            runtime.loaded.metrics.latency.observe(time.perf_counter() - started)
+        return response
+
+    def _infer() -> Response:
         loaded = loaded_or_wait(runtime)
         if loaded is None:
             return error_response("model not loaded yet", 503)
