@@ -13,7 +13,7 @@ from tritonclient.utils import InferenceServerException
 
 from model.bundle import load_bundle
 from tests.proxy.conftest import ProxyProcess
-from tests.proxy.test_upstream import ROOMY, post_raw, wrong_weight
+from tests.proxy.test_upstream import ROOMY, own_prefix, post_raw, wrong_weight
 from tests.proxy.upstream_server import UpstreamServer
 
 SIGNUP_TYPES = {"string": ("BYTES", object), "number": ("FP64", np.float64), "integer": ("INT64", np.int64)}
@@ -57,7 +57,7 @@ def profile(tiny_bundle) -> dict:
 
 @pytest.fixture(scope="module")
 def embedded(tiny_bundle, redis_server):
-    server = ProxyProcess(tiny_bundle, redis_server.url, workers=1).start()
+    server = ProxyProcess(tiny_bundle, redis_server.url, *own_prefix(), workers=1).start()
     yield server
     server.stop()
 
@@ -125,14 +125,14 @@ def test_oip_bad_requests_get_a_clear_4xx(embedded):
 
 @pytest.fixture(scope="module")
 def oip_upstream(tiny_bundle, redis_server):
-    server = ProxyProcess(tiny_bundle, redis_server.url, "--no-guard", "--worker-class", "gthread", workers=1).start()
+    server = ProxyProcess(tiny_bundle, redis_server.url, *own_prefix(), "--no-guard", "--worker-class", "gthread", workers=1).start()
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
 def oip_in_front(tiny_bundle, redis_server, oip_upstream):
-    server = ProxyProcess(tiny_bundle, redis_server.url, "--upstream", oip_upstream.url + "/v2/models/recguard/infer",
+    server = ProxyProcess(tiny_bundle, redis_server.url, *own_prefix(), "--upstream", oip_upstream.url + "/v2/models/recguard/infer",
                           "--upstream-protocol", "oip-v2", workers=1, env=ROOMY).start()
     yield server
     server.stop()
@@ -169,7 +169,7 @@ def kserve_upstream(tiny_bundle):
 
 @pytest.fixture(scope="module")
 def kserve_in_front(tiny_bundle, redis_server, kserve_upstream):
-    server = ProxyProcess(tiny_bundle, redis_server.url, "--upstream", kserve_upstream.url, "--upstream-protocol",
+    server = ProxyProcess(tiny_bundle, redis_server.url, *own_prefix(), "--upstream", kserve_upstream.url, "--upstream-protocol",
                           "kserve-v1", "--upstream-scores", "/scores", workers=1, env=ROOMY).start()
     yield server
     server.stop()
@@ -207,7 +207,7 @@ def test_kserve_upstream_clean_and_anomalous_in_its_shape(kserve_in_front, kserv
 
 def test_oip_endpoints_in_front_of_a_plain_upstream_ask_it_in_its_shape(tiny_bundle, redis_server, oip_upstream,
                                                                          profile, tiny_holdout):
-    proxy = ProxyProcess(tiny_bundle, redis_server.url, "--upstream", oip_upstream.url + "/predict", workers=1,
+    proxy = ProxyProcess(tiny_bundle, redis_server.url, *own_prefix(), "--upstream", oip_upstream.url + "/predict", workers=1,
                          env=ROOMY).start()
     try:
         client = client_of(proxy)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import uuid
 
 import pytest
 import requests
@@ -24,6 +25,12 @@ from tests.proxy.upstream_server import UpstreamServer
 ROOMY = {"RECGUARD_MODEL_TIMEOUT_MS": "3000"}
 FAST_BREAKER = {"RECGUARD_BREAKER_FAILURES": "3", "RECGUARD_BREAKER_BASE_EJECTION_MS": "600",
                 "RECGUARD_MODEL_TIMEOUT_MS": "300"}
+
+
+def own_prefix() -> list[str]:
+    """A Redis prefix of its own for each proxy: the same few bodies sent again and again raise drift
+    alarms, which must not quarantine the next test's markets through the shared Redis."""
+    return ["--redis-prefix", f"up{uuid.uuid4().hex[:10]}"]
 
 
 def metric(proxy: ProxyProcess, name: str, **labels: str) -> float:
@@ -52,7 +59,7 @@ def catalogue(tiny_bundle) -> list[str]:
 @pytest.fixture(scope="module")
 def model_endpoint(tiny_bundle, redis_server):
     """The team's model as it was before recguard: the tiny bundle served bare."""
-    server = ProxyProcess(tiny_bundle, redis_server.url, "--no-guard", "--worker-class", "gthread", "--threads", "4",
+    server = ProxyProcess(tiny_bundle, redis_server.url, *own_prefix(), "--no-guard", "--worker-class", "gthread", "--threads", "4",
                           workers=1).start()
     yield server
     server.stop()
@@ -60,7 +67,7 @@ def model_endpoint(tiny_bundle, redis_server):
 
 @pytest.fixture(scope="module")
 def in_front(tiny_bundle, redis_server, model_endpoint):
-    server = ProxyProcess(tiny_bundle, redis_server.url, "--upstream", model_endpoint.url + "/predict",
+    server = ProxyProcess(tiny_bundle, redis_server.url, *own_prefix(), "--upstream", model_endpoint.url + "/predict",
                           workers=2, env=ROOMY).start()
     yield server
     server.stop()
@@ -125,7 +132,7 @@ def faulty(catalogue):
 
 @pytest.fixture
 def guarded_faulty(tiny_bundle, redis_server, faulty):
-    server = ProxyProcess(tiny_bundle, redis_server.url, "--upstream", faulty.url, workers=1, env=FAST_BREAKER).start()
+    server = ProxyProcess(tiny_bundle, redis_server.url, *own_prefix(), "--upstream", faulty.url, workers=1, env=FAST_BREAKER).start()
     yield server
     server.stop()
 
@@ -172,7 +179,7 @@ def test_each_fault_is_answered_by_the_fallback(guarded_faulty, faulty, tiny_hol
 
 def test_refused_connection_is_answered_by_the_fallback(tiny_bundle, redis_server, tiny_holdout):
     nobody = f"http://127.0.0.1:{free_port()}/invocations"
-    proxy = ProxyProcess(tiny_bundle, redis_server.url, "--upstream", nobody, workers=1, env=FAST_BREAKER).start()
+    proxy = ProxyProcess(tiny_bundle, redis_server.url, *own_prefix(), "--upstream", nobody, workers=1, env=FAST_BREAKER).start()
     try:
         answer = proxy.predict(tiny_holdout[0])
         assert answer.status_code == 200 and answer.headers["X-Recguard-Source"] == "fallback"
@@ -265,7 +272,7 @@ def test_a_guard_only_bundle_serves_in_front_of_the_model(tiny_data, redis_serve
 
     assert main(["profile", "--data", str(tiny_data), "--out", str(tmp_path / "guard")]) == 0
     assert not load_bundle(tmp_path / "guard").has_model
-    proxy = ProxyProcess(tmp_path / "guard", redis_server.url, "--upstream", model_endpoint.url + "/predict",
+    proxy = ProxyProcess(tmp_path / "guard", redis_server.url, *own_prefix(), "--upstream", model_endpoint.url + "/predict",
                          workers=1, env=ROOMY).start()
     try:
         raw = json.dumps(tiny_holdout[3]).encode()
