@@ -39,16 +39,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_proxy import (  # noqa: E402  (scripts/ is no package)
-    ROOT,
-    WRK_SCRIPT,
-    Server,
-    free_port,
-    load_average,
-    run_wrk,
-    start_redis,
-    write_mixes,
-)
+from _servers import free_port, start_redis  # noqa: E402  (scripts/ is no package)
+from bench_proxy import ROOT, WRK_SCRIPT, Server, load_average, run_wrk, write_mixes  # noqa: E402
 
 SLEEP_SECONDS = 0.002
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -266,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     script = work / "wrk.lua"
     script.write_text(WRK_SCRIPT)
     mix = write_mixes(args.data, work, args.requests)["clean"]
-    redis_process, redis_url = start_redis(work)
+    redis_server = start_redis(work)
+    redis_url = redis_server.url
     report: dict[str, Any] = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "nproc": os.cpu_count(),
                               "duration_s": args.duration, "rounds": args.rounds, "load_before": load_average(),
                               "results": {}}
@@ -310,8 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         for ways in servers.values():
             for server in ways.values():
                 server.stop()
-        redis_process.terminate()
-        redis_process.wait()
+        redis_server.stop()
     report["load_after"] = load_average()
     print_table(report, levels)
     if args.json:
