@@ -18,6 +18,8 @@ from tests.proxy.upstream_server import UpstreamServer
 
 SIGNUP_TYPES = {"string": ("BYTES", object), "number": ("FP64", np.float64), "integer": ("INT64", np.int64)}
 
+pytestmark = pytest.mark.system  # real gunicorn or child processes (tests/conftest.py)
+
 
 def oip_inputs(profile: dict, rows: list[dict], k: int = 10) -> list[triton.InferInput]:
     """tritonclient inputs for a batch of request bodies, typed from the profile, JSON tensors."""

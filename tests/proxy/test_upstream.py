@@ -26,6 +26,8 @@ ROOMY = {"RECGUARD_MODEL_TIMEOUT_MS": "3000"}
 FAST_BREAKER = {"RECGUARD_BREAKER_FAILURES": "3", "RECGUARD_BREAKER_BASE_EJECTION_MS": "600",
                 "RECGUARD_MODEL_TIMEOUT_MS": "300"}
 
+pytestmark = pytest.mark.system  # real gunicorn or child processes (tests/conftest.py)
+
 
 def own_prefix() -> list[str]:
     """A Redis prefix of its own for each proxy: the same few bodies sent again and again raise drift
