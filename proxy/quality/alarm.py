@@ -170,7 +170,10 @@ class QualityMonitor:
     def clear(self, alarm_id: str) -> bool:
         """Restart the test of an active alarm from the current minute; False when no such alarm is active."""
         if all(alarm.id != alarm_id for alarm in self.active):
-            return False
+            # another worker may have seen it first: this one refreshes at most every few seconds
+            self.refresh()
+            if all(alarm.id != alarm_id for alarm in self.active):
+                return False
         self._client.hset(cleared_key(self._prefix), alarm_id, int(self._clock() // 60))
         self.refresh()
         return True
