@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from _servers import free_port, start_redis  # noqa: E402  (same directory)
-from bench_proxy import WRK_SCRIPT, Server, load_average, run_wrk, write_mixes  # noqa: E402
+from bench_proxy import WRK_DONE, WRK_SCRIPT, Server, load_average, run_wrk, write_mixes  # noqa: E402
 
 SECRET = "bench-secret"
 FEEDBACK_SCRIPT = r"""
@@ -67,14 +67,8 @@ function request()
   return bodies[index]
 end
 
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format('RESULT {"requests": %d, "seconds": %f, "p50_us": %d, "p99_us": %d, "p999_us": %d, ' ..
-    '"max_us": %d, "mean_us": %f, "errors": {"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}}\n',
-    summary.requests, summary.duration / 1e6, latency:percentile(50), latency:percentile(99), latency:percentile(99.9),
-    latency.max, latency.mean, e.connect, e.read, e.write, e.status, e.timeout))
-end
-"""
+"""+WRK_DONE
+
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -115,15 +109,7 @@ def feedback_bodies(bundle_dir: Path, secret: str, out: Path, count: int, batch:
 
 def run_feedback_wrk(url: str, bodies: Path, script: Path, connections: int, delay_ms: int, seconds: float,
                      offset: int, results: dict[str, Any]) -> None:
-    import subprocess
-
-    command = ["wrk", "-t", str(min(connections, 2)), "-c", str(connections), "-d", f"{max(1, round(seconds))}s",
-               "--timeout", "5s", "-s", str(script), url + "/feedback", "--", str(bodies), str(delay_ms), str(offset)]
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    line = next(line for line in out.splitlines() if line.startswith("RESULT "))
-    result = json.loads(line[len("RESULT "):])
-    result["rps"] = result["requests"] / result["seconds"]
-    results["feedback"] = result
+    results["feedback"] = run_wrk(url, bodies, script, connections, seconds, "/feedback", (str(delay_ms), str(offset)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,6 +49,17 @@ from _servers import free_port, start_redis  # (same directory)
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("bare", "no-guard", "clean", "anomalous")
 
+WRK_DONE = r"""
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'RESULT {"requests": %d, "seconds": %f, "p50_us": %d, "p99_us": %d, "p999_us": %d, "max_us": %d, ' ..
+    '"mean_us": %f, "errors": {"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}}\n',
+    summary.requests, summary.duration / 1e6, latency:percentile(50), latency:percentile(99),
+    latency:percentile(99.9), latency.max, latency.mean, e.connect, e.read, e.write, e.status, e.timeout))
+end
+"""
+
 WRK_SCRIPT = r"""
 local requests = {}
 local index = 0
@@ -72,15 +83,8 @@ function request()
   return requests[index]
 end
 
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'RESULT {"requests": %d, "seconds": %f, "p50_us": %d, "p99_us": %d, "p999_us": %d, "max_us": %d, ' ..
-    '"mean_us": %f, "errors": {"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}}\n',
-    summary.requests, summary.duration / 1e6, latency:percentile(50), latency:percentile(99),
-    latency:percentile(99.9), latency.max, latency.mean, e.connect, e.read, e.write, e.status, e.timeout))
-end
-"""
+"""+WRK_DONE
+
 
 
 def bare_app():
@@ -219,10 +223,13 @@ def model_share(server: Server) -> float | None:
     return round(1 - report["fallback_requests"] / report["requests"], 4) if report["requests"] else None
 
 
-def run_wrk(url: str, requests_file: Path, script: Path, connections: int, seconds: float) -> dict[str, Any]:
+def run_wrk(url: str, requests_file: Path, script: Path, connections: int, seconds: float,
+            path: str = "/predict", extra: Sequence[str] = ()) -> dict[str, Any]:
+    """One wrk run of `script` against url + path (its arguments: the requests file, then `extra`);
+    the RESULT line the script's done() prints, with rps."""
     threads = min(connections, 2)
     command = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(seconds))}s", "--timeout", "5s",
-               "-s", str(script), url + "/predict", "--", str(requests_file)]
+               "-s", str(script), url + path, "--", str(requests_file), *extra]
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     line = next(line for line in out.splitlines() if line.startswith("RESULT "))
     result = json.loads(line[len("RESULT "):])
