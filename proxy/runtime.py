@@ -190,7 +190,7 @@ class Runtime:
         segments = (profile["fields"].get(segment_field, {}).get("domain") or {}) if segment_field else {}
         desk = TicketDesk(TicketSigner(feedback.secret, feedback.window), ledger, bundle.model_version,
                           bundle.catalogue, segment_field, list(segments),
-                          on_impression=lambda version, source: metrics.impressions.labels(version, source).inc())
+                          on_impression=metrics.record_impression)
         thresholds = QualityThresholds(feedback.quality_drop, feedback.quality_threshold,
                                        feedback.quality_min_impressions, feedback.quality_window_minutes)
         monitor = QualityMonitor(self.redis_client, store.prefix, bundle.model_version, offline_hit_rate(bundle),

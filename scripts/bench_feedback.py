@@ -1,33 +1,39 @@
-"""What feedback costs /predict: wrk on /predict alone, and beside a stream of POST /feedback, interleaved.
+"""What feedback costs /predict: wrk on /predict alone, and beside a paced stream of POST /feedback, interleaved.
 
     .venv/bin/python scripts/bench_feedback.py [--bundle bundles/default --data data/default]
-        [--duration 10] [--rounds 3] [--connections 16] [--feedback-connections 2] [--feedback-delay-ms 1]
-        [--batch 1] [--tickets 200000] [--json out.json]
+        [--duration 10] [--rounds 3] [--connections 16] [--events-per-second 1000] [--batch 100]
+        [--tickets 100000] [--hold-connection] [--json out.json]
 
 Starts a redis-server of its own and `recguard serve` (2 sync workers, feedback on, holdback 1 %),
 signs --tickets tickets with the proxy's secret (as its answers carry them), then alternates two runs
 of --duration seconds:
 
     alone     wrk, --connections on /predict (the held-out requests)
-    feedback  the same, and at the same time a second wrk posting feedback (`{ticket, item, event}`,
-              half on a served item, half not; --batch events per POST as `{"events": [...]}`) on
-              --feedback-connections, each connection pausing --feedback-delay-ms between posts
+    feedback  the same, and at the same time a poster sending feedback (`{ticket, item, event}`, half
+              on a served item, half not; --batch events per POST as `{"events": [...]}`) at
+              --events-per-second, as a site's back end would: it connects when it has a body and
+              sends it whole
 
-and reports /predict's throughput and p99 in each, the ratio, the feedback events per second the
-second wrk reached and the proxy's CPU seconds per /predict request (from /proc). Both load
-generators share the two cores with the proxy, as a site's own front end would not: the ratio is
-an upper bound on the cost.
+and reports /predict's throughput and p99 in each, the ratio, the feedback events per second reached
+and the proxy's CPU seconds per /predict request (from /proc). The load generators share the two
+cores with the proxy, as a site's own front end would not: the ratio is an upper bound on the cost.
+
+--hold-connection paces the feedback as `wrk` with a delay does: it connects right after each answer
+and sends the next body only when its pause is over, so a sync worker sits idle on the open
+connection for the whole pause (a slow client; docs/benchmarks.md shows what that costs).
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import statistics
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,42 +41,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from _servers import free_port, start_redis  # noqa: E402  (same directory)
-from bench_proxy import WRK_DONE, WRK_SCRIPT, Server, load_average, run_wrk, write_mixes  # noqa: E402
+from bench_proxy import WRK_SCRIPT, Server, load_average, run_wrk, write_mixes  # noqa: E402
 
 SECRET = "bench-secret"
-FEEDBACK_SCRIPT = r"""
-local bodies = {}
-local index = 0
-local pause = 0
-local threads = 0
-
-function setup(thread)
-  thread:set("id", threads)
-  threads = threads + 1
-end
-
-function init(args)
-  for line in io.lines(args[1]) do
-    bodies[#bodies + 1] = wrk.format("POST", "/feedback", {["Content-Type"] = "application/json"}, line)
-  end
-  pause = tonumber(args[2])
-  -- each thread and each round posts events of its own: a repeat would only be de-duplicated
-  index = (tonumber(args[3]) + id * math.floor(#bodies / 4)) % #bodies
-end
-
-function delay()
-  return pause
-end
-
-function request()
-  index = index % #bodies + 1
-  return bodies[index]
-end
-
-"""+WRK_DONE
-
-
-
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU seconds of the processes so far."""
     ticks = os.sysconf("SC_CLK_TCK")
@@ -85,8 +58,6 @@ def feedback_bodies(bundle_dir: Path, secret: str, out: Path, count: int, batch:
     """`count` feedback events on tickets signed with the proxy's secret, as its answers carry them
     (signed here: asking the proxy for 200,000 answers first would take minutes); every other
     event is on a served item."""
-    import time
-
     from model.bundle import load_bundle
     from proxy.quality.tickets import Ticket, TicketSigner
 
@@ -107,9 +78,54 @@ def feedback_bodies(bundle_dir: Path, secret: str, out: Path, count: int, batch:
     return path
 
 
-def run_feedback_wrk(url: str, bodies: Path, script: Path, connections: int, delay_ms: int, seconds: float,
-                     offset: int, results: dict[str, Any]) -> None:
-    results["feedback"] = run_wrk(url, bodies, script, connections, seconds, "/feedback", (str(delay_ms), str(offset)))
+class FeedbackPoster(threading.Thread):
+    """Posts the bodies of a feedback file to /feedback at a steady rate, on a connection of its own
+    per POST (a sync worker closes each one after its answer)."""
+
+    def __init__(self, port: int, bodies: list[bytes], posts_per_second: float, seconds: float, start_at: int,
+                 hold_connection: bool):
+        super().__init__(daemon=True)
+        self.port, self.bodies, self.seconds = port, bodies, seconds
+        self.interval = 1.0 / posts_per_second
+        self.index = start_at
+        self.hold_connection = hold_connection
+        self.posted = self.errors = 0
+        self.latencies: list[float] = []
+
+    def run(self) -> None:
+        started = time.monotonic()
+        next_post = started
+        connection = None
+        while time.monotonic() - started < self.seconds:
+            if self.hold_connection and connection is None:
+                connection = self._connect()  # open during the pause, as wrk's delay() does
+            pause = next_post - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            next_post += self.interval
+            body = self.bodies[self.index % len(self.bodies)]
+            self.index += 1
+            sent = time.monotonic()
+            try:
+                connection = connection or self._connect()
+                connection.request("POST", "/feedback", body, {"Content-Type": "application/json"})
+                answer = connection.getresponse()
+                answer.read()
+                self.errors += answer.status != 202
+            except OSError:
+                self.errors += 1
+            finally:
+                if connection is not None:
+                    connection.close()
+                connection = None
+            self.latencies.append(time.monotonic() - sent)
+            self.posted += 1
+        self.elapsed = time.monotonic() - started
+
+    def _connect(self) -> http.client.HTTPConnection:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        connection.connect()
+        return connection
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,10 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--feedback-connections", type=int, default=2)
-    parser.add_argument("--feedback-delay-ms", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=1, help="events per POST /feedback (default 1)")
-    parser.add_argument("--tickets", type=int, default=200_000,
+    parser.add_argument("--events-per-second", type=float, default=1000)
+    parser.add_argument("--batch", type=int, default=100, help="events per POST /feedback (default 100)")
+    parser.add_argument("--hold-connection", action="store_true",
+                        help="connect before each pause, as wrk with a delay does (a slow client)")
+    parser.add_argument("--tickets", type=int, default=100_000,
                         help="answers whose tickets the feedback stream posts (enough that none repeats)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -140,29 +157,27 @@ def main(argv: list[str] | None = None) -> int:
         try:
             server.wait_ready()
             mixes = write_mixes(args.data, work, 2000)
-            predict_script, feedback_script = work / "predict.lua", work / "feedback.lua"
+            predict_script = work / "predict.lua"
             predict_script.write_text(WRK_SCRIPT)
-            feedback_script.write_text(FEEDBACK_SCRIPT)
-            bodies = feedback_bodies(args.bundle, SECRET, work, args.tickets, args.batch)
+            bodies = feedback_bodies(args.bundle, SECRET, work, args.tickets, args.batch).read_bytes().splitlines()
             pids = server.worker_pids()
             runs: dict[str, list[dict[str, Any]]] = {"alone": [], "feedback": []}
             for round_number in range(args.rounds):
                 for mode in ("alone", "feedback"):
-                    side: dict[str, Any] = {}
                     poster = None
                     if mode == "feedback":
-                        poster = threading.Thread(target=run_feedback_wrk, args=(
-                            server.url, bodies, feedback_script, args.feedback_connections, args.feedback_delay_ms,
-                            args.duration, round_number * (args.tickets // args.batch // (2 * args.rounds)), side))
+                        # each round posts tickets of its own: a repeat would only be de-duplicated
+                        poster = FeedbackPoster(port, bodies, args.events_per_second / args.batch, args.duration,
+                                                round_number * len(bodies) // args.rounds, args.hold_connection)
                         poster.start()
                     cpu_before = cpu_seconds(pids)
                     result = run_wrk(server.url, mixes["clean"], predict_script, args.connections, args.duration)
                     result["cpu_s_per_request"] = (cpu_seconds(pids) - cpu_before) / max(result["requests"], 1)
                     if poster is not None:
                         poster.join()
-                        result["feedback_rps"] = side["feedback"]["rps"] * args.batch
-                        result["feedback_p99_us"] = side["feedback"]["p99_us"]
-                        result["feedback_errors"] = side["feedback"]["errors"]
+                        result["feedback_rps"] = poster.posted * args.batch / poster.elapsed
+                        result["feedback_p99_us"] = 1e6 * sorted(poster.latencies)[int(0.99 * (len(poster.latencies) - 1))]
+                        result["feedback_errors"] = poster.errors
                     runs[mode].append(result)
                     print(f"round {round_number + 1} {mode}: {result['rps']:.0f} req/s, p99 {result['p99_us'] / 1000:.1f} ms"
                           + (f", feedback {result['feedback_rps']:.0f} events/s" if mode == "feedback" else ""),
@@ -174,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     alone = statistics.median(run["rps"] for run in runs["alone"])
     beside = statistics.median(run["rps"] for run in runs["feedback"])
     report = {
-        "load_average": load_average(), "connections": args.connections, "rounds": args.rounds,
+        "load_average": load_average(), "connections": args.connections, "batch": args.batch,
+        "hold_connection": args.hold_connection, "rounds": args.rounds,
         "predict_rps_alone": round(alone, 1), "predict_rps_with_feedback": round(beside, 1),
         "ratio": round(beside / alone, 3),
         "ratios_per_round": [round(b["rps"] / a["rps"], 3) for a, b in zip(runs["alone"], runs["feedback"])],

@@ -8,7 +8,7 @@ worker answers the scrape.
 from __future__ import annotations
 
 import os
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -58,6 +58,7 @@ class Metrics:
         # version and source: a bundle has one version, sources are model, fallback, holdback
         self.impressions = Counter("recguard_impressions", "Answers served with a feedback ticket.",
                                    ["version", "source"], registry=self.registry)
+        self._impression_children: dict[tuple[str, str], Any] = {}
         self.feedback = Counter("recguard_feedback_events", "Feedback events counted (after de-duplication).",
                                 ["version", "source", "event"], registry=self.registry)
         self.hits = Counter("recguard_feedback_hits", "Feedback events on an item the answer served.",
@@ -74,6 +75,13 @@ class Metrics:
         # livesum: how many live workers have the upstream ejected (open or probing) right now
         self.breaker_open = Gauge("recguard_upstream_breaker_open", "Workers whose circuit breaker has the upstream ejected.",
                                   registry=self.registry, multiprocess_mode="livesum")
+
+    def record_impression(self, version: str, source: str) -> None:
+        """Count one answer stamped with a ticket (on every answer: the labelled child is looked up once)."""
+        child = self._impression_children.get((version, source))
+        if child is None:
+            child = self._impression_children[(version, source)] = self.impressions.labels(version, source)
+        child.inc()
 
     def record_feedback(self, version: str, source: str, event: str, hit: bool) -> None:
         """Count one feedback event the ledger found new."""

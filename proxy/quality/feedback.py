@@ -1,4 +1,4 @@
-"""Feedback counted against tickets: impressions on the request path, events de-duplicated in Redis.
+r"""Feedback counted against tickets: impressions on the request path, events de-duplicated in Redis.
 
 Layout: the minute hashes `<prefix>:q:<epoch minute>` (the counters' series "q", written with the
 same exactly-once batches as the anomaly counters) hold, per group `<version>|<source>|<segment>`:
@@ -9,21 +9,27 @@ same exactly-once batches as the anomaly counters) hold, per group `<version>|<s
 
 Impressions count in the minute they were served, and feedback in the minute of the answer it is
 about (the ticket's time), so a minute's hit rate is that of the answers served in it however late
-their clicks come. De-duplication: one small hash per ticket that got feedback,
-`<prefix>:t:<ticket signature>`, kept for the feedback window; one Lua script per event touches that
-one key, so it works on Redis Cluster. Events wait in a bounded in-memory queue until the flusher
-thread has them de-duplicated; while Redis is away they wait there, and past `max_pending` the oldest
-are dropped and counted. A reply lost after Redis applied a batch makes its events look seen when
-retried: such a batch is not counted (never twice), which is the one way an event can be lost.
+their clicks come. De-duplication: the events seen, by ticket, in hashes of the ten minutes the
+tickets were issued in, spread over SHARDS keys, `<prefix>:t:<span>:<shard>` (field `<ticket
+tag>\x1f<event>\x1f<item>` per event, `<ticket tag>\x1fhit` once the answer got a hit), each kept
+until the feedback window of its span's last ticket has passed. A flush makes one Lua call per
+such key with all of its events (one key per call: Redis Cluster safe; the shards spread the
+keys over the primaries), so the cost per event is a few bytes of one call rather than a call.
+Events wait in a bounded in-memory queue until the flusher thread has them de-duplicated; while
+Redis is away they wait there, and past `max_pending` the oldest are dropped and counted. A reply
+lost after Redis applied a call makes its events look seen when retried: they are not counted
+(never twice), which is the one way an event can be lost.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections import deque
+import time
+import zlib
+from collections import defaultdict, deque
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import redis
 
@@ -37,16 +43,34 @@ QUALITY_TAG = "q"
 EVENTS = ("click", "purchase")
 KINDS = ("imp", "fb", "hit", "ans", "rr")
 
-# KEYS[1]: the ticket's key. ARGV: event field, 1 if the event's item was served, ttl seconds.
-# Returns {new event, first hit of this answer}.
+SHARDS = 16
+"""De-duplication keys per span of tickets: one call per key and flush, the keys spread over a cluster."""
+SPAN_SECONDS = 600
+"""Tickets issued in one span share its keys. Short enough that a key stays a few MB at 1,000 answers
+with feedback a second (Redis frees an expired key in one go); long enough that a flush's events,
+mostly on answers of the last minutes, fall in a few keys."""
+CALL_EVENTS = 500
+"""Events per Lua call at most: a backlog after an outage is sent in calls that each hold Redis briefly."""
+
+# KEYS[1]: one span-and-shard hash. ARGV[1]: seconds to keep it. ARGV[2..]: one event each,
+# "<1 if its item was served, else 0><ticket tag>\x1f<event>\x1f<item>". Returns a string of two
+# digits per event: new event, first hit of its answer.
 _SEEN = """
-local new = redis.call("HSETNX", KEYS[1], ARGV[1], "1")
-local first = 0
-if new == 1 then
-  if ARGV[2] == "1" then first = redis.call("HSETNX", KEYS[1], "hit", "1") end
-  redis.call("EXPIRE", KEYS[1], ARGV[3])
+local answers = {}
+for i = 2, #ARGV do
+  local event = ARGV[i]
+  local field = string.sub(event, 2)
+  local new = redis.call("HSETNX", KEYS[1], field, "1")
+  local first = 0
+  if new == 1 and string.sub(event, 1, 1) == "1" then
+    local tag = string.sub(field, 1, string.find(field, "\\31", 1, true) - 1)
+    first = redis.call("HSETNX", KEYS[1], tag .. "\\31hit", "1")
+  end
+  answers[#answers + 1] = new .. first
 end
-return {new, first}
+local ttl = tonumber(ARGV[1])
+if redis.call("TTL", KEYS[1]) < ttl then redis.call("EXPIRE", KEYS[1], ttl) end
+return table.concat(answers)
 """
 
 
@@ -79,7 +103,8 @@ class FeedbackLedger:
 
     def __init__(self, counters: Counters, client: redis.Redis, *, prefix: str, window_seconds: int,
                  ttl_seconds: int, max_pending: int = 100_000,
-                 listener: Callable[[str, str, str, bool], None] | None = None):
+                 listener: Callable[[str, str, str, bool], None] | None = None,
+                 clock: Callable[[], float] = time.time):
         self._counters = counters
         self._client = client
         self._prefix = prefix
@@ -93,10 +118,16 @@ class FeedbackLedger:
         self.last_error: str | None = None
         self._listener = listener
         """Called with (version, source, event, hit) for every event found new."""
+        self._clock = clock
+        self._impression_fields: dict[tuple[str, str, str], str] = {}
 
     def impression(self, version: str, source: str, segment: str) -> None:
         """Count one answer served. Memory only."""
-        self._counters.add_many(((group_field("imp", version, source, segment), 1),), self.series)
+        field = self._impression_fields.get((version, source, segment))
+        if field is None:
+            # segments are the training's (or one catch-all): the names stay few
+            field = self._impression_fields[(version, source, segment)] = group_field("imp", version, source, segment)
+        self._counters.increment(field, self.series)
 
     def accept(self, events: Iterable[Event]) -> None:
         """Queue verified events for de-duplication and counting on the next flush. Memory only."""
@@ -125,43 +156,66 @@ class FeedbackLedger:
             self._queue.clear()
         if not batch:
             return True
-        replies = self._send(batch)
-        failed = []
-        for event, reply in zip(batch, replies):
+        groups = self._groups(batch)
+        replies = execute(self._client, [self._call(key, events) for key, events in groups], raise_on_error=False)
+        failed: list[Event] = []
+        counted: list[tuple[Event, bool]] = []
+        for (_, events), reply in zip(groups, replies):
             if isinstance(reply, Exception):
                 self.last_error = f"{type(reply).__name__}: {reply}"
-                failed.append(event)
+                failed += events
                 continue
-            new, first = (int(value) for value in reply)
-            if new:
-                self._count(event, bool(first))
+            flags = reply.decode() if isinstance(reply, bytes) else str(reply)
+            counted += [(event, flags[2 * i + 1] == "1") for i, event in enumerate(events) if flags[2 * i] == "1"]
+        self._count(counted)
+        if failed and len(groups) > 1:
+            position = {id(event): i for i, event in enumerate(batch)}
+            failed.sort(key=lambda event: position[id(event)])
         self._requeue(failed)
         return not failed
 
+    def _groups(self, batch: list[Event]) -> list[tuple[str, list[Event]]]:
+        """The batch by de-duplication key (span of issue, shard of the ticket), in calls of at most
+        CALL_EVENTS events."""
+        by_key: dict[str, list[Event]] = defaultdict(list)
+        for event in batch:
+            shard = zlib.crc32(event.key.encode()) % SHARDS
+            by_key[f"{self._prefix}:t:{event.ticket.issued_at // SPAN_SECONDS}:{shard}"].append(event)
+        return [(key, events[start:start + CALL_EVENTS]) for key, events in by_key.items()
+                for start in range(0, len(events), CALL_EVENTS)]
+
+    def _call(self, key: str, events: list[Event]) -> Any:
+        # kept until the window of the span's last possible ticket has passed
+        span_end = (int(key.rsplit(":", 2)[1]) + 1) * SPAN_SECONDS
+        ttl = max(60, int(span_end + self._window - self._clock()))
+        return self._script.call(key, ttl, *(
+            f"{'1' if event.index is not None and event.ticket.rank_of(event.index) is not None else '0'}"
+            f"{event.key}\x1f{event.kind}\x1f{event.item}" for event in events))
+
     def _requeue(self, events: list[Event]) -> None:
         """Put events back at the head of the queue, oldest first, keeping the bound."""
+        if not events:
+            return
         with self._lock:
             self._queue.extendleft(reversed(events))
             self._trim()
 
-    def _send(self, batch: list[Event]) -> list:
-        """One script call per event, pipelined (per node on a cluster); each reply or its error."""
-        calls = []
-        for event in batch:
-            served = event.index is not None and event.ticket.rank_of(event.index) is not None
-            calls.append(self._script.call(f"{self._prefix}:t:{event.key}", f"{event.item}\x1f{event.kind}",
-                                           "1" if served else "0", self._window))
-        return execute(self._client, calls, raise_on_error=False)
-
-    def _count(self, event: Event, first_hit: bool) -> None:
-        ticket = event.ticket
-        group = (ticket.model_version, ticket.source, ticket.segment)
-        amounts: list[tuple[str, int | float]] = [(group_field("fb", *group), 1)]
-        rank = None if event.index is None else ticket.rank_of(event.index)
-        if rank is not None:
-            amounts.append((group_field("hit", *group), 1))
-            if first_hit:
-                amounts += [(group_field("ans", *group), 1), (group_field("rr", *group), 1.0 / rank)]
-        self._counters.add_many(amounts, self.series, at=ticket.issued_at)
-        if self._listener is not None:
-            self._listener(ticket.model_version, ticket.source, event.kind, rank is not None)
+    def _count(self, counted: list[tuple[Event, bool]]) -> None:
+        """Count the new events (with whether each is its answer's first hit), one counter update per
+        minute of issue."""
+        by_minute: dict[int, dict[str, int | float]] = defaultdict(lambda: defaultdict(int))
+        for event, first_hit in counted:
+            ticket = event.ticket
+            group = (ticket.model_version, ticket.source, ticket.segment)
+            amounts = by_minute[self.series.slot(ticket.issued_at)]
+            amounts[group_field("fb", *group)] += 1
+            rank = None if event.index is None else ticket.rank_of(event.index)
+            if rank is not None:
+                amounts[group_field("hit", *group)] += 1
+                if first_hit:
+                    amounts[group_field("ans", *group)] += 1
+                    amounts[group_field("rr", *group)] += 1.0 / rank
+            if self._listener is not None:
+                self._listener(ticket.model_version, ticket.source, event.kind, rank is not None)
+        for slot, amounts in by_minute.items():
+            self._counters.add_many(amounts.items(), self.series, at=slot * self.series.seconds)

@@ -289,6 +289,16 @@ class Counters:
             for field, amount in amounts:
                 bucket[field] += amount
 
+    def increment(self, field: str, series: Series) -> None:
+        """Add 1 to `field` of the current bucket of `series`: `add_many`'s work for one known field
+        (no marker check: call it with names of your own), for a count taken on every answer."""
+        slot = (series, int(self._clock() // series.seconds))
+        with self._lock:
+            bucket = self._current.get(slot)
+            if bucket is None:
+                bucket = self._current[slot] = defaultdict(int)
+            bucket[field] += 1
+
     def flush_soon(self) -> None:
         """Have the flusher flush (and run its after-flush callbacks) now instead of at the end of its
         interval; cheap and callable from any thread (the drift watch, when a market looks shifted)."""

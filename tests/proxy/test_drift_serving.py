@@ -88,7 +88,7 @@ def test_a_market_in_pounds_is_quarantined_alone_shown_and_cleared(proxy, tiny_h
     every_worker_applies(quarantined, in_pounds)
     for _ in range(20):
         german = proxy.predict(in_pounds()).json()
-        assert german["source"] == "fallback" and quarantined(german)
+        assert german["source"] == "fallback" and quarantined(german), (german, proxy.get("/healthz").json())
         other = proxy.predict(rng.choice(others)).json()
         assert not quarantined(other) and other["source"] == "model"
 

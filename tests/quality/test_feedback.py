@@ -25,7 +25,8 @@ class Clock:
 
 def ledger_on(client: redis.Redis, clock: Clock) -> tuple[Counters, FeedbackLedger]:
     counters = Counters(client, clock=clock)
-    return counters, FeedbackLedger(counters, client, prefix="recguard", window_seconds=86_400, ttl_seconds=3600)
+    return counters, FeedbackLedger(counters, client, prefix="recguard", window_seconds=86_400, ttl_seconds=3600,
+                                    clock=clock)
 
 
 def ticket(request_id: str, source: str = "model", items=(3, 1, 2), segment: str = "JP", at: float = T0) -> Ticket:
@@ -37,10 +38,15 @@ def flush(counters: Counters, ledger: FeedbackLedger) -> None:
     assert counters.flush()
 
 
-def report(client, by="version,source,segment"):
-    moment = datetime.fromtimestamp(T0, timezone.utc)
+def report(client, by="version,source,segment", at: float = T0):
+    moment = datetime.fromtimestamp(at, timezone.utc)
     return {tuple(g[k] for k in parse_group_keys(by)): g
             for g in query_quality(client, "recguard", moment, moment, parse_group_keys(by)).to_json()["groups"]}
+
+
+def report_at(client, at: float) -> dict:
+    """The one group's figures of the minute holding `at`."""
+    return report(client, at=at)[("v1", "model", "JP")]
 
 
 def test_hits_ranks_and_duplicates(redis_server, redis_client):
@@ -61,6 +67,46 @@ def test_hits_ranks_and_duplicates(redis_server, redis_client):
     assert group["answers_hit"] == 1 and group["hit_rate"] == 0.25
     assert group["mrr"] == 0.125  # the first hit was at rank 2: 1/2 over 4 answers
     assert group["interval"][0] < 0.25 < group["interval"][1]
+
+
+def test_many_answers_an_hour_apart_count_exactly_in_few_keys_that_expire(redis_server, redis_client):
+    clock = Clock()
+    counters, ledger = ledger_on(make_redis_client(redis_server.url), clock)
+    for hour in (0, 3600):
+        clock.now = T0 + hour
+        for _ in range(150):
+            ledger.impression("v1", "model", "JP")
+    clock.now = T0 + 7200
+    # 300 answers issued in two different hours, each clicked on its first item twice (the site
+    # retried), bought from at rank 2, and clicked on an item it did not serve
+    tickets = [ticket(f"r{i}", at=T0 + (0 if i % 2 else 3600)) for i in range(300)]
+    events = [Event(t, f"tag{i}", item, index, kind) for i, t in enumerate(tickets)
+              for item, index, kind in (("item_3", 3, "click"), ("item_3", 3, "click"), ("item_1", 1, "purchase"),
+                                        ("item_9", 9, "click"))]
+    ledger.accept(events[:500])
+    flush(counters, ledger)
+    ledger.accept(events[500:] + events[:40])  # the rest, and 40 events a second time
+    flush(counters, ledger)
+    hours = [report_at(redis_client, T0), report_at(redis_client, T0 + 3600)]
+    for group in hours:
+        assert (group["impressions"], group["feedback"], group["hits"], group["answers_hit"]) == (150, 450, 300, 150)
+        assert group["hit_rate"] == 1.0 and group["mrr"] == 1.0  # every first hit at rank 1
+    keys = redis_client.keys("recguard:t:*")
+    assert 2 <= len(keys) <= 2 * 16
+    # kept for the feedback window after the end of each key's hour, not longer
+    for key in keys:
+        span_end = (int(key.split(":")[2]) + 1) * 600
+        # the window, plus the minute of margin the ledger keeps, after the end of the key's ten minutes
+        assert abs(redis_client.ttl(key) - (span_end + 86_400 + 60 - clock.now)) <= 2, key
+
+
+def test_item_ids_with_separators_are_events_of_their_own(redis_server, redis_client):
+    counters, ledger = ledger_on(make_redis_client(redis_server.url), Clock())
+    answer = ticket("a", items=(4,))
+    ledger.accept([Event(answer, "ka", "x\x1fclick\x1fy", None, "click"), Event(answer, "ka", "x", None, "click"),
+                   Event(answer, "ka", "x\x1fclick", None, "click"), Event(answer, "ka", "line\nbreak", None, "click")])
+    flush(counters, ledger)
+    assert report(redis_client)[("v1", "model", "JP")]["feedback"] == 4
 
 
 @pytest.mark.integration  # starts a redis-server of its own
