@@ -199,8 +199,8 @@ def measure(server: Server, mix: Path, script: Path, connections: int, seconds: 
 def hop_cpu(args: argparse.Namespace, redis_url: str, upstream_url: str, count: int = 300) -> dict[str, float]:
     """In-process CPU milliseconds per request (getrusage), median of three passes over `count` held-out
     requests through Flask's test client: a guarded /predict of the embedded model, the same request
-    forwarded to the upstream, and the upstream client's call alone. No scheduler queue in these: what
-    the hop itself costs."""
+    forwarded to the upstream, the upstream client's call alone, and the same call over urllib3. No
+    scheduler queue in these: what the hop itself costs."""
     import resource
 
     from model.bundle import load_bundle
@@ -222,6 +222,13 @@ def hop_cpu(args: argparse.Namespace, redis_url: str, upstream_url: str, count: 
     steps = {name: (lambda body, client=client: client.post("/predict", data=body, content_type="application/json"))
              for name, client in clients.items()}
     steps["client call alone"] = lambda body: upstream.call(body, {"Content-Type": "application/json"}, 1)
+    # the same call over urllib3, which the client used for http before proxy.models.http1
+    import urllib3
+
+    pool = urllib3.connection_from_url(upstream_url, maxsize=1, retries=False)
+    steps["urllib3 call alone"] = lambda body: pool.urlopen(
+        "POST", urllib3.util.parse_url(upstream_url).path, body=body, headers={"Content-Type": "application/json"},
+        retries=False, timeout=urllib3.Timeout(total=0.25), assert_same_host=False, redirect=False).data
     samples: dict[str, list[float]] = {name: [] for name in steps}
     try:
         for round_ in range(4):

@@ -1,4 +1,5 @@
-"""The team's own model endpoint, over one keep-alive connection pool per worker.
+"""The team's own model endpoint, over one keep-alive connection pool per worker (http: the lean
+client of `proxy.models.http1`; https: urllib3, for its certificate handling).
 
 `UpstreamClient.call` forwards a request body unchanged and reads the answer's items in the
 upstream's shape; `recommend` (the Recommender protocol) asks it for one request that came in
@@ -24,6 +25,7 @@ from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 from proxy.guard.anomaly import MODEL_TIMEOUT, UPSTREAM_ERROR, UPSTREAM_UNAVAILABLE
 from proxy.models.breaker import CircuitBreaker
+from proxy.models.http1 import Answer, ConnectionClosed, Http1Pool, MalformedAnswer
 from proxy.models.recommender import ModelError, Recommendation
 from proxy.models.shapes import Shape, ShapeError
 from proxy.request import PredictRequest
@@ -87,10 +89,6 @@ class _ReuseAware:
         return getattr(_ReuseAware._local, "reused", False)
 
 
-class _HTTPPool(_ReuseAware, urllib3.HTTPConnectionPool):
-    pass
-
-
 class _HTTPSPool(_ReuseAware, urllib3.HTTPSConnectionPool):
     pass
 
@@ -112,9 +110,11 @@ class UpstreamClient:
         self.breaker = breaker
         self.observe = observe
         self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        pool_class = _HTTPSPool if parts.scheme == "https" else _HTTPPool
-        self.pool = pool_class(parts.hostname, parts.port, maxsize=pool_size, block=False, retries=False,
-                               timeout=urllib3.Timeout(total=timeout))
+        if parts.scheme == "https":
+            self.pool: Http1Pool | _HTTPSPool = _HTTPSPool(parts.hostname, parts.port, maxsize=pool_size, block=False,
+                                                           retries=False, timeout=urllib3.Timeout(total=timeout))
+        else:
+            self.pool = Http1Pool(parts.hostname or "localhost", parts.port or 80, pool_size)
 
     def call(self, body: bytes, headers: Mapping[str, str], rows: int) -> Reply:
         """Forward one body; the answer and its rows' items, or a ModelError saying what went wrong."""
@@ -147,35 +147,52 @@ class UpstreamClient:
             raise UpstreamError(f"upstream refused the request recguard built from it ({reply.status})")
         return reply.rows[0]
 
-    def _send(self, body: bytes, headers: Mapping[str, str], started: float) -> urllib3.BaseHTTPResponse:
+    def _send(self, body: bytes, headers: Mapping[str, str], started: float) -> Answer:
         for attempt in (1, 2):
             remaining = self.timeout - (time.perf_counter() - started)
             if remaining <= 0:
                 raise UpstreamTimeout(f"upstream past the budget of {self.timeout * 1000:g} ms")
+            if isinstance(self.pool, Http1Pool):
+                try:
+                    return self.pool.post(self.path, body, headers, remaining)
+                except ConnectionRefusedError:
+                    raise UpstreamError("upstream refused the connection: ConnectionRefusedError") from None
+                except TimeoutError:
+                    raise UpstreamTimeout(f"upstream past the budget of {self.timeout * 1000:g} ms") from None
+                except MalformedAnswer as exc:
+                    raise UpstreamError(f"upstream answer is not HTTP: {exc}") from None
+                except ConnectionClosed as exc:
+                    # a kept-alive connection the upstream closed while it sat idle: the one retry
+                    if attempt == 1 and exc.reused:
+                        continue
+                    raise UpstreamError(f"upstream closed the connection: {exc}") from None
+                except OSError as exc:
+                    raise UpstreamError(f"upstream connection failed: {type(exc).__name__}") from None
             try:
-                return self.pool.urlopen("POST", self.path, body=body, headers=dict(headers), retries=False,
-                                         timeout=urllib3.Timeout(total=remaining), assert_same_host=False,
-                                         redirect=False, preload_content=True)
+                response = self.pool.urlopen("POST", self.path, body=body, headers=dict(headers), retries=False,
+                                             timeout=urllib3.Timeout(total=remaining), assert_same_host=False,
+                                             redirect=False, preload_content=True)
+                return Answer(response.status, {name.lower(): value for name, value in response.headers.items()},
+                              response.data)
             except NewConnectionError as exc:
                 raise UpstreamError(f"upstream refused the connection: {_reason(exc)}") from None
             except Urllib3Timeout:
                 raise UpstreamTimeout(f"upstream past the budget of {self.timeout * 1000:g} ms") from None
             except (ProtocolError, OSError) as exc:
-                # a kept-alive connection the upstream closed while it sat idle: the one retry
                 if attempt == 1 and _ReuseAware.last_reused():
                     continue
                 raise UpstreamError(f"upstream closed the connection: {_reason(exc)}") from None
         raise AssertionError("unreachable")
 
-    def _read(self, response: urllib3.BaseHTTPResponse, rows: int) -> Reply:
+    def _read(self, response: Answer, rows: int) -> Reply:
         status = response.status
-        content_type = response.headers.get("Content-Type", "application/json")
+        content_type = response.headers.get("content-type", "application/json")
         if 400 <= status < 500:
-            return Reply(status, response.data, content_type, None)
+            return Reply(status, response.body, content_type, None)
         if status >= 500 or not 200 <= status < 300:
             raise UpstreamError(f"upstream answered {status}")
         try:
-            payload = json.loads(response.data)
+            payload = json.loads(response.body)
         except (ValueError, UnicodeDecodeError):
             raise UpstreamError("upstream answer is not JSON") from None
         try:
@@ -185,7 +202,7 @@ class UpstreamClient:
         outside = sum(1 for answer in answers for item in answer.items if item not in self._known)
         if outside:
             raise UpstreamError(f"upstream answered {outside} items outside the catalogue")
-        return Reply(status, response.data, content_type, answers)
+        return Reply(status, response.body, content_type, answers)
 
     def _observe(self, outcome: str, seconds: float) -> None:
         if self.observe is not None:
