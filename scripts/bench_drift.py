@@ -14,6 +14,11 @@ requests per simulated second, shared by two workers.
 - switch: after 60 s of clean traffic one market's form sends weight in pounds (every shopper,
   or only those whose pounds stay inside the training range); how many of that market's
   requests are answered before its first quarantined one, at two traffic rates.
+- rollout: the same, but only half of the market's requests come from the new form (an A/B
+  test): each of them is in pounds with probability 0.5, the others stay in kilograms (every
+  shopper of the market), and every request of the market after the switch is a shopper not
+  seen before (a busy market, whose shoppers rarely return within the window); the alarm's
+  detail and share.
 - cost: guard check plus drift bookkeeping per request, in-process, one core.
 
 Prints one JSON object; docs/benchmarks.md records the figures.
@@ -22,6 +27,7 @@ Prints one JSON object; docs/benchmarks.md records the figures.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import sys
@@ -119,7 +125,7 @@ class Closeness:
         for i, cell in enumerate(self.cells):
             for window in nested_windows(matrix[:, i]):
                 if window.count >= THRESHOLDS.min_count:
-                    shift = assess(window, cell)
+                    shift = assess(window, cell, THRESHOLDS)
                     self.largest_z = max(self.largest_z, abs(shift.z))
                     self.largest_effect = max(self.largest_effect, abs(shift.effect))
                     self.closest = max(self.closest, min(abs(shift.z) / THRESHOLDS.z_score,
@@ -171,7 +177,10 @@ def clean_run(client, profile: dict, cells: list[Cell], series: Series, holdout:
 
 
 def switch_run(client, profile: dict, cells: list[Cell], series: Series, holdout: list[dict], market: str,
-               rate: int, inside_range: bool) -> dict:
+               rate: int, inside_range: bool, rollout: float = 1.0, newcomers_only: bool = True) -> dict:
+    """After 60 s of clean traffic, `market` sends weight in pounds: every request (`rollout` 1, the
+    shoppers keep their ids), or a share `rollout` of its requests, the rest in kilograms, each
+    request a new shopper (or, without `newcomers_only`, the held-out shoppers with their ids)."""
     client.flushall()
     clock = Clock()
     workers = [Worker(client, profile, cells, series, clock) for _ in range(2)]
@@ -179,11 +188,20 @@ def switch_run(client, profile: dict, cells: list[Cell], series: Series, holdout
     shoppers = [body for body in holdout if body[profile["segment_field"]] == market
                 and (body["weight_kg"] <= heaviest or not inside_range)]
     switched = [{**body, "weight_kg": round(body["weight_kg"] * POUNDS_PER_KG, 1)} for body in shoppers]
+    market_shoppers = [body for body in holdout if body[profile["segment_field"]] == market]
     others = [body for body in holdout if body[profile["segment_field"]] != market]
     share = 1 - len(others) / len(holdout)
     rng = random.Random(2)
     clean = [rng.choice(holdout) for _ in range(60 * rate)]
-    after = [rng.choice(switched) if rng.random() < share else rng.choice(others) for _ in range(60 * rate)]
+    newcomers = itertools.count()
+
+    def market_request() -> dict:
+        if rollout >= 1.0:
+            return rng.choice(switched)
+        body = rng.choice(switched) if rng.random() < rollout else rng.choice(market_shoppers)
+        return {**body, "user_id": f"newcomer-{next(newcomers)}"} if newcomers_only else body
+
+    after = [market_request() if rng.random() < share else rng.choice(others) for _ in range(60 * rate)]
     state = {"sent": 0, "market_requests": 0, "detected_after": None, "quarantined_before_switch": 0,
              "others_quarantined": 0}
 
@@ -199,12 +217,16 @@ def switch_run(client, profile: dict, cells: list[Cell], series: Series, holdout
             state["market_requests"] += 1
 
     drive(workers, clock, clean + after, rate, on_request=on_request)
-    alarms = {alarm.id: alarm.detail for alarm in read_alarms(client, PREFIX)}
+    alarms = {alarm.id: alarm for alarm in read_alarms(client, PREFIX)}
+    weight = alarms.get(f"weight_kg:{market}")
     return {"market": market, "share": round(share, 3), "rate_per_s": rate, "inside_range": inside_range,
+            "rollout": rollout, "newcomers_only": newcomers_only or rollout >= 1.0,
             "market_requests_before_quarantine": state["detected_after"],
             "quarantined_before_switch": state["quarantined_before_switch"],
             "other_markets_quarantined": state["others_quarantined"],
-            "weight_alarm": alarms.get(f"weight_kg:{market}")}
+            "weight_alarm": weight.detail if weight is not None else None,
+            "weight_alarm_share": getattr(weight, "share", None),
+            "other_alarms": sorted(set(alarms) - {f"weight_kg:{market}"})}
 
 
 def request_cost(bundle, holdout: list[dict], cells: list[Cell], series: Series, client) -> dict:
@@ -245,6 +267,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, type=Path)
     parser.add_argument("--clean", type=int, default=1_000_000, help="clean requests (default 1,000,000)")
     parser.add_argument("--markets", default="DE,US,JP", help="markets to switch to pounds, one at a time")
+    parser.add_argument("--rollout-markets", default="JP,DE,US",
+                        help="markets where half of the requests switch to pounds, one at a time")
+    parser.add_argument("--returning", action="store_true",
+                        help="rollout: the held-out shoppers keep their ids (each counts at most 3 times per window)")
+    parser.add_argument("--only", choices=["cost", "clean", "switch", "rollout"], action="append",
+                        help="run only these parts (repeatable; default: all)")
     args = parser.parse_args(argv)
 
     bundle = load_bundle(args.bundle)
@@ -259,17 +287,24 @@ def main(argv: list[str] | None = None) -> int:
         server = start_redis(Path(scratch))
         try:
             client = make_redis_client(server.url, timeout=5.0)
-            result["cost"] = request_cost(bundle, holdout, cells, series, client)
-            print(f"bench_drift: cost {result['cost']}", file=sys.stderr)
-            result["clean"] = clean_run(client, bundle.profile, cells, series, holdout, args.clean, rate=400)
-            print(f"bench_drift: clean {result['clean']}", file=sys.stderr)
-            result["switch"] = []
-            for market in args.markets.split(","):
-                for rate in (400, 2000):
-                    for inside in (False, True):
-                        run = switch_run(client, bundle.profile, cells, series, holdout, market, rate, inside)
-                        print(f"bench_drift: switch {run}", file=sys.stderr)
-                        result["switch"].append(run)
+            parts = set(args.only or ["cost", "clean", "switch", "rollout"])
+            if "cost" in parts:
+                result["cost"] = request_cost(bundle, holdout, cells, series, client)
+                print(f"bench_drift: cost {result['cost']}", file=sys.stderr)
+            if "clean" in parts:
+                result["clean"] = clean_run(client, bundle.profile, cells, series, holdout, args.clean, rate=400)
+                print(f"bench_drift: clean {result['clean']}", file=sys.stderr)
+            for part, markets, rollout in (("switch", args.markets, 1.0), ("rollout", args.rollout_markets, 0.5)):
+                if part not in parts:
+                    continue
+                result[part] = []
+                for market in markets.split(","):
+                    for rate in (400, 2000):
+                        for inside in (False, True):
+                            run = switch_run(client, bundle.profile, cells, series, holdout, market, rate, inside,
+                                             rollout, newcomers_only=not args.returning)
+                            print(f"bench_drift: {part} {run}", file=sys.stderr)
+                            result[part].append(run)
         finally:
             server.stop()
     print(json.dumps(result, indent=2))

@@ -34,6 +34,7 @@ import numpy as np
 import redis
 
 from proxy.drift.watch import (
+    REPEAT_FIELD_PREFIX,
     USER_FIELD_PREFIX,
     Cell,
     Evidence,
@@ -42,6 +43,7 @@ from proxy.drift.watch import (
     describe,
     distinct_prefix,
     judge,
+    named_share,
     nested_windows,
 )
 from proxy.store.client import LuaScript, command, execute
@@ -88,22 +90,27 @@ class Alarm:
     it), at the same moment: count, mean, std."""
     training: dict[str, float] | None = None
     """The training baseline of the cell: mean, std."""
+    share: float | None = None
+    """The share of the values that look scaled by the unit, when only a share does (a partial rollout)."""
 
     @classmethod
     def raise_for(cls, cell: Cell, shift: Shift, raised_at: float) -> "Alarm":
         """The alarm a cell's shift calls for, diagnosis included."""
         detail, unit = describe(cell, shift)
+        share = named_share(shift)
         return cls(cell.id, cell.feature, cell.segment, detail, unit, raised_at,
                    None if shift.ratio is None else round(shift.ratio, 4), round(shift.z, 2),
                    {"count": shift.count, "mean": _round(shift.mean), "std": _round(shift.std)},
-                   {"mean": _round(cell.mean), "std": _round(cell.std)})
+                   {"mean": _round(cell.mean), "std": _round(cell.std)},
+                   None if share is None else round(share, 2))
 
     def to_json(self) -> dict[str, Any]:
         """As shown in /healthz, /anomalies, /alarms and stored in Redis."""
         raised = datetime.fromtimestamp(self.raised_at, timezone.utc).isoformat(timespec="seconds")
         return {"id": self.id, "kind": DRIFT, "field": self.field, "segment": self.segment,
                 "detail": self.detail, "unit": self.unit, "raised_at": raised.replace("+00:00", "Z"),
-                "ratio": self.ratio, "z": self.z, "window": self.window, "training": self.training}
+                "ratio": self.ratio, "z": self.z, "window": self.window, "training": self.training,
+                "share": self.share}
 
     @classmethod
     def from_json(cls, text: str) -> "Alarm":
@@ -111,11 +118,16 @@ class Alarm:
         data = json.loads(text)
         raised = datetime.fromisoformat(data["raised_at"].replace("Z", "+00:00")).timestamp()
         return cls(data["id"], data["field"], data["segment"], data["detail"], data.get("unit"), raised,
-                   data.get("ratio"), data.get("z"), data.get("window"), data.get("training"))
+                   data.get("ratio"), data.get("z"), data.get("window"), data.get("training"), data.get("share"))
 
 
 def _round(value: float) -> float:
     return float(f"{value:.5g}")
+
+
+SlotRow = tuple[np.ndarray, dict[str, frozenset[str]], dict[str, float]]
+"""A drift slot as the monitor keeps it: (cells x 3) count, sum, sum of squares; the users marked
+per segment; the requests counted again per segment."""
 
 
 def alarms_key(prefix: str) -> str:
@@ -183,9 +195,9 @@ class AlarmMonitor:
         self._open_slots = open_slots
         self._thresholds = thresholds
         self._fields = [name for cell in self._cells for name in cell.fields]
-        # slot -> ((cells x 3) array of count, sum, sum of squares; segment -> users marked), for
-        # slots that no longer change
-        self._settled: dict[int, tuple[np.ndarray, dict[str, frozenset[str]]]] = {}
+        # slot -> ((cells x 3) array of count, sum, sum of squares; segment -> users marked; segment ->
+        # requests counted again), for slots that no longer change
+        self._settled: dict[int, SlotRow] = {}
         self._listeners = list(listeners)
         self._recent = recent
         # told when each segment was last cleared: users counted before it may count again
@@ -225,7 +237,8 @@ class AlarmMonitor:
             alarms = {alarm.id: alarm for alarm in _alarms(state)}
             if self._cleared is not None:
                 self._cleared(self._clear_times(state))
-            self._judge_all(alarms, state, matrix, [row[1] for row in rows], slots, now, evidence)
+            self._judge_all(alarms, state, matrix, [row[1] for row in rows], [row[2] for row in rows], slots, now,
+                            evidence)
         except redis.RedisError as exc:
             if self.last_error is None:
                 log.warning("drift alarms not refreshed: redis unreachable", extra={"error": type(exc).__name__})
@@ -250,25 +263,27 @@ class AlarmMonitor:
         return True
 
     def _judge_all(self, alarms: dict[str, Alarm], state: dict[str, str], matrix: np.ndarray,
-                   users: list[dict[str, frozenset[str]]], slots: range, now: float,
+                   users: list[dict[str, frozenset[str]]], repeats: list[dict[str, float]], slots: range, now: float,
                    evidence: Mapping[str, Evidence]) -> None:
-        """Judge every cell on `matrix` (slots newest first x cells x 3) and the users of each slot,
-        its evidence first when it has some, write what changed in one pipeline, and update `alarms`
-        to match."""
+        """Judge every cell on `matrix` (slots newest first x cells x 3), the users of each slot and its
+        requests counted again, its evidence first when it has some, write what changed in one
+        pipeline, and update `alarms` to match."""
         raises: list[tuple[str, Alarm]] = []
         clears: list[str] = []
         distinct: dict[str, list[int]] = {}
+        again: dict[str, list[float]] = {}
         for index, cell in enumerate(self._cells):
             if cell.segment not in distinct:
                 distinct[cell.segment] = distinct_prefix([slot_users.get(cell.segment, ()) for slot_users in users],
                                                          self._thresholds.min_users)
+                again[cell.segment] = [slot_repeats.get(cell.segment, 0.0) for slot_repeats in repeats]
             marker = state.get(_CLEARED + cell.id, "")
             usable = len(slots)
             if marker:
                 # judged only on slots that began after the clear by hand
                 usable = sum(1 for slot in slots if slot * self._series.seconds >= float(marker))
             existing = alarms.get(cell.id)
-            windows = nested_windows(matrix[:usable, index], distinct[cell.segment])
+            windows = nested_windows(matrix[:usable, index], distinct[cell.segment], again[cell.segment][:usable])
             recent = evidence.get(cell.id)
             if recent is not None and (not marker or recent.started_at >= float(marker)):
                 windows.insert(0, recent.window)
@@ -277,8 +292,10 @@ class AlarmMonitor:
                 raised_at = existing.raised_at if existing is not None else now
                 alarm = Alarm.raise_for(cell, verdict.shown, raised_at)
                 # The diagnosis stays as raised while the window recovers (a half-mixed window names no
-                # unit); it is rewritten only when a unit is newly named, not on every new statistic.
-                if existing is None or existing.window is None or alarm.unit not in (None, existing.unit):
+                # unit); it is rewritten only when a unit is newly named, or a share of it becomes the
+                # whole market, not on every new statistic.
+                if (existing is None or existing.window is None or alarm.unit not in (None, existing.unit)
+                        or (alarm.unit is not None and existing.share is not None and alarm.share is None)):
                     raises.append((marker, alarm))
             elif not verdict.alarm and existing is not None:
                 clears.append(cell.id)
@@ -307,15 +324,18 @@ class AlarmMonitor:
                 times[cell.segment] = max(times.get(cell.segment, 0.0), float(marker))
         return times
 
-    def _row(self, bucket: dict[str, str]) -> tuple[np.ndarray, dict[str, frozenset[str]]]:
-        """A slot's hash as a (cells x 3) array and the users marked per segment."""
+    def _row(self, bucket: dict[str, str]) -> SlotRow:
+        """A slot's hash as a (cells x 3) array, the users marked and the requests counted again per segment."""
         marked: dict[str, set[str]] = {}
-        for name in bucket:
+        repeats: dict[str, float] = {}
+        for name, value in bucket.items():
             if name.startswith(USER_FIELD_PREFIX):
                 segment, _, user = name[len(USER_FIELD_PREFIX):].rpartition("|")
                 marked.setdefault(segment, set()).add(user)
+            elif name.startswith(REPEAT_FIELD_PREFIX):
+                repeats[name[len(REPEAT_FIELD_PREFIX):]] = float(value or 0.0)
         array = np.array([float(bucket.get(name) or 0.0) for name in self._fields]).reshape(-1, 3)
-        return array, {segment: frozenset(found) for segment, found in marked.items()}
+        return array, {segment: frozenset(found) for segment, found in marked.items()}, repeats
 
     def _publish(self, alarms: list[Alarm]) -> None:
         self._active = alarms

@@ -25,11 +25,12 @@ import threading
 import time
 from collections import deque
 from hashlib import blake2b
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from proxy.drift.mixture import Mixture, fit_mixture, share_words
 from proxy.guard.anomaly import DRIFT_QUARANTINE, Anomaly
 from proxy.guard.units import UNIT_CHANGES
 from proxy.store.counters import Number, Series
@@ -55,6 +56,10 @@ value sent over and over (a default, a replayed body) is no evidence of a unit c
 
 USER_FIELD_PREFIX = "u|"
 """Drift-slot hash fields `u|<segment>|<user digest>`: the distinct users of a segment in a slot."""
+
+REPEAT_FIELD_PREFIX = "r|"
+"""Drift-slot hash field `r|<segment>`: requests of the segment counted again in the slot for a user
+this worker had counted already in the window (their values changed)."""
 
 
 
@@ -143,6 +148,8 @@ class Window:
     total_sq: float
     users: float = math.inf
     """Distinct users the values came from (capped at the threshold; infinite when not tracked)."""
+    repeats: float = 0.0
+    """Requests among them counted again for a user already counted (their values changed)."""
 
     @property
     def mean(self) -> float:
@@ -153,10 +160,11 @@ class Window:
         return max(0.0, self.total_sq / self.count - self.mean ** 2)
 
 
-def nested_windows(slots: np.ndarray, distinct: Sequence[int] | None = None) -> list[Window]:
+def nested_windows(slots: np.ndarray, distinct: Sequence[int] | None = None,
+                   repeats: Sequence[float] | None = None) -> list[Window]:
     """Windows of the newest 1, 2, 4, 8... slots and of all of them, shortest first, from per-slot
     rows of (count, sum, sum of squares), newest first; `distinct[i]`: distinct users of the newest
-    i + 1 slots (`distinct_prefix`).
+    i + 1 slots (`distinct_prefix`); `repeats[i]`: requests counted again in slot i (newest first).
 
     Short windows show a switch before older clean values dilute it; long ones add up a small
     shift in a quiet market. Doubling keeps the number of tests (and of chances for noise to
@@ -166,9 +174,10 @@ def nested_windows(slots: np.ndarray, distinct: Sequence[int] | None = None) -> 
     totals = np.cumsum(slots, axis=0)
     lengths = sorted({1 << power for power in range(len(slots).bit_length())} | {len(slots)})
     rows = totals[np.array(lengths) - 1].tolist()
+    again = np.cumsum(repeats).tolist() if repeats is not None else [0.0] * len(slots)
     if distinct is None:
-        return [Window(*row) for row in rows]
-    return [Window(*row, users=distinct[length - 1]) for row, length in zip(rows, lengths)]
+        return [Window(*row, repeats=again[length - 1]) for row, length in zip(rows, lengths)]
+    return [Window(*row, users=distinct[length - 1], repeats=again[length - 1]) for row, length in zip(rows, lengths)]
 
 
 @dataclass(frozen=True)
@@ -184,6 +193,12 @@ class Thresholds:
     min_users: int = 1
     """Distinct users those values must come from."""
 
+    def min_scaled(self, repeats: float) -> float:
+        """Values a share scaled by a unit must hold to count as a rollout (`fit_mixture`): min_count,
+        and min_users beyond the window's values counted again for a user already counted (who
+        may all be among them: five bots changing their values are five users, not thirty)."""
+        return max(self.min_count, self.min_users + repeats)
+
 
 @dataclass(frozen=True, slots=True)
 class Shift:
@@ -196,20 +211,30 @@ class Shift:
     z: float
     effect: float
     ratio: float | None
+    mixture: Mixture | None = None
+    """The share of values scaled by a unit factor that explains the window's mean and spread
+    (`fit_mixture`) and holds enough values to count (`Thresholds.min_scaled`), if any."""
 
 
-def assess(window: Window, cell: Cell) -> Shift:
+def assess(window: Window, cell: Cell, thresholds: Thresholds) -> Shift:
     """The shift of a (non-empty) window from the cell's training mean.
 
     The standard error takes the larger of the training and the window variance: a single
     absurd value inflates the window's variance as much as its mean, so it cannot make a shift
-    look clear on its own.
+    look clear on its own. Except when a share of the values scaled by a unit factor, holding
+    enough values of its own (`Thresholds.min_scaled`), explains both (`fit_mixture`): that
+    extra variance is the rollout itself, and the training one is the error of a market that did
+    not change.
     """
     difference = window.mean - cell.mean
-    error = math.sqrt(max(cell.std ** 2, window.variance) / window.count)
+    training_variance = cell.std ** 2
+    mixture = fit_mixture(window.count, window.total, window.total_sq, cell.mean, training_variance,
+                          thresholds.min_scaled(window.repeats))
+    variance = training_variance if mixture is not None else max(training_variance, window.variance)
+    error = math.sqrt(variance / window.count)
     ratio = window.mean / cell.mean if cell.mean != 0 else None
     return Shift(int(window.count), window.mean, math.sqrt(window.variance), difference / error,
-                 difference / cell.std, ratio)
+                 difference / cell.std, ratio, mixture)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,12 +248,17 @@ class Verdict:
 
     @property
     def shown(self) -> Shift | None:
-        """The shift an alarm reports: `recent` when it sits near a unit change (the purest view of
-        a switch), else the window that makes the case, so a detail never quotes a z below the
-        threshold that raised it."""
-        if self.recent is not None and unit_change(self.recent.ratio) is not None:
+        """The shift an alarm reports: `recent` when it sits near a unit change or fits a share scaled
+        by one (the purest view of a switch), else the window that makes the case, so a detail never
+        quotes a z below the threshold that raised it. A share is named from `recent` only: a longer
+        window mixes the rollout with the clean traffic before it, and its share says how long ago
+        the switch came, not how much of the market switched."""
+        if self.recent is not None and (unit_change(self.recent.ratio) is not None
+                                        or self.recent.mixture is not None):
             return self.recent
-        return self.strongest or self.recent
+        if self.strongest is not None:
+            return replace(self.strongest, mixture=None)
+        return self.recent
 
 
 def judge(windows: Sequence[Window], cell: Cell, thresholds: Thresholds, active: bool) -> Verdict:
@@ -261,15 +291,15 @@ def judge(windows: Sequence[Window], cell: Cell, thresholds: Thresholds, active:
             recent, recent_difference = window, difference
         if difference * recent_difference > 0:
             window_z_squared = _large_z_squared(count, window.total, window.total_sq, cell.mean, large,
-                                               training_variance)
+                                               training_variance, thresholds.min_scaled(window.repeats))
             if window_z_squared >= z_squared and (strongest is None or window_z_squared > strongest_z_squared):
                 strongest, strongest_z_squared = window, window_z_squared
     if recent is None:
         return Verdict(active, None)
-    recent_shift = assess(recent, cell)
+    recent_shift = assess(recent, cell, thresholds)
     if abs(recent_shift.effect) < thresholds.effect_size / 2:
         return Verdict(False, recent_shift)
-    strongest_shift = assess(strongest, cell) if strongest is not None else None
+    strongest_shift = assess(strongest, cell, thresholds) if strongest is not None else None
     return Verdict(active or strongest_shift is not None, recent_shift, strongest_shift)
 
 
@@ -281,21 +311,36 @@ def unit_change(ratio: float | None) -> tuple[float, str] | None:
     return (factor, label) if abs(math.log(ratio / factor)) <= math.log1p(UNIT_TOLERANCE) else None
 
 
+def named_share(shift: Shift) -> float | None:
+    """The share of values an alarm on this shift says were scaled: None for a whole market (the
+    mean ratio names the unit) or for no unit at all."""
+    if shift.mixture is None or unit_change(shift.ratio) is not None:
+        return None
+    return shift.mixture.share
+
+
 def _number(value: float) -> str:
     return f"{value:.1f}" if abs(value) >= 1 else f"{value:.3g}"
 
 
 def describe(cell: Cell, shift: Shift) -> tuple[str, str | None]:
     """The alarm's detail and the unit change it names (or None), e.g.
-    ("<feature> in <segment> looks ×2.205: kg→lb?", "kg→lb") or "<feature> in <segment> shifted:
-    mean 95.1 vs 78.0 in training (z=12.3)". Aggregates only, never a single value."""
+    ("<feature> in <segment> looks ×2.205: kg→lb?", "kg→lb"), for a share of the values
+    ("about half of <feature> in <segment> looks ×2.205: kg→lb?", "kg→lb"), or "<feature> in
+    <segment> shifted: mean 95.1 vs 78.0 in training (z=12.3)". Aggregates only, never a single value."""
     change = unit_change(shift.ratio)
     if change is not None:
         factor, label = change
         return f"{cell.feature} in {cell.segment} looks ×{factor:.4g}: {label}?", label
+    if shift.mixture is not None:
+        mixture = shift.mixture
+        return (f"about {share_words(mixture.share)} of {cell.feature} in {cell.segment} looks "
+                f"×{mixture.factor:.4g}: {mixture.label}?"), mixture.label
     return (f"{cell.feature} in {cell.segment} shifted: mean {_number(shift.mean)} vs {_number(cell.mean)} "
             f"in training (z={shift.z:.1f})"), None
 
+
+_NOT_COUNTED, _FIRST_COUNT, _COUNTED_AGAIN = 0, 1, 2
 
 RECENT_BLOCKS = 4
 """A cell's recent values start afresh after this many min_counts of them: a switch after a busy
@@ -340,6 +385,7 @@ class DriftWatch:
         self._wake = wake if thresholds is not None else None
         self._min_count = thresholds.min_count if thresholds is not None else 0
         self._min_users = thresholds.min_users if thresholds is not None else 1
+        self._thresholds = thresholds
         self._clock = clock
         self._id_field = id_field(profile)
         self._feature_names = sorted({name for name, spec in profile["fields"].items() if spec.get("role") == "feature"}
@@ -356,7 +402,8 @@ class DriftWatch:
                 (cell.feature, *cell.fields, cell.id, cell.mean, large, z_squared, cell.std ** 2))
         # Replaced whole by the alarm monitor, never mutated: a request reads one consistent map.
         self._quarantined: dict[str, tuple[Anomaly, ...]] = {}
-        # Replaced whole by take_recent. Per segment, per cell: [count, sum, sum of squares, start, users].
+        # Replaced whole by take_recent. Per segment, per cell: [count, sum, sum of squares, start, users,
+        # requests counted again].
         self._recent: dict[str, list[list[Any]]] = {}
         self._evidence: dict[str, Evidence] = {}
         # user -> [when first counted, hash of the values counted, changes counted since], and the
@@ -399,8 +446,12 @@ class DriftWatch:
         now = self._clock()
         amounts: list[tuple[str, Number]] = []
         with self._lock:
-            if not self._admit(user, hash(tuple(numbers)), now, self._cleared.get(segment, -math.inf)):
+            admitted = self._admit(user, hash(tuple(numbers)), now, self._cleared.get(segment, -math.inf))
+            if admitted == _NOT_COUNTED:
                 return quarantined
+            again = 1.0 if admitted == _COUNTED_AGAIN else 0.0
+            if again:
+                amounts.append((REPEAT_FIELD_PREFIX + segment, 1))
             slot = int(now // self._slot_seconds)
             if slot != self._slot:
                 self._slot, self._slot_users = slot, {}
@@ -416,7 +467,7 @@ class DriftWatch:
         if watch_recent:
             recent = self._recent.get(segment)
             if recent is None:
-                recent = self._recent[segment] = [[0.0, 0.0, 0.0, now, set()] for _ in cells]
+                recent = self._recent[segment] = [[0.0, 0.0, 0.0, now, set(), 0.0] for _ in cells]
         for index, ((feature, count_name, sum_name, square_name, cell_id, mean, large, z_squared,
                      variance), value) in enumerate(zip(cells, numbers)):
             if value is None:
@@ -427,15 +478,17 @@ class DriftWatch:
                 sums[0] += 1.0
                 sums[1] += value
                 sums[2] += value * value
+                sums[5] += again
                 if len(sums[4]) < self._min_users:
                     sums[4].add(user)
                 if sums[0] >= self._min_count:
                     if (len(sums[4]) >= self._min_users
-                            and _large_z_squared(sums[0], sums[1], sums[2], mean, large, variance) >= z_squared):
+                            and _large_z_squared(sums[0], sums[1], sums[2], mean, large, variance,
+                                                 self._thresholds.min_scaled(sums[5])) >= z_squared):
                         self._evidence = {**self._evidence, cell_id: Evidence(
-                            Window(sums[0], sums[1], sums[2], len(sums[4])), sums[3])}
+                            Window(sums[0], sums[1], sums[2], len(sums[4]), sums[5]), sums[3])}
                     elif sums[0] >= RECENT_BLOCKS * self._min_count:
-                        recent[index] = [0.0, 0.0, 0.0, self._clock(), set()]
+                        recent[index] = [0.0, 0.0, 0.0, self._clock(), set(), 0.0]
         self._add_many(amounts, self.series)
         if watch_recent and self._evidence:
             self._wake()
@@ -452,16 +505,17 @@ class DriftWatch:
         except TypeError:  # a list or an object sent as a feature
             return hash(repr(values))
 
-    def _admit(self, user: int, values: int, now: float, cleared_at: float) -> bool:
-        """Whether this user's values count now (call under the lock)."""
+    def _admit(self, user: int, values: int, now: float, cleared_at: float) -> int:
+        """Whether this user's values count now: _NOT_COUNTED, _FIRST_COUNT (not counted in the window
+        yet) or _COUNTED_AGAIN (changed values; call under the lock)."""
         users = self._users
         entry = users.get(user)
         if entry is not None and now - entry[0] < self._user_window and entry[0] >= cleared_at:
             if entry[1] == values or entry[2] >= USER_CHANGES:
-                return False
+                return _NOT_COUNTED
             entry[1] = values
             entry[2] += 1
-            return True
+            return _COUNTED_AGAIN
         entry = users[user] = [now, values, 0]
         order = self._order
         order.append((user, entry))
@@ -470,7 +524,7 @@ class DriftWatch:
             old, old_entry = order.popleft()
             if users.get(old) is old_entry:
                 del users[old]
-        return True
+        return _FIRST_COUNT
 
     def forget_before(self, cleared: Mapping[str, float]) -> None:
         """Users of a segment counted before its alarm was cleared (segment -> clock time) count
@@ -496,11 +550,11 @@ class DriftWatch:
 
 
 def _large_z_squared(count: float, total: float, total_sq: float, mean: float, large: float,
-                    variance: float) -> float:
+                    variance: float, min_scaled: float) -> float:
     """z² of a window (count, sum, sum of squares) against a training mean when its shift is
     large (|difference| >= `large`), else 0: `assess`'s test on plain floats, shared by `judge`
     and the request-path watch. The standard error takes the larger of the training `variance`
-    and the window's own, as `assess` does."""
+    and the window's own, unless a unit mixture explains the window, as `assess` does."""
     window_mean = total / count
     difference = window_mean - mean
     if abs(difference) < large:
@@ -508,4 +562,6 @@ def _large_z_squared(count: float, total: float, total_sq: float, mean: float, l
     window_variance = total_sq / count - window_mean * window_mean
     if window_variance <= MIN_SPREAD * MIN_SPREAD * variance:
         return 0.0
+    if window_variance > variance and fit_mixture(count, total, total_sq, mean, variance, min_scaled) is not None:
+        return difference * difference * count / variance
     return difference * difference * count / max(variance, window_variance)

@@ -207,7 +207,9 @@ def openapi_document(profile: Mapping[str, Any] | None, settings: Settings) -> d
                           "ratio": {"type": ["number", "null"], "description": "Window mean / training mean"},
                           "z": {"type": ["number", "null"], "description": "Standard errors from the training mean"},
                           "window": {"type": ["object", "null"], "description": "The window the alarm quotes: count, mean, std"},
-                          "training": {"type": ["object", "null"], "description": "The training baseline: mean, std"}}},
+                          "training": {"type": ["object", "null"], "description": "The training baseline: mean, std"},
+                          "share": {"type": ["number", "null"],
+                                    "description": "The share of values that look scaled by the unit, when only a share does"}}},
             "QualityAlarm": {"type": "object", "required": ["id", "kind", "version", "segment", "baseline", "detail"],
                              "properties": {
                                  "id": {"type": "string", "description": "`quality:<version>:<segment>:<baseline>`"},

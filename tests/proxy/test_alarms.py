@@ -7,6 +7,7 @@ between flushes, so rates are requests per simulated second.
 
 from __future__ import annotations
 
+import itertools
 import random
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from model.synthetic import generate
 from proxy.drift.alarms import AlarmMonitor, read_alarms
 from proxy.drift.watch import DriftWatch, Thresholds, cells_from_profile
 from proxy.settings import Settings
-from proxy.store.counters import Counters, Series, make_redis_client
+from proxy.store.counters import EARLY_FLUSHES_PER_INTERVAL, Counters, Series, make_redis_client
 from tests.conftest import RedisServer
 from tests.proxy.conftest import holdout_requests
 
@@ -40,20 +41,29 @@ class Clock:
 
 
 class Worker:
-    """What one gunicorn worker runs for drift, with the default settings: counters, the watch and its alarm monitor."""
+    """What one gunicorn worker runs for drift, with the default settings: counters, the watch and its
+    alarm monitor; with `early`, the watch's recent values that look shifted wake it, as Runtime wires it."""
 
-    def __init__(self, client, profile: dict, clock: Clock):
+    def __init__(self, client, profile: dict, clock: Clock, early: bool = False):
         cells = cells_from_profile(profile)
         series = Series("d", DEFAULTS.drift.slot_seconds, DEFAULTS.drift.window_seconds + 60)
         self.counters = Counters(client, prefix=PREFIX, clock=clock)
-        self.watch = DriftWatch(profile, cells, series, self.counters.add_many, clock=clock)
+        self.woken = False
+        self.early_ticks = 0
+        wiring = {"thresholds": THRESHOLDS, "wake": self._wake} if early else {}
+        self.watch = DriftWatch(profile, cells, series, self.counters.add_many, clock=clock, **wiring)
         self.published: list[list] = []
         self.monitor = AlarmMonitor(client, PREFIX, cells, series,
                                     DEFAULTS.drift.window_seconds // DEFAULTS.drift.slot_seconds, THRESHOLDS,
                                     listeners=[self.watch.quarantine, self.published.append],
+                                    recent=self.watch.take_recent if early else None,
                                     cleared=self.watch.forget_before, clock=clock)
 
+    def _wake(self) -> None:
+        self.woken = True
+
     def tick(self) -> None:
+        self.woken = False
         assert self.counters.flush()
         self.monitor.refresh()
 
@@ -67,15 +77,21 @@ def world(tmp_path_factory) -> tuple[dict, list[dict]]:
 
 
 def run(workers: list[Worker], clock: Clock, bodies, rate: int):
-    """Send each body to the next worker in turn, flushing and refreshing every worker each INTERVAL;
-    yield (body, drift anomalies)."""
+    """Send each body to the next worker in turn, flushing and refreshing every worker each INTERVAL
+    (and a woken worker right away, at most EARLY_FLUSHES_PER_INTERVAL times in between, as the
+    flusher allows); yield (body, drift anomalies)."""
     per_tick = int(rate * INTERVAL)
     for number, body in enumerate(bodies, start=1):
-        yield body, workers[number % len(workers)].watch.observe(body)
+        worker = workers[number % len(workers)]
+        yield body, worker.watch.observe(body)
+        if worker.woken and worker.early_ticks < EARLY_FLUSHES_PER_INTERVAL:
+            worker.early_ticks += 1
+            worker.tick()
         if number % per_tick == 0:
             clock.now += INTERVAL
-            for worker in workers:
-                worker.tick()
+            for each in workers:
+                each.early_ticks = 0
+                each.tick()
 
 
 def resample(pool: list[dict], count: int, seed: int) -> list[dict]:
@@ -128,6 +144,49 @@ def test_a_market_switching_to_pounds_is_quarantined_within_twice_the_documented
     if not light_only:
         assert alarms["weight_kg:DE"].detail == "weight_kg in DE looks ×2.205: kg→lb?"
         assert alarms["weight_kg:DE"].unit == "kg→lb"
+
+
+@pytest.mark.parametrize("rate", [400, 2000])
+def test_half_of_a_market_switching_to_pounds_is_named_with_its_share_within_200_of_its_requests(world, redis_client,
+                                                                                               rate):
+    """An A/B test of a new form: half of the German requests in pounds, every German shopper (the
+    heaviest ones' pounds leave the training range: evidence too), each request a shopper not seen
+    before (a busy market, whose shoppers rarely return within the window). Two workers, woken by
+    their watch as Runtime wires them."""
+    profile, clean = world
+    germans = [body for body in clean if body["country"] == "DE"]
+    others = [body for body in clean if body["country"] != "DE"]
+    rng = random.Random(8)
+    newcomers = itertools.count()
+
+    def german() -> dict:
+        body = rng.choice(germans)
+        if rng.random() < 0.5:
+            body = {**body, "weight_kg": round(body["weight_kg"] * POUNDS_PER_KG, 1)}
+        return {**body, "user_id": f"newcomer-{next(newcomers)}"}
+
+    after = [german() if rng.random() < 0.16 else rng.choice(others) for _ in range(8_000)]
+    heaviest = profile["fields"]["weight_kg"]["max"]
+    assert any(body["weight_kg"] > heaviest for body in after[:2_000] if body["country"] == "DE")
+    traffic = resample(clean, 20 * rate, 3) + after
+    clock = Clock()
+    workers = [Worker(redis_client, profile, clock, early=True) for _ in range(2)]
+
+    german_requests, detected_after = 0, None
+    for number, (body, anomalies) in enumerate(run(workers, clock, traffic, rate)):
+        if body["country"] != "DE" or number < 20 * rate:
+            assert anomalies == (), "quarantined before the switch, or another market"
+            continue
+        german_requests += 1
+        if anomalies:
+            detected_after = german_requests
+            break
+    assert detected_after is not None and detected_after <= 200, detected_after
+    alarms = {alarm.id: alarm for alarm in read_alarms(redis_client, PREFIX)}
+    assert set(alarms) == {"weight_kg:DE"}
+    alarm = alarms["weight_kg:DE"]
+    assert alarm.detail == "about half of weight_kg in DE looks ×2.205: kg→lb?" and alarm.unit == "kg→lb"
+    assert 0.35 <= alarm.share <= 0.65
 
 
 def test_alarms_are_shared_cleared_by_hand_for_the_data_seen_and_clear_themselves(world, redis_client):

@@ -24,6 +24,7 @@ from proxy.drift.watch import (
     nested_windows,
     unit_change,
 )
+from proxy.drift.mixture import share_words
 from proxy.store.counters import Series
 
 POUNDS_PER_KG = 2.20462
@@ -73,6 +74,71 @@ def test_a_shift_without_a_known_unit_is_described_by_its_means_and_z():
     assert unit is None
     assert detail == f"weight_kg in DE shifted: mean {shift.mean:.1f} vs 80.0 in training (z={shift.z:.1f})"
     assert 120 < shift.mean < 125 and shift.z > 30 and 12 < shift.std < 16
+
+
+def half_in(rng, factor: float, count: int, cell: Cell = DE) -> np.ndarray:
+    """`count` values of the cell, each multiplied by `factor` with probability 0.5 (a half rollout)."""
+    values = rng.normal(cell.mean, cell.std, count)
+    return np.where(rng.random(count) < 0.5, values * factor, values)
+
+
+@pytest.mark.parametrize("factor, detail, least_named", [  # measured: 189 and 184 of 200
+    (POUNDS_PER_KG, "about half of weight_kg in DE looks ×2.205: kg→lb?", 160),
+    (1 / POUNDS_PER_KG, "about half of weight_kg in DE looks ×0.4536: lb→kg?", 160),
+])
+def test_half_of_a_market_in_another_unit_is_caught_within_about_fifty_values_and_its_share_named(
+        factor, detail, least_named):
+    """Values arriving one by one, half of them scaled: the alarm is raised on the first window that
+    passes, and names the share and the unit (at once, or within 20 more values). The window's own spread alone (the rule against
+    absurd values) would keep the shift unclear for longer: the mixture that explains mean and
+    spread together makes it clear."""
+    rng = np.random.default_rng(30)
+    first, first_alone, named, shares = [], [], 0, []
+    for _ in range(200):
+        values = half_in(rng, factor, 120)
+        raised = next((count for count in range(THRESHOLDS.min_count, 121)
+                       if judge(windows(values[:count]), DE, THRESHOLDS, active=False).alarm), None)
+        assert raised is not None
+        first.append(raised)
+        first_alone.append(next((count for count in range(THRESHOLDS.min_count, 121)
+                                 if abs(values[:count].mean() - DE.mean) / math.sqrt(values[:count].var() / count)
+                                 >= THRESHOLDS.z_score), 121))
+        # raised by the mean alone before the scaled share holds 20 values, an alarm names its unit
+        # when a later window does (the monitor rewrites it): within 20 more values here
+        shown = next((verdict.shown for count in range(raised, raised + 21)
+                      if (verdict := judge(windows(values[:count]), DE, THRESHOLDS, active=True)).shown.mixture),
+                     None)
+        named += shown is not None and describe(DE, shown) == (detail, detail.rsplit(" ", 1)[1].rstrip("?"))
+        shares.append(shown.mixture.share if shown is not None else 0.0)
+    assert np.median(first) <= 45 and np.mean(first) < np.mean(first_alone) - 3, (np.mean(first), np.mean(first_alone))
+    # the share of 40-60 values spreads about ±0.1; 2.205 and 2.54 are 15 % apart
+    assert named >= least_named, f"named {named} of 200"
+    assert 0.45 < float(np.median(shares)) < 0.6
+
+
+@pytest.mark.parametrize("values", [
+    pytest.param(lambda rng: rng.normal(DE.mean + 3 * DE.std, DE.std, 60), id="shifted"),
+    pytest.param(lambda rng: rng.normal(DE.mean, DE.std, 60) * 1.5, id="scaled-by-no-unit"),
+])
+def test_a_market_shifted_or_scaled_as_a_whole_is_no_partial_rollout(values):
+    verdict = judge(windows(values(np.random.default_rng(31))), DE, THRESHOLDS, active=False)
+    assert verdict.alarm and verdict.shown.mixture is None
+    assert describe(DE, verdict.shown)[0].startswith("weight_kg in DE shifted: mean ")
+
+
+def test_a_few_scaled_values_are_no_rollout():
+    """Three values ×1000 among 20 (one client counted at most three times per window and worker)
+    fit a mixture of s→ms perfectly, but a rollout's scaled share must hold min_count values of its own."""
+    rng = np.random.default_rng(32)
+    values = np.append(rng.normal(DE.mean, DE.std, 20), rng.normal(DE.mean, DE.std, 3) * 1000)
+    verdict = judge(windows(values), DE, THRESHOLDS, active=False)
+    assert not verdict.alarm and abs(verdict.recent.z) < 2
+
+
+@pytest.mark.parametrize("share, words", [(0.08, "a tenth"), (0.3, "a quarter"), (0.38, "half"), (0.5, "half"),
+                                          (0.67, "half"), (0.75, "three quarters"), (0.95, "nearly all")])
+def test_shares_are_named_in_coarse_words(share, words):
+    assert share_words(share) == words
 
 
 def test_a_fresh_switch_shows_before_a_long_clean_past_dilutes_it():
@@ -200,7 +266,7 @@ def closest_to_an_alarm(windows_: list[Window], cell: Cell) -> float:
     closest = 0.0
     for window in windows_:
         if window.count >= THRESHOLDS.min_count:
-            shift = assess(window, cell)
+            shift = assess(window, cell, THRESHOLDS)
             closest = max(closest, min(abs(shift.z) / THRESHOLDS.z_score, abs(shift.effect) / THRESHOLDS.effect_size))
     return closest
 
@@ -328,7 +394,7 @@ def test_the_app_quarantines_one_market_alone_and_shows_the_alarm_everywhere(dri
     fields = {name for key in redis_client.scan_iter("recguard:d:*") for name in redis_client.hkeys(key)
               if not name.startswith(MARKER_PREFIX)}
     assert fields and not any("ZZ" in name or "weight_zz" in name for name in fields)
-    assert {name.split("|")[0] for name in fields} <= {"age", "height_cm", "weight_kg", "u"}
+    assert {name.split("|")[0] for name in fields} <= {"age", "height_cm", "weight_kg", "u", "r"}
     # users are marked by a keyed hash: no id, e-mail or name reaches Redis
     marked = [name.split("|") for name in fields if name.startswith("u|")]
     assert marked and all(segment == "DE" or segment in {b["country"] for b in tiny_holdout} for _, segment, _ in marked)
@@ -539,7 +605,7 @@ def reference_judge(windows_: list[Window], cell: Cell, thresholds: Thresholds, 
     for window in windows_:
         if window.count < thresholds.min_count:
             continue
-        shift = assess(window, cell)
+        shift = assess(window, cell, thresholds)
         recent = recent or shift
         if (abs(shift.z) >= thresholds.z_score and abs(shift.effect) >= thresholds.effect_size
                 and shift.effect * recent.effect > 0 and (strongest is None or abs(shift.z) > abs(strongest.z))):

@@ -128,6 +128,29 @@ def test_a_thousand_requests_rotating_over_five_users_raise_nothing(world, redis
     assert read_alarms(redis_client, PREFIX) == []
 
 
+@pytest.mark.parametrize("factor", [POUNDS_PER_KG, 1000.0, None], ids=["pounds", "x1000", "absurd"])
+def test_one_client_sending_a_thousand_changing_scaled_or_absurd_values_raises_nothing(world, redis_client, factor):
+    """One user whose weight changes with every request, half of the market's traffic for a while:
+    plausible weights in pounds or ×1000 (each a perfect unit change, what a partial rollout is made
+    of) or absurd ones. A user counts at most three times per window and worker: far from the 20
+    scaled values a rollout must hold."""
+    profile, holdout = world
+    workers, clock = two_workers(redis_client, profile)
+    japanese = [body for body in holdout if body["country"] == "JP"]
+    rng = random.Random(7)
+
+    def weight() -> float:
+        if factor is None:
+            return round(rng.uniform(1e3, 1e9), 1)
+        return round(rng.choice(japanese)["weight_kg"] * factor, 1)
+
+    client = [{**japanese[0], "weight_kg": weight()} for _ in range(1_000)]
+    mixed = [client.pop() if rng.random() < 0.5 and client else body for body in clean(holdout, 8_000, 8)]
+    answers = drive(workers, clock, clean(holdout, 4_000, 9) + mixed)
+    assert not client and not any(anomalies for _, anomalies in answers), "somebody was quarantined"
+    assert read_alarms(redis_client, PREFIX) == []
+
+
 @pytest.mark.integration
 def test_redis_down_while_counting_users_crashes_nothing_and_raises_nothing_from_partial_data(world, tmp_path):
     profile, holdout = world
