@@ -189,6 +189,37 @@ def test_half_of_a_market_switching_to_pounds_is_named_with_its_share_within_200
     assert 0.35 <= alarm.share <= 0.65
 
 
+def test_an_alarm_on_half_of_a_market_is_renamed_once_the_whole_market_sends_pounds(world, redis_client):
+    profile, clean = world
+    germans = [body for body in clean if body["country"] == "DE"]
+    rng = random.Random(9)
+    newcomers = itertools.count()
+
+    def german(pounds_share: float) -> dict:
+        body = rng.choice(germans)
+        if rng.random() < pounds_share:
+            body = {**body, "weight_kg": round(body["weight_kg"] * POUNDS_PER_KG, 1)}
+        return {**body, "user_id": f"newcomer-{next(newcomers)}"}
+
+    clock = Clock()
+    worker = Worker(redis_client, profile, clock)
+    for body in [german(0.5) for _ in range(80)]:
+        worker.watch.observe(body)
+    clock.now += INTERVAL
+    worker.tick()
+    [alarm] = read_alarms(redis_client, PREFIX)
+    assert alarm.detail == "about half of weight_kg in DE looks ×2.205: kg→lb?" and 0.35 <= alarm.share <= 0.7
+    raised_at = alarm.raised_at
+    clock.now += DEFAULTS.drift.slot_seconds
+    for body in [german(1.0) for _ in range(40)]:
+        worker.watch.observe(body)
+    clock.now += INTERVAL
+    worker.tick()
+    [alarm] = read_alarms(redis_client, PREFIX)
+    assert alarm.detail == "weight_kg in DE looks ×2.205: kg→lb?" and alarm.share is None
+    assert alarm.raised_at == raised_at, "the same alarm, re-described"
+
+
 def test_alarms_are_shared_cleared_by_hand_for_the_data_seen_and_clear_themselves(world, redis_client):
     profile, clean = world
     germans = [body for body in clean if body["country"] == "DE"]
