@@ -10,7 +10,9 @@ requests per simulated second, shared by two workers.
 
 - clean: held-out requests resampled, never seen in training; counts alarms and reports how
   close the traffic came to one: the largest min(|z| / z_score, |effect| / effect_size) over
-  every window judged (1.0 would raise an alarm).
+  every window judged (1.0 would raise an alarm), and how many of those windows both moved by
+  the effect size and fit a partial rollout that counts (judged with the training error; a
+  rollout to a few per cent fits almost any window, and matters only where the shift is large).
 - switch: after 60 s of clean traffic one market's form sends weight in pounds (every shopper,
   or only those whose pounds stay inside the training range); how many of that market's
   requests are answered before its first quarantined one, at two traffic rates.
@@ -108,6 +110,7 @@ class Closeness:
         self.closest = 0.0
         self.largest_effect = 0.0
         self.largest_z = 0.0
+        self.rollout_windows = 0
 
     def add(self, body: dict, segment_field: str, now: float) -> None:
         rows = self.slots.setdefault(self.series.slot(now), np.zeros((len(self.cells), 3)))
@@ -126,6 +129,7 @@ class Closeness:
             for window in nested_windows(matrix[:, i]):
                 if window.count >= THRESHOLDS.min_count:
                     shift = assess(window, cell, THRESHOLDS)
+                    self.rollout_windows += shift.mixture is not None and abs(shift.effect) >= THRESHOLDS.effect_size
                     self.largest_z = max(self.largest_z, abs(shift.z))
                     self.largest_effect = max(self.largest_effect, abs(shift.effect))
                     self.closest = max(self.closest, min(abs(shift.z) / THRESHOLDS.z_score,
@@ -173,7 +177,8 @@ def clean_run(client, profile: dict, cells: list[Cell], series: Series, holdout:
             "alarms": max(worker.alarms_seen for worker in workers), "quarantined_requests": quarantined,
             "early_flushes": sum(worker.early_ticks for worker in workers),
             "closest_to_alarm": round(closeness.closest, 3), "largest_abs_z": round(closeness.largest_z, 2),
-            "largest_abs_effect_sd": round(closeness.largest_effect, 3), "wall_s": round(time.perf_counter() - started, 1)}
+            "largest_abs_effect_sd": round(closeness.largest_effect, 3),
+            "large_windows_fitting_a_rollout": closeness.rollout_windows, "wall_s": round(time.perf_counter() - started, 1)}
 
 
 def switch_run(client, profile: dict, cells: list[Cell], series: Series, holdout: list[dict], market: str,

@@ -125,9 +125,9 @@ def _round(value: float) -> float:
     return float(f"{value:.5g}")
 
 
-SlotRow = tuple[np.ndarray, dict[str, frozenset[str]], dict[str, float]]
-"""A drift slot as the monitor keeps it: (cells x 3) count, sum, sum of squares; the users marked
-per segment; the requests counted again per segment."""
+SlotRow = tuple[np.ndarray, dict[str, frozenset[str]]]
+"""A drift slot as the monitor keeps it: (cells x 4) count, sum, sum of squares and requests of
+the cell's segment counted again; the users marked per segment."""
 
 
 def alarms_key(prefix: str) -> str:
@@ -194,9 +194,9 @@ class AlarmMonitor:
         self._window_slots = window_slots
         self._open_slots = open_slots
         self._thresholds = thresholds
-        self._fields = [name for cell in self._cells for name in cell.fields]
-        # slot -> ((cells x 3) array of count, sum, sum of squares; segment -> users marked; segment ->
-        # requests counted again), for slots that no longer change
+        self._fields = [name for cell in self._cells for name in (*cell.fields, REPEAT_FIELD_PREFIX + cell.segment)]
+        # slot -> ((cells x 4) array of count, sum, sum of squares, requests of the cell's segment
+        # counted again; segment -> users marked), for slots that no longer change
         self._settled: dict[int, SlotRow] = {}
         self._listeners = list(listeners)
         self._recent = recent
@@ -237,8 +237,7 @@ class AlarmMonitor:
             alarms = {alarm.id: alarm for alarm in _alarms(state)}
             if self._cleared is not None:
                 self._cleared(self._clear_times(state))
-            self._judge_all(alarms, state, matrix, [row[1] for row in rows], [row[2] for row in rows], slots, now,
-                            evidence)
+            self._judge_all(alarms, state, matrix, [row[1] for row in rows], slots, now, evidence)
         except redis.RedisError as exc:
             if self.last_error is None:
                 log.warning("drift alarms not refreshed: redis unreachable", extra={"error": type(exc).__name__})
@@ -263,27 +262,25 @@ class AlarmMonitor:
         return True
 
     def _judge_all(self, alarms: dict[str, Alarm], state: dict[str, str], matrix: np.ndarray,
-                   users: list[dict[str, frozenset[str]]], repeats: list[dict[str, float]], slots: range, now: float,
+                   users: list[dict[str, frozenset[str]]], slots: range, now: float,
                    evidence: Mapping[str, Evidence]) -> None:
-        """Judge every cell on `matrix` (slots newest first x cells x 3), the users of each slot and its
-        requests counted again, its evidence first when it has some, write what changed in one
-        pipeline, and update `alarms` to match."""
+        """Judge every cell on `matrix` (slots newest first x cells x 4, `_row`) and the users of each
+        slot, its evidence first when it has some, write what changed in one pipeline, and update
+        `alarms` to match."""
         raises: list[tuple[str, Alarm]] = []
         clears: list[str] = []
         distinct: dict[str, list[int]] = {}
-        again: dict[str, list[float]] = {}
         for index, cell in enumerate(self._cells):
             if cell.segment not in distinct:
                 distinct[cell.segment] = distinct_prefix([slot_users.get(cell.segment, ()) for slot_users in users],
                                                          self._thresholds.min_users)
-                again[cell.segment] = [slot_repeats.get(cell.segment, 0.0) for slot_repeats in repeats]
             marker = state.get(_CLEARED + cell.id, "")
             usable = len(slots)
             if marker:
                 # judged only on slots that began after the clear by hand
                 usable = sum(1 for slot in slots if slot * self._series.seconds >= float(marker))
             existing = alarms.get(cell.id)
-            windows = nested_windows(matrix[:usable, index], distinct[cell.segment], again[cell.segment][:usable])
+            windows = nested_windows(matrix[:usable, index], distinct[cell.segment])
             recent = evidence.get(cell.id)
             if recent is not None and (not marker or recent.started_at >= float(marker)):
                 windows.insert(0, recent.window)
@@ -325,17 +322,15 @@ class AlarmMonitor:
         return times
 
     def _row(self, bucket: dict[str, str]) -> SlotRow:
-        """A slot's hash as a (cells x 3) array, the users marked and the requests counted again per segment."""
+        """A slot's hash as a (cells x 4) array of count, sum, sum of squares and requests of the
+        cell's segment counted again, and the users marked per segment."""
         marked: dict[str, set[str]] = {}
-        repeats: dict[str, float] = {}
-        for name, value in bucket.items():
+        for name in bucket:
             if name.startswith(USER_FIELD_PREFIX):
                 segment, _, user = name[len(USER_FIELD_PREFIX):].rpartition("|")
                 marked.setdefault(segment, set()).add(user)
-            elif name.startswith(REPEAT_FIELD_PREFIX):
-                repeats[name[len(REPEAT_FIELD_PREFIX):]] = float(value or 0.0)
-        array = np.array([float(bucket.get(name) or 0.0) for name in self._fields]).reshape(-1, 3)
-        return array, {segment: frozenset(found) for segment, found in marked.items()}, repeats
+        array = np.array([float(bucket.get(name) or 0.0) for name in self._fields]).reshape(-1, 4)
+        return array, {segment: frozenset(found) for segment, found in marked.items()}
 
     def _publish(self, alarms: list[Alarm]) -> None:
         self._active = alarms

@@ -160,11 +160,10 @@ class Window:
         return max(0.0, self.total_sq / self.count - self.mean ** 2)
 
 
-def nested_windows(slots: np.ndarray, distinct: Sequence[int] | None = None,
-                   repeats: Sequence[float] | None = None) -> list[Window]:
+def nested_windows(slots: np.ndarray, distinct: Sequence[int] | None = None) -> list[Window]:
     """Windows of the newest 1, 2, 4, 8... slots and of all of them, shortest first, from per-slot
-    rows of (count, sum, sum of squares), newest first; `distinct[i]`: distinct users of the newest
-    i + 1 slots (`distinct_prefix`); `repeats[i]`: requests counted again in slot i (newest first).
+    rows of (count, sum, sum of squares[, requests counted again]), newest first; `distinct[i]`:
+    distinct users of the newest i + 1 slots (`distinct_prefix`).
 
     Short windows show a switch before older clean values dilute it; long ones add up a small
     shift in a quiet market. Doubling keeps the number of tests (and of chances for noise to
@@ -174,10 +173,10 @@ def nested_windows(slots: np.ndarray, distinct: Sequence[int] | None = None,
     totals = np.cumsum(slots, axis=0)
     lengths = sorted({1 << power for power in range(len(slots).bit_length())} | {len(slots)})
     rows = totals[np.array(lengths) - 1].tolist()
-    again = np.cumsum(repeats).tolist() if repeats is not None else [0.0] * len(slots)
     if distinct is None:
-        return [Window(*row, repeats=again[length - 1]) for row, length in zip(rows, lengths)]
-    return [Window(*row, users=distinct[length - 1], repeats=again[length - 1]) for row, length in zip(rows, lengths)]
+        return [Window(row[0], row[1], row[2], repeats=row[3] if len(row) > 3 else 0.0) for row in rows]
+    return [Window(row[0], row[1], row[2], distinct[length - 1], row[3] if len(row) > 3 else 0.0)
+            for row, length in zip(rows, lengths)]
 
 
 @dataclass(frozen=True)
@@ -228,8 +227,11 @@ def assess(window: Window, cell: Cell, thresholds: Thresholds) -> Shift:
     """
     difference = window.mean - cell.mean
     training_variance = cell.std ** 2
-    mixture = fit_mixture(window.count, window.total, window.total_sq, cell.mean, training_variance,
-                          thresholds.min_scaled(window.repeats))
+    mixture = None
+    # as in _large_z_squared: only a large shift can raise an alarm, only extra variance changes z
+    if abs(difference) >= thresholds.effect_size * cell.std and window.variance > training_variance:
+        mixture = fit_mixture(window.count, window.total, window.total_sq, cell.mean, training_variance,
+                              thresholds.min_scaled(window.repeats))
     variance = training_variance if mixture is not None else max(training_variance, window.variance)
     error = math.sqrt(variance / window.count)
     ratio = window.mean / cell.mean if cell.mean != 0 else None
@@ -279,6 +281,7 @@ def judge(windows: Sequence[Window], cell: Cell, thresholds: Thresholds, active:
     strongest: Window | None = None
     strongest_z_squared = 0.0
     no_spread = (MIN_SPREAD * cell.std) ** 2
+    min_count, min_users = thresholds.min_count, thresholds.min_users
     for window in windows:
         count = window.count
         if count < thresholds.min_count or window.users < thresholds.min_users:
@@ -291,7 +294,7 @@ def judge(windows: Sequence[Window], cell: Cell, thresholds: Thresholds, active:
             recent, recent_difference = window, difference
         if difference * recent_difference > 0:
             window_z_squared = _large_z_squared(count, window.total, window.total_sq, cell.mean, large,
-                                               training_variance, thresholds.min_scaled(window.repeats))
+                                               training_variance, max(min_count, min_users + window.repeats))
             if window_z_squared >= z_squared and (strongest is None or window_z_squared > strongest_z_squared):
                 strongest, strongest_z_squared = window, window_z_squared
     if recent is None:
