@@ -297,10 +297,15 @@ def test_sigterm_under_traffic_answers_every_request_started_before_it_and_refus
         assert proxy.stop() == 0
         time.sleep(0.5)  # clients keep sending to the stopped proxy
     outcomes = traffic.outcomes
-    before = [outcome for outcome in outcomes if outcome.started < signalled]
-    after = [outcome for outcome in outcomes if outcome.started >= signalled]
+    # A request is "sent" once its connection is in the listen backlog; the client notes its start
+    # before its own Python work to get there (pool, headers, connect()), a few ms, tens on a loaded
+    # machine. Those that started in the last 50 ms before the signal are held to the rule for after it.
+    sent_by = signalled - 0.05
+    before = [outcome for outcome in outcomes if outcome.started < sent_by]
+    after = [outcome for outcome in outcomes if outcome.started >= sent_by]
     lost = [outcome for outcome in before if outcome.status != 200]
-    assert len(before) > 50 and lost == [], f"{len(lost)} of {len(before)} requests sent before SIGTERM unanswered: {lost[:3]}"
+    assert len(before) > 50 and lost == [], (f"{len(lost)} of {len(before)} requests sent before SIGTERM unanswered, "
+                                             f"started {[round(signalled - o.started, 3) for o in lost]} s before it")
     # after the signal: still answered by a worker finishing up, or refused at once; never hung, never a 5xx
     hung = [outcome for outcome in after if outcome.status != 200
             and not (outcome.status is None and outcome.error == "ConnectionError" and outcome.seconds < 1.0)]
