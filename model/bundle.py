@@ -11,6 +11,7 @@ Layout (see docs/bundle.md for the contract of each file)::
       scoring.json    how a request becomes the user-tower input (feature order, scaling, vocabularies)  } full
       scoring.npz     exported numpy arrays: item ids and embeddings, user-tower weights                } bundles
       model.pt        the torch state_dict, for inspection and retraining; serving never reads it        } only
+      items.faiss     the approximate item index, for a catalogue of model/item_index.ANN_MIN_ITEMS or more  } (optional)
 
 A *guard-only* bundle (`recguard profile`) has no model files: it guards a team's own model
 served behind `--upstream`. Bundles of format 1 (no catalogue.json, always full) still load.
@@ -42,6 +43,7 @@ MANIFEST = "manifest.json"
 GUARD_FILES = ("profile.json", "popularity.json", "catalogue.json")
 MODEL_FILES = ("scoring.json", "scoring.npz", "model.pt")
 REQUIRED_FILES = GUARD_FILES + MODEL_FILES
+INDEX_FILE = "items.faiss"
 FULL = "full"
 GUARD_ONLY = "guard-only"
 _LIBRARIES = ("recguard", "torch", "torch_geometric", "numpy")
@@ -62,6 +64,8 @@ class Bundle:
     catalogue: list[str]
     scoring: dict[str, Any] | None = None
     arrays: dict[str, np.ndarray] | None = None
+    item_index: bytes | None = None
+    """The serialised approximate item index (model/item_index.py), when the catalogue is large."""
 
     @property
     def model_version(self) -> str:
@@ -106,14 +110,18 @@ def write_bundle(
     scoring: Mapping[str, Any] | None = None,
     arrays: Mapping[str, np.ndarray] | None = None,
     model_state: bytes | None = None,
+    item_index: bytes | None = None,
     evaluation: Mapping[str, Any] | None = None,
     created_at: datetime | None = None,
 ) -> Path:
     """Write a bundle to `out` atomically (a half-written bundle is never visible) and return its path:
-    full with `scoring`, `arrays` and `model_state`, guard-only without any of them."""
+    full with `scoring`, `arrays` and `model_state` (and `item_index` for a large catalogue, with its
+    settings in `scoring["index"]`), guard-only without any of them."""
     model_parts = (scoring, arrays, model_state)
     if any(part is None for part in model_parts) and any(part is not None for part in model_parts):
         raise ValueError("a full bundle needs scoring, arrays and model_state; a guard-only bundle none of them")
+    if (item_index is not None) != (scoring is not None and "index" in scoring):
+        raise ValueError('an item index goes with its settings in scoring["index"], and only with them')
     files = {
         "profile.json": _json_bytes(profile),
         "popularity.json": _json_bytes(popularity),
@@ -121,6 +129,8 @@ def write_bundle(
     }
     if scoring is not None:
         files |= {"scoring.json": _json_bytes(scoring), "scoring.npz": _npz_bytes(arrays), "model.pt": model_state}
+    if item_index is not None:
+        files[INDEX_FILE] = item_index
     checksums = {name: _sha256(data) for name, data in files.items()}
     created = (created_at or datetime.now(timezone.utc)).replace(microsecond=0)
     stamp = created.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -182,6 +192,8 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     if kind not in (FULL, GUARD_ONLY):
         raise BundleError(f"{MANIFEST}: unknown bundle kind {kind!r} (expected {FULL} or {GUARD_ONLY})")
     required = (GUARD_FILES if manifest["format"] > 1 else GUARD_FILES[:2]) + (MODEL_FILES if kind == FULL else ())
+    if kind == FULL and INDEX_FILE in checksums:
+        required += (INDEX_FILE,)
     for name in required:
         if name not in checksums:
             raise BundleError(f"{name}: not listed in the manifest")
@@ -195,6 +207,8 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         except (ValueError, OSError) as exc:
             raise BundleError(f"scoring.npz: unreadable ({exc})") from None
         scoring = _parse_json("scoring.json", blobs["scoring.json"])
+        if ("index" in scoring) != (INDEX_FILE in blobs):
+            raise BundleError(f'scoring.json: its "index" settings and {INDEX_FILE} go together, one is missing')
     if "catalogue.json" in blobs:
         listed = _parse_json("catalogue.json", blobs["catalogue.json"])
         catalogue = listed.get("item_ids") if isinstance(listed, dict) else None
@@ -210,4 +224,5 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         catalogue=catalogue,
         scoring=scoring,
         arrays=arrays,
+        item_index=blobs.get(INDEX_FILE),
     )

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from model.bundle import write_bundle
+from model.item_index import ANN_MIN_ITEMS, ItemIndex, build_index, index_settings, scoring_vectors
 from model.dataset import Dataset
 from model.errors import RecguardError
 from model.evaluate import evaluate_parts, ranking_metrics
@@ -282,10 +283,16 @@ def train(
         "activation": "relu",
     }
     arrays = export_arrays(model, prepared, data.item_ids)
+    index = None
+    if len(data.item_ids) >= ANN_MIN_ITEMS:
+        scoring["index"] = index_settings(len(data.item_ids))
+        index = build_index(scoring_vectors(arrays["item_embeddings"], arrays["item_bias"]), scoring["index"], config.seed)
+        progress(f"item index: {scoring['index']['nlist']} cells over {len(data.item_ids)} items")
     popularity = build_popularity(data)
     evaluation = None
     if holdout:
-        evaluation = evaluate_parts(Scorer(scoring, arrays), PopularityFallback(popularity), *holdout)
+        scorer = Scorer(scoring, arrays, ItemIndex.from_bytes(index, scoring["index"]) if index else None)
+        evaluation = evaluate_parts(scorer, PopularityFallback(popularity), *holdout)
         progress(f"held-out users: model {evaluation['model']}, popularity {evaluation['popularity']}")
     return write_bundle(
         out,
@@ -295,5 +302,6 @@ def train(
         scoring=scoring,
         arrays=arrays,
         model_state=state.getvalue(),
+        item_index=index,
         evaluation=evaluation,
     )

@@ -6,28 +6,48 @@ embeddings. Encoding is the naive pipeline a model endpoint without checks appli
 missing number counts as its `missing` value, a non-number as 0, an unseen category as no
 category): the guard, not the scorer, decides whether the model can be trusted with a request.
 The one scorer: serving answers with it and `recguard evaluate` measures it (model/evaluate.py).
+
+Where a request's time goes is set at load, not per request. The encoding and the tower's first
+layer are one step: a category selects a row of the first layer's weights (with its bias added
+in), the numbers are one small product. Every later layer carries the previous one's bias as the
+weight of a unit that is always 1, and the last one ends in that 1: its output is [u, 1]. The
+items are `[embedding, bias]` rows (model/item_index.py), so scoring a catalogue exactly is one
+matrix-vector product, [u, 1] times the item vectors negated and transposed once at load: the
+product is ready for `argpartition` without a copy. A bundle with an item index (large
+catalogues) asks it for candidates instead and scores only those, exactly.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from model.bundle import Bundle
+from model.item_index import ItemIndex, scoring_vectors
 from model.features import naive_number
 from proxy.models.recommender import ModelError, Recommendation
 
 
 @dataclass(frozen=True, slots=True)
-class _Input:
+class _Number:
     field: str
-    one_hot: dict[str, int] | None
     mean: float
     std: float
     missing: float
-    offset: int
+
+
+def _with_unit(weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """A layer's (inputs + 1) x (outputs + 1) weights: its bias as the weight of the always-1 input, and
+    an always-1 output for the next layer."""
+    rows, columns = weight.shape
+    folded = np.zeros((rows + 1, columns + 1), dtype=np.float32)
+    folded[:rows, :columns] = weight
+    folded[rows, :columns] = bias
+    folded[rows, columns] = 1.0
+    return folded
 
 
 class Scorer:
@@ -36,77 +56,114 @@ class Scorer:
     bounded = True
     """Its run time is set by the bundle's shapes, k and the history limit (no I/O, no locks)."""
 
-    def __init__(self, scoring: Mapping[str, Any], arrays: Mapping[str, np.ndarray]):
+    def __init__(self, scoring: Mapping[str, Any], arrays: Mapping[str, np.ndarray], item_index: ItemIndex | None = None):
         self.item_ids: list[str] = [str(item) for item in arrays["item_ids"]]
         self.catalogue = self.item_ids
         self.item_index = {item: i for i, item in enumerate(self.item_ids)}
-        self.item_embeddings = np.ascontiguousarray(arrays["item_embeddings"], dtype=np.float32)
-        self.item_bias = np.ascontiguousarray(arrays["item_bias"], dtype=np.float32)
-        self.history_embeddings = np.ascontiguousarray(arrays["history_embeddings"], dtype=np.float32)
-        self.layers = [
-            (np.ascontiguousarray(arrays[f"{name}_weight"].T, dtype=np.float32),
-             np.asarray(arrays[f"{name}_bias"], dtype=np.float32))
-            for name in scoring["layers"]
-        ]
-        self.inputs: list[_Input] = []
-        offset = 0
+        weights = [np.asarray(arrays[f"{name}_weight"], dtype=np.float32).T for name in scoring["layers"]]
+        biases = [np.asarray(arrays[f"{name}_bias"], dtype=np.float32) for name in scoring["layers"]]
+        first = _with_unit(weights[0], biases[0])
+        self._later_layers = [np.ascontiguousarray(_with_unit(w, b)) for w, b in zip(weights[1:], biases[1:])]
+        self._base = first[-1]
+        self._categories: list[tuple[str, dict[str, np.ndarray]]] = []
+        self.numbers: list[_Number] = []
+        number_rows, offset = [], 0
         for spec in scoring["inputs"]:
             if spec["encoding"] == "one_hot":
-                vocab = {value: i for i, value in enumerate(spec["vocab"])}
-                self.inputs.append(_Input(spec["field"], vocab, 0.0, 1.0, 0.0, offset))
-                offset += len(vocab)
+                rows = {value: first[offset + i] for i, value in enumerate(spec["vocab"])}
+                self._categories.append((spec["field"], rows))
+                offset += len(rows)
             elif spec["encoding"] == "standard":
-                self.inputs.append(_Input(spec["field"], None, float(spec["mean"]), float(spec["std"]) or 1.0,
-                                          float(spec.get("missing", 0.0)), offset))
+                self.numbers.append(_Number(spec["field"], float(spec["mean"]), float(spec["std"]) or 1.0,
+                                            float(spec.get("missing", 0.0))))
+                number_rows.append(first[offset])
                 offset += 1
             else:
                 raise ValueError(f"scoring.json: unknown encoding {spec['encoding']!r}")
-        self.input_width = offset
+        self._number_weights = np.ascontiguousarray(np.array(number_rows, dtype=np.float32).reshape(-1, first.shape[1]))
+        history = np.asarray(arrays["history_embeddings"], dtype=np.float32)
+        self._history = np.zeros((history.shape[0], history.shape[1] + 1), dtype=np.float32)
+        self._history[:, :-1] = history
+        self._mean_weights = [np.full(n, 1.0 / n, dtype=np.float32) for n in range(1, 65)]
+        vectors = scoring_vectors(arrays["item_embeddings"], arrays["item_bias"])
+        self.ann = item_index
+        if item_index is None:
+            self._negated_items = np.ascontiguousarray(-vectors.T)
+        else:
+            self._vectors = vectors
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> "Scorer":
-        return cls(bundle.scoring, bundle.arrays)
-
-    def encode(self, fields: Mapping[str, Any]) -> np.ndarray:
-        """The user-tower input for the signup fields, as the naive pipeline sees them."""
-        x = np.zeros(self.input_width, dtype=np.float32)
-        for spec in self.inputs:
-            value = fields.get(spec.field)
-            if spec.one_hot is not None:
-                position = spec.one_hot.get(value) if isinstance(value, str) else None
-                if position is not None:
-                    x[spec.offset + position] = 1.0
-            else:
-                raw = spec.missing if value is None else naive_number(value)
-                x[spec.offset] = (raw - spec.mean) / spec.std
-        return x
+        """The scorer of a full bundle, with its item index when it has one."""
+        index = None
+        if bundle.item_index is not None:
+            index = ItemIndex.from_bytes(bundle.item_index, bundle.scoring["index"])
+        return cls(bundle.scoring, bundle.arrays, index)
 
     def history_indices(self, history: Sequence[str]) -> list[int]:
         """Catalogue positions of the known history items; unknown ids are ignored."""
         index = self.item_index
         return [index[item] for item in history if item in index]
 
+    def user_vector(self, fields: Mapping[str, Any], seen: list[int]) -> np.ndarray:
+        """[u, 1] for the signup fields as the naive pipeline reads them (a missing number is its
+        `missing` value, an unseen category no category) and the known history's positions: the
+        tower's output plus the mean history embedding, and the bias coordinate."""
+        values = []
+        for number in self.numbers:
+            value = fields.get(number.field)
+            raw = number.missing if value is None else naive_number(value)
+            values.append((raw - number.mean) / number.std)
+        h = np.array(values, dtype=np.float32) @ self._number_weights
+        h += self._base
+        for field, rows in self._categories:
+            value = fields.get(field)
+            row = rows.get(value) if isinstance(value, str) else None
+            if row is not None:
+                h += row
+        for weight in self._later_layers:
+            np.maximum(h, 0.0, out=h)
+            h = h @ weight
+        if seen:
+            n = len(seen)
+            mean = self._mean_weights[n - 1] if n <= len(self._mean_weights) else np.full(n, 1.0 / n, dtype=np.float32)
+            h += mean @ self._history.take(seen, axis=0)
+        return h
+
     def recommend(self, fields: Mapping[str, Any], history: Sequence[str], k: int) -> Recommendation:
-        """Top-k items for a request, history items excluded; raise ModelError on non-finite scores."""
-        h = self.encode(fields)
-        for i, (weight, bias) in enumerate(self.layers):
-            h = h @ weight + bias
-            if i < len(self.layers) - 1:
-                np.maximum(h, 0.0, out=h)
+        """Top-k items for a request, history items excluded, ties in catalogue order; raise ModelError
+        on non-finite scores."""
         seen = self.history_indices(history)
-        if seen:
-            h = h + self.history_embeddings[seen].mean(axis=0)
-        if not np.isfinite(h).all():
-            raise ModelError("user vector is not finite")
-        scores = self.item_embeddings @ h + self.item_bias
-        if seen:
-            scores[seen] = -np.inf
-        k = min(k, len(self.item_ids) - len(set(seen)))
+        query = self.user_vector(fields, seen)
+        k = min(k, len(self.item_ids) - (len(set(seen)) if seen else 0))
         if k <= 0:
             return Recommendation([], [])
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.lexsort((top, -scores[top]))]
-        best = scores[top]
-        if not np.isfinite(best).all():
+        if self.ann is None:
+            # A non-finite user vector needs no check of its own here: it makes a best score
+            # non-finite (NaN spreads to every score, an infinity to the items it meets).
+            negated = query @ self._negated_items
+            if seen:
+                negated[seen] = np.inf
+            top = np.argpartition(negated, k - 1)[:k]
+            values = negated[top].tolist()
+        else:
+            if not np.isfinite(query).all():
+                raise ModelError("user vector is not finite")
+            top, values = self._approximate(query, seen, k)
+        # the sum of k float32 values is finite exactly when every one of them is
+        if not math.isfinite(sum(values)):
             raise ModelError("scores are not finite")
-        return Recommendation([self.item_ids[i] for i in top], [float(s) for s in best])
+        ranked = sorted(zip(values, top.tolist()))
+        ids = self.item_ids
+        return Recommendation([ids[i] for _, i in ranked], [-value for value, _ in ranked])
+
+    def _approximate(self, query: np.ndarray, seen: list[int], k: int) -> tuple[np.ndarray, list[float]]:
+        """The k best candidates of the index, history excluded, with their negated exact scores."""
+        # Over-fetch by the history so that k remain once it is taken out; the candidates are
+        # scored exactly, so an answer's scores and order are the exact ones of the items found.
+        found = self.ann.candidates(query, k + len(seen))
+        if seen:
+            found = found[~(found[:, None] == np.asarray(seen)[None, :]).any(axis=1)]
+        negated = self._vectors[found] @ -query
+        top = np.argpartition(negated, k - 1)[:k] if k < found.size else np.arange(found.size)
+        return found[top], negated[top].tolist()

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from model.bundle import REQUIRED_FILES, BundleError, load_bundle
+from tests.bundles import flipped_copy
 
 
 def test_trained_bundle_loads_with_every_contract_array(tiny_bundle):
@@ -27,12 +28,8 @@ def test_trained_bundle_loads_with_every_contract_array(tiny_bundle):
 
 @pytest.mark.parametrize("name", REQUIRED_FILES)
 def test_a_flipped_byte_is_refused_naming_the_file(tiny_bundle, tmp_path, name):
-    copy = shutil.copytree(tiny_bundle, tmp_path / "bundle")
-    data = bytearray((copy / name).read_bytes())
-    data[len(data) // 2] ^= 0x01
-    (copy / name).write_bytes(bytes(data))
     with pytest.raises(BundleError, match=f"^{name}: checksum does not match"):
-        load_bundle(copy)
+        load_bundle(flipped_copy(tiny_bundle, tmp_path, name))
 
 
 def test_a_missing_file_is_refused(tiny_bundle, tmp_path):
