@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from proxy import json_codec
+
 HISTORY_FIELD = "history"
 K_FIELD = "k"
 ENVELOPE_FIELDS = frozenset({HISTORY_FIELD, K_FIELD})
@@ -63,6 +65,10 @@ def decode_json(body: bytes) -> Any:
     """Decode a JSON body; raise BadRequest for empty, non-UTF-8, malformed or too deeply nested input."""
     if not body.strip():
         raise BadRequest("empty body: send a JSON object")
+    return json_codec.loads(body, _decode_exactly)
+
+
+def _decode_exactly(body: bytes) -> Any:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:

@@ -15,7 +15,9 @@ loop of its own, the warm-cache floor:
     score      the bundle's Scorer.recommend (the model itself)
     fallback   the popularity fallback's recommend
     counters   Counters.record_request with the request's anomalies (memory only)
-    encode     the JSON answer (json.dumps of the response body)
+    encode     the JSON answer (proxy/json_codec.py, as the answer path writes it); encode_stdlib the
+               same with json.dumps, as it was written before
+    decode     the JSON body alone (proxy/json_codec.py); decode_stdlib the standard library's path
     ticket     TicketDesk.stamp: count the impression and sign the answer's feedback ticket
     pool_hop   submit + result of a no-op on a one-thread pool: what running the model on a pool
                thread to enforce its budget adds to each request, on an idle machine
@@ -53,7 +55,8 @@ def measure(bundle_dir: Path, data: Path, redis_url: str, size: int, repeat: int
     """Every stage's µs per request for the clean and the anomalous mix."""
     from model.bundle import load_bundle
     from proxy.http.app import create_app
-    from proxy.request import parse_predict_body
+    from proxy import json_codec
+    from proxy.request import _decode_exactly, decode_json, parse_predict_body
     from proxy.settings import Settings
 
     with open(data / "holdout.jsonl") as lines:
@@ -85,7 +88,10 @@ def measure(bundle_dir: Path, data: Path, redis_url: str, size: int, repeat: int
                 "fallback": (lambda r: guarded.fallback.recommend(r.fields, r.history, r.k), requests),
                 "counters": (lambda ra: counters.record_request(
                     "model", [(anomaly.field, anomaly.kind) for anomaly in ra[1]]), checked),
-                "encode": (lambda body: json.dumps(body, allow_nan=False), bodies_out),
+                "encode": (json_codec.dumps, bodies_out),
+                "encode_stdlib": (lambda body: json.dumps(body, allow_nan=False), bodies_out),
+                "decode": (decode_json, raw),
+                "decode_stdlib": (_decode_exactly, raw),
                 "ticket": (lambda ra: desk.stamp(ra[1].source, ra[1].items, ra[0].fields, "0123456789abcdef"),
                            list(zip(requests, answers))),
                 "pool_hop": (lambda _: pool.submit(int).result(), requests),

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
 from flask import Response, request
 
+from proxy import json_codec
 from proxy.runtime import Runtime
 
 log = logging.getLogger("recguard.app")
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    """A JSON response; NaN never leaves the proxy (allow_nan=False)."""
-    return Response(json.dumps(body, allow_nan=False), status=status, mimetype="application/json", headers=headers)
+    """A JSON response; NaN never leaves the proxy (proxy/json_codec.py)."""
+    return Response(json_codec.dumps(body), status=status, mimetype="application/json", headers=headers)
 
 
 def error_response(message: str, status: int) -> Response:
