@@ -1,11 +1,20 @@
-"""Benchmark the training side: generation and training wall time at the default size,
-single-request numpy inference latency at 5k and 50k items, resident memory of a loaded bundle.
+"""Benchmark the model side: generation and training wall time at the default size, the serving
+scorer's latency beside a bare matrix-vector product and top-k over a size sweep of catalogues,
+exact and approximate (recall@10 against exact), and the size and load time of a bundle with an index.
 
     .venv/bin/python scripts/bench_model.py [--work DIR] [--bundle B --data D]
+        [--sizes 5000,50000,500000,1000000] [--rounds 3000]
 
-Without --bundle/--data it generates and trains the default data set in --work (a few
-minutes); with them it only measures inference and memory on an existing bundle. Prints
-one JSON object; docs/benchmarks.md records the figures.
+Without --bundle/--data it generates and trains the default data set in --work (a few minutes);
+with them it only measures scoring and memory on an existing bundle. Catalogues larger than the
+bundle's are the bundle's own items followed by items drawn from a normal distribution with the
+mean and covariance of the trained item vectors (embedding, bias and history embedding together),
+so held-out histories still name real items. At each size three ways are timed on the same
+requests: `bare` (`E @ u + b`, `argpartition` top-10: the hardware's own cost, u the request's user
+vector) and `exact` (the serving Scorer) interleaved request by request, the order alternating; then
+`approximate` (the Scorer with an item index, model/item_index.py, built at that size) in a pass of
+its own, as a server with an index would run it. Prints one JSON object;
+docs/benchmarks.md records the figures.
 """
 
 from __future__ import annotations
@@ -25,10 +34,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from model.bundle import load_bundle  # noqa: E402
+from model.bundle import Bundle, load_bundle, write_bundle  # noqa: E402
 from model.evaluate import read_holdout  # noqa: E402
+from model.item_index import ItemIndex, build_index, index_settings, recall_at, scoring_vectors  # noqa: E402
 from proxy.models.scorer import Scorer  # noqa: E402
 
+K = 10
 _RSS_PROBE = """
 import sys
 def rss():
@@ -39,6 +50,18 @@ from model.bundle import load_bundle
 before = rss()
 bundle = load_bundle(sys.argv[1])
 print(before, rss())
+"""
+_LOAD_PROBE = """
+import sys, time
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+started = time.perf_counter()
+from model.bundle import load_bundle
+from proxy.models.scorer import Scorer
+scorer = Scorer.from_bundle(load_bundle(sys.argv[1]))
+print(time.perf_counter() - started, rss())
 """
 
 
@@ -59,29 +82,96 @@ def build(work: Path) -> tuple[Path, Path, dict[str, float]]:
     return data, bundle, times
 
 
-def latency(scorer: Scorer, requests: list[dict], rounds: int) -> dict[str, float]:
-    """p50/p99 in ms of one request's top-10 with the serving scorer (encode, tower, history, scores,
-    top-k), after a warm-up."""
-    for request in requests[:50]:
-        scorer.recommend(request, request["history"], 10)
-    samples = []
-    for i in range(rounds):
-        request = requests[i % len(requests)]
-        started = time.perf_counter()
-        scorer.recommend(request, request["history"], 10)
-        samples.append(time.perf_counter() - started)
+def enlarged(arrays: dict[str, np.ndarray], n_items: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """The bundle's arrays with the catalogue grown to `n_items`: its own items first, then items drawn
+    from the normal distribution of its [embedding, bias, history embedding] rows."""
+    have = len(arrays["item_ids"])
+    if n_items <= have:
+        return {**arrays, **{key: arrays[key][:n_items] for key in ("item_ids", "item_embeddings", "item_bias", "history_embeddings")}}
+    dim = arrays["item_embeddings"].shape[1]
+    rows = np.hstack([arrays["item_embeddings"], arrays["item_bias"][:, None], arrays["history_embeddings"]]).astype(np.float64)
+    drawn = np.random.default_rng(seed).multivariate_normal(rows.mean(axis=0), np.cov(rows, rowvar=False),
+                                                            size=n_items - have, method="cholesky").astype(np.float32)
+    return {
+        **arrays,
+        "item_ids": np.array([*arrays["item_ids"].tolist(), *(f"synthetic_{i:07d}" for i in range(n_items - have))]),
+        "item_embeddings": np.ascontiguousarray(np.vstack([arrays["item_embeddings"], drawn[:, :dim]])),
+        "item_bias": np.ascontiguousarray(np.concatenate([arrays["item_bias"], drawn[:, dim]])),
+        "history_embeddings": np.ascontiguousarray(np.vstack([arrays["history_embeddings"], drawn[:, dim + 1:]])),
+    }
+
+
+def _percentiles(samples: list[float]) -> dict[str, float]:
     p50, p99 = np.percentile(np.array(samples) * 1000, [50, 99])
-    return {"p50_ms": round(float(p50), 3), "p99_ms": round(float(p99), 3)}
+    return {"p50_ms": round(float(p50), 4), "p99_ms": round(float(p99), 4)}
 
 
-def widened(scoring: dict, arrays: dict[str, np.ndarray], n_items: int) -> Scorer:
-    """A scorer with the bundle's tower and its item arrays tiled to `n_items` rows: cost depends only on shapes."""
-    reps = -(-n_items // len(arrays["item_ids"]))
-    wide = dict(arrays, item_ids=np.array([f"item_{i:05d}" for i in range(n_items)]))
-    for key in ("item_embeddings", "history_embeddings", "item_bias"):
-        tiled = np.tile(arrays[key], (reps,) + (1,) * (arrays[key].ndim - 1))[:n_items]
-        wide[key] = np.ascontiguousarray(tiled)
-    return Scorer(scoring, wide)
+def sweep_size(scoring: dict, arrays: dict[str, np.ndarray], requests: list[dict], rounds: int) -> dict[str, object]:
+    """Bare, exact and approximate scoring at one catalogue size, interleaved; recall@10 of approximate."""
+    n_items = len(arrays["item_ids"])
+    exact = Scorer(scoring, arrays)
+    started = time.perf_counter()
+    settings = index_settings(n_items)
+    index_bytes = build_index(scoring_vectors(arrays["item_embeddings"], arrays["item_bias"]), settings)
+    build_s = time.perf_counter() - started
+    approximate = Scorer(scoring, arrays, ItemIndex.from_bytes(index_bytes, settings))
+    embeddings, bias = arrays["item_embeddings"], arrays["item_bias"]
+    users = [exact.user_vector(r, exact.history_indices(r["history"]))[:-1].copy() for r in requests]
+
+    def bare(i: int) -> None:
+        scores = embeddings @ users[i] + bias
+        np.argpartition(-scores, K - 1)[:K]
+
+    ways = {"bare": bare,
+            "exact": lambda i: exact.recommend(requests[i], requests[i]["history"], K),
+            "approximate": lambda i: approximate.recommend(requests[i], requests[i]["history"], K)}
+    samples: dict[str, list[float]] = {name: [] for name in ways}
+    answers: dict[str, list[list[str]]] = {"exact": [], "approximate": []}
+
+    def run(names: list[str]) -> None:
+        for i in range(min(50, len(requests))):
+            for name in names:
+                ways[name](i)
+        for r in range(rounds):
+            i = r % len(requests)
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                started = time.perf_counter()
+                answer = ways[name](i)
+                samples[name].append(time.perf_counter() - started)
+                if answer is not None and r < len(requests):
+                    answers[name].append(answer.items)
+
+    # Bare and exact interleaved: the same work, the same caches. The approximate scorer in a pass
+    # of its own, as a server with an index runs: between two of its requests no full scan of the
+    # catalogue has evicted the index's centroids and the hot cells from the cache.
+    run(["bare", "exact"])
+    run(["approximate"])
+    figures = {name: _percentiles(values) for name, values in samples.items()}
+    bare_p50 = figures["bare"]["p50_ms"]
+    return {
+        "items": n_items,
+        **figures,
+        "exact_over_bare_p50": round(figures["exact"]["p50_ms"] / bare_p50, 3),
+        "exact_over_bare_mean": round(float(np.mean(samples["exact"]) / np.mean(samples["bare"])), 3),
+        "recall@10": round(recall_at(K, answers["approximate"], answers["exact"]), 4),
+        "recall_users": len(answers["exact"]),
+        "index": {**settings, "build_s": round(build_s, 1), "mib": round(len(index_bytes) / 2**20, 1)},
+    }
+
+
+def bundle_with_index(loaded: Bundle, arrays: dict[str, np.ndarray], out: Path) -> dict[str, float]:
+    """Write a full bundle of the enlarged catalogue with its index; its size on disk, and the time a
+    fresh process takes to import, load and verify it and build the scorer, and its RSS then."""
+    scoring = {**loaded.scoring, "index": index_settings(len(arrays["item_ids"]))}
+    index = build_index(scoring_vectors(arrays["item_embeddings"], arrays["item_bias"]), scoring["index"])
+    catalogue = [str(item) for item in arrays["item_ids"]]
+    path = write_bundle(out, profile=loaded.profile, popularity=loaded.popularity, catalogue=catalogue,
+                        scoring=scoring, arrays=arrays, model_state=b"", item_index=index)
+    size = sum(file.stat().st_size for file in path.iterdir())
+    probe = subprocess.run([sys.executable, "-c", _LOAD_PROBE, str(path)], check=True, capture_output=True, text=True)
+    seconds, rss = map(float, probe.stdout.split())
+    return {"bundle_mib": round(size / 2**20, 1), "index_mib": round(len(index) / 2**20, 1),
+            "load_and_scorer_s": round(seconds, 2), "rss_with_scorer_mib": round(rss, 1)}
 
 
 def resident_mib(bundle: Path) -> dict[str, float]:
@@ -93,25 +183,40 @@ def resident_mib(bundle: Path) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work", type=Path, help="where to generate and train (default: a temporary directory)")
+    parser.add_argument("--work", type=Path, help="where to generate and train, and to write the large bundle "
+                                                  "(default: a temporary directory)")
     parser.add_argument("--bundle", type=Path, help="existing bundle: skip generation and training")
     parser.add_argument("--data", type=Path, help="data directory with holdout.jsonl (with --bundle)")
-    parser.add_argument("--rounds", type=int, default=5000, help="requests timed per catalogue size")
+    parser.add_argument("--sizes", default="5000,50000,500000,1000000", help="catalogue sizes of the sweep")
+    parser.add_argument("--rounds", type=int, default=3000, help="requests timed per size (each way)")
+    parser.add_argument("--large-rounds", type=int, default=600, help="requests timed per size from 500,000 items on")
+    parser.add_argument("--bundle-size", type=int, default=1_000_000,
+                        help="write and load a bundle with an index of this many items (0: skip)")
     args = parser.parse_args(argv)
 
-    report: dict[str, object] = {"cpus": os.cpu_count()}
+    report: dict[str, object] = {"cpus": os.cpu_count(), "load_average_start": os.getloadavg()[0]}
+    work = args.work or Path(tempfile.mkdtemp(prefix="recguard-bench-"))
     if args.bundle and args.data:
         data, bundle = args.data, args.bundle
     else:
-        work = args.work or Path(tempfile.mkdtemp(prefix="recguard-bench-"))
         data, bundle, times = build(work)
         report |= times
     loaded = load_bundle(bundle)
     requests, _ = read_holdout(data)
-    for n_items in (5_000, 50_000):
-        scorer = widened(loaded.scoring, loaded.arrays, n_items)
-        report[f"inference_{n_items // 1000}k"] = latency(scorer, requests, args.rounds)
+    sweep = []
+    for n_items in (int(size) for size in args.sizes.split(",")):
+        rounds = args.rounds if n_items < 500_000 else args.large_rounds
+        figures = sweep_size(loaded.scoring, enlarged(loaded.arrays, n_items), requests, rounds)
+        figures["load_average"] = os.getloadavg()[0]
+        print(json.dumps(figures), file=sys.stderr, flush=True)
+        sweep.append(figures)
+    report["sweep"] = sweep
+    if args.bundle_size:
+        report["bundle_with_index"] = {"items": args.bundle_size,
+                                       **bundle_with_index(loaded, enlarged(loaded.arrays, args.bundle_size),
+                                                           work / "bundle-with-index")}
     report |= resident_mib(bundle)
+    report["load_average_end"] = os.getloadavg()[0]
     print(json.dumps(report, indent=2))
     return 0
 

@@ -38,7 +38,7 @@ STAGES = [
     ("counters: record", "(proxy/store/counters.py"),
     ("metrics", "(proxy/http/metrics.py"),
     ("parse the body", "parse_predict_body (proxy/request.py"),
-    ("rest of the app (routing, JSON answer)", "(proxy/http/app.py"),
+    ("the view (reading the body, the request id, the JSON answer)", "(proxy/http/predict.py"),
     ("flask", "(flask/"),
     ("werkzeug (WSGI request and response objects)", "(werkzeug/"),
     ("gunicorn (HTTP parsing, writing the answer)", "(gunicorn/"),
