@@ -26,9 +26,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from model.bundle import Bundle
-from model.item_index import ItemIndex, scoring_vectors
 from model.features import naive_number
+from model.item_index import ItemIndex, scoring_vectors
 from proxy.models.recommender import ModelError, Recommendation
+
+
+MEAN_WEIGHTS_UP_TO = 64
+"""Histories up to this long find their mean's weights (1/n each) made at load; a longer one makes its own."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +70,7 @@ class Scorer:
         self._later_layers = [np.ascontiguousarray(_with_unit(w, b)) for w, b in zip(weights[1:], biases[1:])]
         self._base = first[-1]
         self._categories: list[tuple[str, dict[str, np.ndarray]]] = []
-        self.numbers: list[_Number] = []
+        self._numbers: list[_Number] = []
         number_rows, offset = [], 0
         for spec in scoring["inputs"]:
             if spec["encoding"] == "one_hot":
@@ -74,7 +78,7 @@ class Scorer:
                 self._categories.append((spec["field"], rows))
                 offset += len(rows)
             elif spec["encoding"] == "standard":
-                self.numbers.append(_Number(spec["field"], float(spec["mean"]), float(spec["std"]) or 1.0,
+                self._numbers.append(_Number(spec["field"], float(spec["mean"]), float(spec["std"]) or 1.0,
                                             float(spec.get("missing", 0.0))))
                 number_rows.append(first[offset])
                 offset += 1
@@ -84,7 +88,7 @@ class Scorer:
         history = np.asarray(arrays["history_embeddings"], dtype=np.float32)
         self._history = np.zeros((history.shape[0], history.shape[1] + 1), dtype=np.float32)
         self._history[:, :-1] = history
-        self._mean_weights = [np.full(n, 1.0 / n, dtype=np.float32) for n in range(1, 65)]
+        self._mean_weights = [np.full(n, 1.0 / n, dtype=np.float32) for n in range(1, MEAN_WEIGHTS_UP_TO + 1)]
         vectors = scoring_vectors(arrays["item_embeddings"], arrays["item_bias"])
         self.ann = item_index
         if item_index is None:
@@ -110,7 +114,7 @@ class Scorer:
         `missing` value, an unseen category no category) and the known history's positions: the
         tower's output plus the mean history embedding, and the bias coordinate."""
         values = []
-        for number in self.numbers:
+        for number in self._numbers:
             value = fields.get(number.field)
             raw = number.missing if value is None else naive_number(value)
             values.append((raw - number.mean) / number.std)

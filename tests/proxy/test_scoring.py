@@ -46,3 +46,15 @@ def test_k_larger_than_what_is_left_returns_everything_else(scorers, loaded_bund
     catalogue = [str(item) for item in loaded_bundle.arrays["item_ids"]]
     answer = serving.recommend({}, catalogue[:5], len(catalogue) + 10)
     assert len(answer.items) == len(catalogue) - 5 and not set(answer.items) & set(catalogue[:5])
+
+
+def test_long_and_repeated_histories_score_as_the_reference(scorers, tiny_holdout, loaded_bundle):
+    serving, reference = scorers
+    catalogue = [str(item) for item in loaded_bundle.arrays["item_ids"]]
+    for length in (2, 64, 65, 130):
+        history = [catalogue[(7 * i) % 50] for i in range(length)]  # repeats: the mean counts each mention
+        body = {**tiny_holdout[1], "history": history}
+        answer = serving.recommend(tiny_holdout[1], history, 10)
+        expected = reference.top_k(body, 10)
+        assert answer.items == [reference.item_ids[i] for i in expected]
+        assert answer.scores == pytest.approx(reference.scores([body])[0][expected].tolist(), rel=1e-5, abs=1e-5)
