@@ -17,6 +17,7 @@ from model.item_index import ItemIndex, build_index, index_settings, recall_at, 
 from model.train import TrainConfig, train
 from proxy.models.scorer import Scorer
 from tests.bundles import flipped_copy
+from tests.proxy.conftest import ProxyProcess
 from tests.model.reference import NumpyScorer
 
 
@@ -90,6 +91,20 @@ def test_export_builds_the_index_and_serving_scores_with_it(indexed_bundle, tiny
     reference = NumpyScorer(bundle.scoring, bundle.arrays)
     # 200 items make one cell: the index scans everything, so the answers are the exact ones
     assert _answers(scorer, tiny_holdout) == _reference_answers(reference, tiny_holdout)
+
+
+@pytest.mark.system  # real gunicorn: faiss loaded in each forked worker, as in production
+def test_gunicorn_workers_serve_the_index_answers(indexed_bundle, tiny_holdout):
+    scorer = Scorer.from_bundle(load_bundle(indexed_bundle))
+    server = ProxyProcess(indexed_bundle, "redis://127.0.0.1:1", "--no-guard", workers=2).start()
+    try:
+        for body in tiny_holdout[:20]:
+            answer = server.predict(body).json()
+            expected = scorer.recommend(body, body["history"], 10)
+            assert answer["source"] == "model" and answer["items"] == expected.items
+            assert answer["scores"] == pytest.approx(expected.scores, rel=1e-6)
+    finally:
+        server.stop()
 
 
 def test_an_altered_index_is_refused(indexed_bundle, tmp_path):
