@@ -154,7 +154,8 @@ class UpstreamClient:
                 raise UpstreamTimeout(f"upstream past the budget of {self.timeout * 1000:g} ms")
             if isinstance(self.pool, Http1Pool):
                 try:
-                    return self.pool.post(self.path, body, headers, remaining)
+                    # the retry goes out on a new connection: the other idle ones may have been closed too
+                    return self.pool.post(self.path, body, headers, remaining, fresh=attempt == 2)
                 except ConnectionRefusedError:
                     raise UpstreamError("upstream refused the connection: ConnectionRefusedError") from None
                 except TimeoutError:

@@ -13,8 +13,8 @@ from proxy.models.http1 import ConnectionClosed, Http1Pool, MalformedAnswer
 
 
 class ScriptedPeer:
-    """Accepts connections and answers each request read with the next scripted bytes; `close_after`
-    closes a connection after that many answers. Records every request's raw bytes and connection."""
+    """Accepts connections and answers each request read with the next scripted bytes (empty: close
+    the connection instead); `close_after` closes a connection after that many answers. Records every request's raw bytes and connection."""
 
     def __init__(self, answers: list[bytes], close_after: int | None = None, delay: float = 0.0):
         self.answers = list(answers)
@@ -52,7 +52,10 @@ class ScriptedPeer:
                 self.requests.append((number, head + b"\r\n\r\n" + rest[:length]))
                 data = rest[length:]
                 time.sleep(self.delay)
-                conn.sendall(self.answers.pop(0))
+                answer = self.answers.pop(0)
+                if not answer:
+                    return  # closes the connection without an answer
+                conn.sendall(answer)
                 served += 1
                 if self.close_after is not None and served >= self.close_after:
                     return
@@ -61,8 +64,8 @@ class ScriptedPeer:
         self.listener.close()
 
 
-def post(pool: Http1Pool, body: bytes = b'{"a": 1}', timeout: float = 2.0, **headers: str):
-    return pool.post("/predict", body, {"Content-Type": "application/json", **headers}, timeout)
+def post(pool: Http1Pool, body: bytes = b'{"a": 1}', timeout: float = 2.0, fresh: bool = False, **headers: str):
+    return pool.post("/predict", body, {"Content-Type": "application/json", **headers}, timeout, fresh)
 
 
 def test_content_length_answers_keep_the_connection_alive():
@@ -97,16 +100,15 @@ def test_an_answer_without_a_length_ends_with_its_connection_which_is_not_reused
     assert peer.connections == 3
 
 
-def test_an_idle_connection_the_peer_closed_is_reported_as_reused():
+def test_a_kept_connection_closed_under_a_request_is_reported_as_reused():
     ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
-    peer = ScriptedPeer([ok, ok], close_after=1)
+    peer = ScriptedPeer([ok, b"", ok])  # the second request meets the peer closing the connection
     pool = Http1Pool("127.0.0.1", peer.port, 4)
     assert post(pool).body == b"{}"
-    time.sleep(0.05)  # the peer closes its end after the answer
     with pytest.raises(ConnectionClosed) as closed:
         post(pool)
     assert closed.value.reused  # worth the one retry: a fresh connection then answers
-    assert post(pool).body == b"{}"
+    assert post(pool, fresh=True).body == b"{}" and peer.connections == 2
 
 
 def test_answers_that_are_not_http_and_truncated_ones_raise_and_are_not_kept():
@@ -140,3 +142,17 @@ def test_a_refused_connection_and_a_header_with_a_line_break():
     with pytest.raises(ValueError, match="line break"):
         post(Http1Pool("127.0.0.1", peer.port, 1), **{"X-Request-Id": "a\r\nX-Injected: 1"})
     assert peer.requests == []  # nothing was sent
+
+
+def test_idle_connections_the_peer_closed_are_dropped_before_use():
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+    peer = ScriptedPeer([ok] * 5, close_after=1)
+    pool = Http1Pool("127.0.0.1", peer.port, 4)
+    threads = [threading.Thread(target=post, args=(pool,)) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    time.sleep(0.05)  # three idle connections in the pool, each closed by the peer after its answer
+    assert post(pool).body == b"{}"  # none of them is tried: a new connection answers at once
+    assert peer.connections == 4 and len(peer.requests) == 4
