@@ -237,6 +237,12 @@ def clear_alarms(session: requests.Session, url: str, admin_token: str) -> None:
                               timeout=10)
         if answer.status_code != 404:  # 404: it cleared itself meanwhile
             answer.raise_for_status()
+    # each worker drops the alarm at its next refresh (a flush interval): until six /healthz answers in
+    # a row (the workers take requests in turn) show none, for at most 5 s, so the next phase's first
+    # requests do not meet a worker still quarantining for the last one
+    deadline, in_a_row = time.monotonic() + 5.0, 0
+    while in_a_row < 6 and time.monotonic() < deadline:
+        in_a_row = in_a_row + 1 if not session.get(f"{url}/healthz", timeout=10).json().get("alarms") else 0
 
 
 def replay(url: str, phases: list[Phase], holdout: list[dict], targets: list[str], scorer: Scorer,
