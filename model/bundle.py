@@ -21,6 +21,7 @@ This module is imported by serving, so it imports neither torch nor torch_geomet
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -75,6 +76,13 @@ class Bundle:
     def has_model(self) -> bool:
         """False for a guard-only bundle: nothing here can score a request."""
         return self.scoring is not None
+
+    def without_scoring_data(self) -> "Bundle":
+        """This bundle without its arrays and item index, for keeping once a scorer holds what it
+        needs of them: at a million items they are most of a worker's memory."""
+        if not self.arrays and self.item_index is None:
+            return self
+        return dataclasses.replace(self, arrays={}, item_index=None)
 
 
 def _sha256(data: bytes) -> str:

@@ -116,6 +116,8 @@ class Runtime:
         metrics = Metrics(profile["fields"])
         upstream = self._upstream(bundle, metrics) if settings.upstream.enabled else None
         scorer = self.model or upstream or Scorer.from_bundle(bundle)
+        # the scorer has its own copies: the bundle's would double a large catalogue's memory
+        bundle = bundle.without_scoring_data()
         guard = drift = alarms = desk = quality = holdback = quarantine = None
         recorders: list = [metrics]
         if settings.guard.enabled:

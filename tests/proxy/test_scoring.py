@@ -58,3 +58,26 @@ def test_long_and_repeated_histories_score_as_the_reference(scorers, tiny_holdou
         expected = reference.top_k(body, 10)
         assert answer.items == [reference.item_ids[i] for i in expected]
         assert answer.scores == pytest.approx(reference.scores([body])[0][expected].tolist(), rel=1e-5, abs=1e-5)
+
+
+def test_a_serving_worker_keeps_no_second_copy_of_the_item_vectors(tiny_bundle, tiny_holdout):
+    import gc
+    import weakref
+
+    from model.bundle import load_bundle
+    from proxy.http.app import create_app
+    from proxy.settings import Settings
+
+    bundle = load_bundle(tiny_bundle)
+    reference = Scorer.from_bundle(bundle).recommend(tiny_holdout[0], tiny_holdout[0]["history"], 10)
+    item_vectors = weakref.ref(bundle.arrays["item_embeddings"])
+    app = create_app(Settings.from_env({}, bundle=tiny_bundle, guard=False), bundle)
+    del bundle
+    gc.collect()
+    # the scorer keeps its own [embedding, bias] rows: the bundle's arrays are let go of
+    assert item_vectors() is None, "the loaded bundle's item embeddings are still held"
+    runtime = app.extensions["recguard"]
+    assert runtime.loaded.bundle.arrays == {} and runtime.loaded.bundle.has_model
+    answer = app.test_client().post("/predict", json=tiny_holdout[0]).get_json()
+    assert answer["items"] == reference.items and answer["source"] == "model"
+    runtime.close()
