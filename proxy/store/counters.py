@@ -250,9 +250,7 @@ class Counters:
         source_field = "source:" + source
         minute = (self._minutes, int(self._clock() // 60))
         with self._lock:
-            bucket = self._current.get(minute)
-            if bucket is None:
-                bucket = self._current[minute] = defaultdict(int)
+            bucket = self._bucket(minute)
             bucket["requests"] += 1
             bucket[source_field] += 1
             if names:
@@ -283,21 +281,23 @@ class Counters:
         series = series or self._minutes
         slot = (series, series.slot(self._clock() if at is None else at))
         with self._lock:
-            bucket = self._current.get(slot)
-            if bucket is None:
-                bucket = self._current[slot] = defaultdict(int)
+            bucket = self._bucket(slot)
             for field, amount in amounts:
                 bucket[field] += amount
 
     def increment(self, field: str, series: Series) -> None:
         """Add 1 to `field` of the current bucket of `series`: `add_many`'s work for one known field
         (no marker check: call it with names of your own), for a count taken on every answer."""
-        slot = (series, int(self._clock() // series.seconds))
+        slot = (series, series.slot(self._clock()))
         with self._lock:
-            bucket = self._current.get(slot)
-            if bucket is None:
-                bucket = self._current[slot] = defaultdict(int)
-            bucket[field] += 1
+            self._bucket(slot)[field] += 1
+
+    def _bucket(self, slot: _Bucket) -> dict[str, Number]:
+        """The in-memory bucket of a (series, slot), made on first use (call under the lock)."""
+        bucket = self._current.get(slot)
+        if bucket is None:
+            bucket = self._current[slot] = defaultdict(int)
+        return bucket
 
     def flush_soon(self) -> None:
         """Have the flusher flush (and run its after-flush callbacks) now instead of at the end of its
