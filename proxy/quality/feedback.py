@@ -157,10 +157,11 @@ class FeedbackLedger:
         if not batch:
             return True
         groups = self._groups(batch)
-        replies = execute(self._client, [self._call(key, events) for key, events in groups], raise_on_error=False)
+        replies = execute(self._client, [self._call(key, span, events) for key, span, events in groups],
+                          raise_on_error=False)
         failed: list[Event] = []
         counted: list[tuple[Event, bool]] = []
-        for (_, events), reply in zip(groups, replies):
+        for (_, _, events), reply in zip(groups, replies):
             if isinstance(reply, Exception):
                 self.last_error = f"{type(reply).__name__}: {reply}"
                 failed += events
@@ -174,20 +175,18 @@ class FeedbackLedger:
         self._requeue(failed)
         return not failed
 
-    def _groups(self, batch: list[Event]) -> list[tuple[str, list[Event]]]:
-        """The batch by de-duplication key (span of issue, shard of the ticket), in calls of at most
-        CALL_EVENTS events."""
-        by_key: dict[str, list[Event]] = defaultdict(list)
+    def _groups(self, batch: list[Event]) -> list[tuple[str, int, list[Event]]]:
+        """The batch by de-duplication key (span of issue, shard of the ticket), with the span, in
+        calls of at most CALL_EVENTS events."""
+        by_key: dict[tuple[int, int], list[Event]] = defaultdict(list)
         for event in batch:
-            shard = zlib.crc32(event.key.encode()) % SHARDS
-            by_key[f"{self._prefix}:t:{event.ticket.issued_at // SPAN_SECONDS}:{shard}"].append(event)
-        return [(key, events[start:start + CALL_EVENTS]) for key, events in by_key.items()
-                for start in range(0, len(events), CALL_EVENTS)]
+            by_key[(event.ticket.issued_at // SPAN_SECONDS, zlib.crc32(event.key.encode()) % SHARDS)].append(event)
+        return [(f"{self._prefix}:t:{span}:{shard}", span, events[start:start + CALL_EVENTS])
+                for (span, shard), events in by_key.items() for start in range(0, len(events), CALL_EVENTS)]
 
-    def _call(self, key: str, events: list[Event]) -> Any:
+    def _call(self, key: str, span: int, events: list[Event]) -> Any:
         # kept until the window of the span's last possible ticket has passed
-        span_end = (int(key.rsplit(":", 2)[1]) + 1) * SPAN_SECONDS
-        ttl = max(60, int(span_end + self._window - self._clock()))
+        ttl = max(60, int((span + 1) * SPAN_SECONDS + self._window - self._clock()))
         return self._script.call(key, ttl, *(
             f"{'1' if event.index is not None and event.ticket.rank_of(event.index) is not None else '0'}"
             f"{event.key}\x1f{event.kind}\x1f{event.item}" for event in events))
