@@ -151,7 +151,7 @@ class UpstreamClient:
         for attempt in (1, 2):
             remaining = self.timeout - (time.perf_counter() - started)
             if remaining <= 0:
-                raise UpstreamTimeout(f"upstream past the budget of {self.timeout * 1000:g} ms")
+                raise self._past_budget()
             if isinstance(self.pool, Http1Pool):
                 try:
                     # the retry goes out on a new connection: the other idle ones may have been closed too
@@ -159,7 +159,7 @@ class UpstreamClient:
                 except ConnectionRefusedError:
                     raise UpstreamError("upstream refused the connection: ConnectionRefusedError") from None
                 except TimeoutError:
-                    raise UpstreamTimeout(f"upstream past the budget of {self.timeout * 1000:g} ms") from None
+                    raise self._past_budget() from None
                 except MalformedAnswer as exc:
                     raise UpstreamError(f"upstream answer is not HTTP: {exc}") from None
                 except ConnectionClosed as exc:
@@ -178,12 +178,15 @@ class UpstreamClient:
             except NewConnectionError as exc:
                 raise UpstreamError(f"upstream refused the connection: {_reason(exc)}") from None
             except Urllib3Timeout:
-                raise UpstreamTimeout(f"upstream past the budget of {self.timeout * 1000:g} ms") from None
+                raise self._past_budget() from None
             except (ProtocolError, OSError) as exc:
                 if attempt == 1 and _ReuseAware.last_reused():
                     continue
                 raise UpstreamError(f"upstream closed the connection: {_reason(exc)}") from None
         raise AssertionError("unreachable")
+
+    def _past_budget(self) -> UpstreamTimeout:
+        return UpstreamTimeout(f"upstream past the budget of {self.timeout * 1000:g} ms")
 
     def _read(self, response: Answer, rows: int) -> Reply:
         status = response.status
