@@ -97,6 +97,17 @@ def make_shape(upstream: UpstreamSettings, limits: LimitSettings, model_name: st
     return PlainShape(upstream, limits)
 
 
+def _object_with_list(body: bytes, key: str, of: str) -> tuple[dict[str, Any], list[Any]]:
+    """A batch body: a JSON object and its non-empty list under `key` (a list of `of`); BadRequest else."""
+    payload = decode_json(body)
+    if not isinstance(payload, dict):
+        raise BadRequest(f"body must be a JSON object, got {json_type_name(payload)}")
+    entries = payload.get(key)
+    if not isinstance(entries, list) or not entries:
+        raise BadRequest(f'body must hold "{key}": a non-empty list of {of}')
+    return payload, entries
+
+
 def _item_ids(value: Any, where: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(item, (str, int)) and not isinstance(item, bool)
                                               for item in value):
@@ -203,12 +214,7 @@ class KServeV1Shape:
         self.plain = PlainShape(upstream, limits)
 
     def parse(self, body: bytes) -> Parsed:
-        payload = decode_json(body)
-        if not isinstance(payload, dict):
-            raise BadRequest(f"body must be a JSON object, got {json_type_name(payload)}")
-        instances = payload.get("instances")
-        if not isinstance(instances, list) or not instances:
-            raise BadRequest('body must hold "instances": a non-empty list of objects')
+        payload, instances = _object_with_list(body, "instances", "objects")
         return Parsed(payload, [self.plain.read_row(instance, f"instance {i}") for i, instance in enumerate(instances)])
 
     def request_body(self, rows: Sequence[PredictRequest]) -> bytes:
@@ -258,12 +264,7 @@ class OipV2Shape:
         self.model_name = model_name
 
     def parse(self, body: bytes) -> Parsed:
-        payload = decode_json(body)
-        if not isinstance(payload, dict):
-            raise BadRequest(f"body must be a JSON object, got {json_type_name(payload)}")
-        inputs = payload.get("inputs")
-        if not isinstance(inputs, list) or not inputs:
-            raise BadRequest('body must hold "inputs": a non-empty list of tensors')
+        payload, inputs = _object_with_list(body, "inputs", "tensors")
         tensors: dict[str, list[Any]] = {}
         shapes: dict[str, list[int]] = {}
         for i, tensor in enumerate(inputs):
