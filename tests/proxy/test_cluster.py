@@ -47,6 +47,16 @@ def flush_until_written(counters: Counters, timeout: float = 20.0) -> None:
         time.sleep(0.1)
 
 
+def one_request_flushed(cluster) -> tuple[Counters, str, str]:
+    """Counters waiting for replicas (100 ms), one request counted and written: the counters, the
+    minute's key and the primary that holds it."""
+    counters = Counters(make_redis_client(cluster.url), clock=Clock(), replica_wait_ms=100)
+    key = bucket_key("recguard", BASE // 60)
+    counters.record_request("model", [])
+    assert counters.flush()
+    return counters, key, cluster.owner(key)
+
+
 def test_the_url_alone_picks_a_cluster_and_names_its_seeds():
     assert parse_cluster_url("redis+cluster://10.0.0.1:7000,node-b:7001,[::1]:7002") == ClusterURL(
         (("10.0.0.1", 7000), ("node-b", 7001), ("::1", 7002)))
@@ -130,12 +140,7 @@ def test_a_moved_slot_and_a_migrating_slot_are_followed(cluster):
 
 
 def test_a_write_its_replica_has_not_acknowledged_is_sent_again_and_counted_once(cluster):
-    clock = Clock()
-    counters = Counters(make_redis_client(cluster.url), clock=clock, replica_wait_ms=100)
-    key = bucket_key("recguard", BASE // 60)
-    primary = cluster.owner(key)
-    counters.record_request("model", [])
-    assert counters.flush()
+    counters, key, primary = one_request_flushed(cluster)
 
     asleep = threading.Thread(target=lambda: cluster.node(cluster.replica_of(primary)).execute_command("DEBUG", "SLEEP", "0.8"))
     asleep.start()
@@ -152,12 +157,7 @@ def test_a_write_its_replica_has_not_acknowledged_is_sent_again_and_counted_once
 
 
 def test_a_primary_killed_right_after_a_flush_loses_none_of_it(cluster):
-    clock = Clock()
-    counters = Counters(make_redis_client(cluster.url), clock=clock, replica_wait_ms=100)
-    key = bucket_key("recguard", BASE // 60)
-    primary = cluster.owner(key)
-    counters.record_request("model", [])
-    assert counters.flush()
+    counters, key, primary = one_request_flushed(cluster)
 
     # From now on writes reach the primary alone, which dies before its replica catches up: without
     # WAIT the flush would report them written and forget them, and the promoted replica never had them.
