@@ -220,6 +220,17 @@ def test_a_primary_sigkilled_under_traffic_fails_no_request_and_loses_no_count(t
         proxy.stop()
 
 
+def every_request_answered_and_counted(proxy, client, traffic) -> int:
+    """After traffic: no request failed, every one is counted in the cluster, nothing waits to be
+    written, the log is clean. How many were sent."""
+    sent = len(traffic.results)
+    assert traffic.failed() == []
+    assert settle(client, sent) == sent
+    assert proxy.get("/healthz").json()["counters"]["pending"] == 0
+    assert_clean_logs(proxy)
+    return sent
+
+
 def test_slots_migrated_while_serving_lose_and_double_no_count(tiny_bundle, tiny_holdout, cluster, tmp_path):
     proxy = served(tiny_bundle, cluster, tmp_path).start()
     client = cluster.client()
@@ -240,12 +251,8 @@ def test_slots_migrated_while_serving_lose_and_double_no_count(tiny_bundle, tiny
                 capture_output=True, text=True, timeout=120)
             assert reshard.returncode == 0, reshard.stdout[-2000:]
             traffic.wait_for(len(traffic.results) + 200)
-        sent = len(traffic.results)
-        assert traffic.failed() == []
-        assert settle(client, sent) == sent
+        sent = every_request_answered_and_counted(proxy, client, traffic)
         assert proxy.get("/anomalies?since=10m").json()["requests"] == sent
-        assert proxy.get("/healthz").json()["counters"]["pending"] == 0
-        assert_clean_logs(proxy)
     finally:
         proxy.stop()
 
@@ -266,13 +273,9 @@ def test_a_slow_node_slows_no_request_and_its_late_writes_count_once(tiny_bundle
                 time.sleep(0.03)
             ended = time.monotonic()
             traffic.wait_for(len(traffic.results) + 200)
-        sent = len(traffic.results)
-        assert traffic.failed() == []
+        every_request_answered_and_counted(proxy, client, traffic)
         during = [seconds for started, _, seconds in traffic.results if began <= started <= ended]
         assert len(during) > 50 and statistics.median(during) < 0.1, "requests waited on the slow node"
-        assert settle(client, sent) == sent
         assert "TimeoutError" in proxy.log_path.read_text()  # the flush did time out, and nothing was doubled
-        assert proxy.get("/healthz").json()["counters"]["pending"] == 0
-        assert_clean_logs(proxy)
     finally:
         proxy.stop()
