@@ -120,6 +120,8 @@ class FeedbackLedger:
         """Called with (version, source, event, hit) for every event found new."""
         self._clock = clock
         self._impression_fields: dict[tuple[str, str, str], str] = {}
+        self._sending = 0
+        """Events the flusher has taken from the queue and not yet counted or put back."""
 
     def impression(self, version: str, source: str, segment: str) -> None:
         """Count one answer served. Memory only."""
@@ -145,8 +147,9 @@ class FeedbackLedger:
 
     @property
     def pending(self) -> int:
-        """Events accepted but not yet de-duplicated."""
-        return len(self._queue)
+        """Events accepted but not yet de-duplicated (those the flusher is sending included)."""
+        with self._lock:
+            return len(self._queue) + self._sending
 
     def flush(self) -> bool:
         """De-duplicate the queued events in Redis and count the new ones; True when the queue is empty.
@@ -154,25 +157,33 @@ class FeedbackLedger:
         with self._lock:
             batch = list(self._queue)
             self._queue.clear()
+            self._sending = len(batch)
         if not batch:
             return True
-        groups = self._groups(batch)
-        replies = execute(self._client, [self._call(key, span, events) for key, span, events in groups],
-                          raise_on_error=False)
         failed: list[Event] = []
-        counted: list[tuple[Event, bool]] = []
-        for (_, _, events), reply in zip(groups, replies):
-            if isinstance(reply, Exception):
-                self.last_error = f"{type(reply).__name__}: {reply}"
-                failed += events
-                continue
-            flags = reply.decode() if isinstance(reply, bytes) else str(reply)
-            counted += [(event, flags[2 * i + 1] == "1") for i, event in enumerate(events) if flags[2 * i] == "1"]
-        self._count(counted)
-        if failed and len(groups) > 1:
-            position = {id(event): i for i, event in enumerate(batch)}
-            failed.sort(key=lambda event: position[id(event)])
-        self._requeue(failed)
+        try:
+            groups = self._groups(batch)
+            replies = execute(self._client, [self._call(key, span, events) for key, span, events in groups],
+                              raise_on_error=False)
+            counted: list[tuple[Event, bool]] = []
+            for (_, _, events), reply in zip(groups, replies):
+                if isinstance(reply, Exception):
+                    self.last_error = f"{type(reply).__name__}: {reply}"
+                    failed += events
+                    continue
+                flags = reply.decode() if isinstance(reply, bytes) else str(reply)
+                counted += [(event, flags[2 * i + 1] == "1") for i, event in enumerate(events) if flags[2 * i] == "1"]
+            self._count(counted)
+            if failed and len(groups) > 1:
+                position = {id(event): i for i, event in enumerate(batch)}
+                failed.sort(key=lambda event: position[id(event)])
+        finally:
+            # back at the head of the queue, oldest first, and no longer in flight, in one step:
+            # `pending` never misses them
+            with self._lock:
+                self._queue.extendleft(reversed(failed))
+                self._trim()
+                self._sending = 0
         return not failed
 
     def _groups(self, batch: list[Event]) -> list[tuple[str, int, list[Event]]]:
@@ -190,14 +201,6 @@ class FeedbackLedger:
         return self._script.call(key, ttl, *(
             f"{'1' if event.index is not None and event.ticket.rank_of(event.index) is not None else '0'}"
             f"{event.key}\x1f{event.kind}\x1f{event.item}" for event in events))
-
-    def _requeue(self, events: list[Event]) -> None:
-        """Put events back at the head of the queue, oldest first, keeping the bound."""
-        if not events:
-            return
-        with self._lock:
-            self._queue.extendleft(reversed(events))
-            self._trim()
 
     def _count(self, counted: list[tuple[Event, bool]]) -> None:
         """Count the new events (with whether each is its answer's first hit), one counter update per

@@ -1,5 +1,6 @@
 """Feedback against tickets, counted in a real Redis: once per (ticket, item, event), nothing lost while Redis is away."""
 
+import threading
 from datetime import datetime, timezone
 
 import pytest
@@ -10,7 +11,7 @@ from proxy.quality.feedback import Event, FeedbackLedger
 from proxy.quality.report import parse_group_keys, query_quality
 from proxy.quality.tickets import Ticket
 from proxy.store.counters import Counters, make_redis_client
-from tests.conftest import RedisServer, free_port
+from tests.conftest import RedisRelay, RedisServer, free_port
 
 T0 = 1_790_000_000.0
 
@@ -107,6 +108,27 @@ def test_item_ids_with_separators_are_events_of_their_own(redis_server, redis_cl
                    Event(answer, "ka", "x\x1fclick", None, "click"), Event(answer, "ka", "line\nbreak", None, "click")])
     flush(counters, ledger)
     assert report(redis_client)[("v1", "model", "JP")]["feedback"] == 4
+
+
+def test_events_being_sent_still_count_as_pending(redis_server, redis_client):
+    relay = RedisRelay(redis_server.port)
+    relay.delay = 0.1  # every exchange with Redis takes a while: the flush is seen in flight
+    try:
+        counters, ledger = ledger_on(make_redis_client(relay.url, timeout=5.0), Clock())
+        ledger.accept([Event(ticket("a"), "ka", "item_3", 3, "click")])
+        flusher = threading.Thread(target=ledger.flush)
+        flusher.start()
+        seen = []
+        while flusher.is_alive():
+            seen.append(ledger.pending)
+        flusher.join()
+        # 1 while the flush waits on Redis (hundreds of ms here), 0 only once it has counted the event
+        # (microseconds before the thread ends)
+        assert seen == sorted(seen, reverse=True) and seen.count(1) > 0.9 * len(seen), \
+            f"an event in flight went missing from pending: {seen.count(1)} of {len(seen)} samples saw it"
+        assert ledger.pending == 0
+    finally:
+        relay.close()
 
 
 @pytest.mark.integration  # starts a redis-server of its own
