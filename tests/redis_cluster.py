@@ -22,6 +22,11 @@ NODE_TIMEOUT_MS = 1500
 busy for a few hundred milliseconds on the shared machine is not failed over by mistake."""
 
 
+ORPHAN_GRACE_S = 5.0
+"""How long a node may stay an empty primary before the fixture attaches it as a replica itself:
+long enough for redis-cli's own CLUSTER REPLICATE and for a restarted node to rejoin by itself."""
+
+
 class LocalCluster:
     """Start, inspect, break and repair a six-node cluster the tests own."""
 
@@ -167,18 +172,40 @@ class LocalCluster:
 
     def wait_healthy(self, timeout: float = 60.0, primaries: int = 3) -> None:
         """Until every live node says cluster_state:ok, `primaries` primaries own slots, each has an
-        online replica, and the replicas are in sync (so a failover now loses nothing it was sent)."""
-        deadline = time.monotonic() + timeout
+        online replica, and the replicas are in sync (so a failover now loses nothing it was sent).
+        A node left an empty primary for a few seconds is made the replica of a primary without one."""
+        started = time.monotonic()
+        deadline = started + timeout
         problem = "not checked"
         while time.monotonic() < deadline:
             try:
                 problem = self._health_problem(primaries)
+                if problem is not None and time.monotonic() - started > ORPHAN_GRACE_S:
+                    self._attach_orphans()
             except redis.RedisError as exc:
                 problem = repr(exc)
             if problem is None:
                 return
             time.sleep(0.1)
-        raise RuntimeError(f"redis cluster not healthy after {timeout} s: {problem}")
+        try:
+            nodes = self.node(self.alive()[0]).execute_command("CLUSTER", "NODES")
+        except redis.RedisError as exc:
+            nodes = repr(exc)
+        raise RuntimeError(f"redis cluster not healthy after {timeout} s: {problem}\nCLUSTER NODES:\n{nodes}")
+
+    def _attach_orphans(self) -> None:
+        """`redis-cli --cluster create` ignores a failed CLUSTER REPLICATE (a replica that did not yet
+        know its primary from the gossip): the node stays an empty primary for good. Attach each such
+        node to a primary that has no replica, as redis-cli meant to."""
+        text = self.node(self.alive()[0]).execute_command("CLUSTER", "NODES")
+        rows = [line.split() for line in text.splitlines()]
+        ports = {row[0]: int(row[1].split("@")[0].rsplit(":", 1)[1]) for row in rows}
+        alive = set(self.alive())
+        empty = [ports[row[0]] for row in rows
+                 if "master" in row[2] and "fail" not in row[2] and len(row) == 8 and ports[row[0]] in alive]
+        lonely = [primary for primary, replicas in self.topology().items() if not replicas]
+        for orphan, primary in zip(empty, lonely):
+            self.node(orphan).execute_command("CLUSTER", "REPLICATE", self.node_id(primary))
 
     def _health_problem(self, primaries: int) -> str | None:
         for port in self.alive():
