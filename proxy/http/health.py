@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -16,7 +17,10 @@ RATE_WINDOW = timedelta(minutes=5)
 
 
 def health_report(runtime: Runtime, client: redis.Redis | None, prefix: str) -> dict[str, Any]:
-    """Status `ok` or `degraded` with the reasons, model version, Redis state, 5-minute rates and alarms."""
+    """Status `ok` or `degraded` with the reasons, model version, Redis state, 5-minute rates and alarms.
+
+    It is one worker's view (each gunicorn worker holds its own alarms, counters and breaker), so it
+    names the worker: its process id."""
     reasons = []
     loaded = runtime.loaded
     if loaded is None:
@@ -61,6 +65,7 @@ def health_report(runtime: Runtime, client: redis.Redis | None, prefix: str) -> 
     return {
         "status": "degraded" if reasons else "ok",
         "reasons": reasons,
+        "worker": os.getpid(),
         "model_version": loaded.model_version if loaded else None,
         "guard": runtime.settings.guard.enabled,
         "redis": redis_state,

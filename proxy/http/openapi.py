@@ -246,6 +246,7 @@ def openapi_document(profile: Mapping[str, Any] | None, settings: Settings) -> d
             "Health": {"type": "object", "required": ["status", "redis", "alarms"], "properties": {
                 "status": {"type": "string", "enum": ["ok", "degraded"]},
                 "reasons": {"type": "array", "items": {"type": "string"}},
+                "worker": {"type": "integer", "description": "The answering worker's process id: health is one worker's view"},
                 "model_version": {"type": ["string", "null"]},
                 "redis": {"type": "string", "enum": ["up", "down", "disabled"]},
                 "rates": {"type": ["object", "null"]},

@@ -100,6 +100,22 @@ class ProxyProcess:
         out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout
         return [int(pid) for pid in out.split()]
 
+    def until_every_worker(self, check, what: str, timeout: float = 5.0) -> None:
+        """Until every worker's own /healthz passes `check`: health is one worker's view (its alarms,
+        breaker, counters) and names the worker, and the kernel, not a rotation, decides which
+        worker takes a connection, so "N answers in a row" cannot tell that both workers answered."""
+        deadline = time.monotonic() + timeout
+        latest: dict[int, bool] = {}
+        workers: set[int] = set()
+        while time.monotonic() < deadline:
+            health = self.get("/healthz").json()
+            latest[health["worker"]] = bool(check(health))
+            workers = set(self.worker_pids())
+            if workers and all(latest.get(pid) for pid in workers):
+                return
+            time.sleep(0.02)
+        pytest.fail(f"not every worker {what} within {timeout} s: workers {sorted(workers)}, last seen {latest}")
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         if self.process is None or self.process.poll() is not None:
             return self.process.returncode if self.process else 0

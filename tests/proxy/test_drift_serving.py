@@ -60,16 +60,11 @@ def test_a_market_in_pounds_is_quarantined_alone_shown_and_cleared(proxy, tiny_h
                 return sent, late, sent / (time.time() - started)
         pytest.fail(f"not after {limit} requests")
 
-    def every_worker_applies(check, make) -> None:
-        """Until 10 answers in a row pass `check` (sync workers take requests in turn, so both
-        answered some), for at most 2 s: a worker applies what another decided at its next refresh,
-        one flush interval (0.1 s here)."""
-        deadline, seen = time.monotonic() + 2.0, []
-        while time.monotonic() < deadline:
-            seen = [check(proxy.predict(make()).json()) for _ in range(10)]
-            if all(seen):
-                return
-        pytest.fail(f"not every worker after 2 s: last answers {seen}")
+    def every_worker(quarantining: bool) -> None:
+        """A worker applies what another decided at its next refresh, one flush interval (0.1 s here):
+        until each worker's own /healthz lists the alarm (or none), within 2 s."""
+        proxy.until_every_worker(lambda health: [alarm["id"] for alarm in health["alarms"]] == ([ALARM] if quarantining else []),
+                                 "quarantines DE" if quarantining else "is clear", timeout=2.0)
 
     assert not any(quarantined(proxy.predict(body).json()) for body in tiny_holdout)
 
@@ -85,7 +80,7 @@ def test_a_market_in_pounds_is_quarantined_alone_shown_and_cleared(proxy, tiny_h
     # docs/drift.md: over HTTP with two workers, 22-29 requests of the market; twice that at most
     assert german_requests <= 2 * 29, f"quarantined after {german_requests} requests of the market"
 
-    every_worker_applies(quarantined, in_pounds)
+    every_worker(quarantining=True)
     for _ in range(20):
         german = proxy.predict(in_pounds()).json()
         assert german["source"] == "fallback" and quarantined(german), (german, proxy.get("/healthz").json())
@@ -104,15 +99,16 @@ def test_a_market_in_pounds_is_quarantined_alone_shown_and_cleared(proxy, tiny_h
     assert clear(proxy, {"Authorization": f"Bearer {TOKEN}"}).status_code == 404
     log = proxy.log_path.read_text()
     assert "admin requests refused" in log and "wrong-token" not in log and TOKEN not in log
-    every_worker_applies(lambda answer: not quarantined(answer), lambda: rng.choice(germans))
-    assert proxy.get("/healthz").json()["alarms"] == []
+    every_worker(quarantining=False)
+    assert not any(quarantined(proxy.predict(body).json()) for body in germans)
 
     # new data in pounds raises it again, docs/drift.md: after min_count (20) new values, at a low
     # rate at the latest min_count values into the slot after the clear. Twice that; in the second
     # case plus what two flush intervals (0.1 s: a worker's flush, the other's refresh) let through.
     sent, late, rate = until(quarantined, in_pounds, 1000)
     assert sent <= 2 * 20 or late <= 2 * 20 + 2 * 0.1 * rate, (sent, late, rate)
-    every_worker_applies(quarantined, in_pounds)
+    every_worker(quarantining=True)
+    assert all(quarantined(proxy.predict(in_pounds()).json()) for _ in range(10))
     # ... and Germans back in kilograms clear it with no one's help. The market back to normal is
     # drawn from its training statistics: the 19 held-out Germans of the tiny data weigh 0.26 sd
     # more than the trained ones, right at the clearing threshold (half of 0.5 sd)
@@ -123,8 +119,8 @@ def test_a_market_in_pounds_is_quarantined_alone_shown_and_cleared(proxy, tiny_h
         return {**rng.choice(germans), "weight_kg": round(kilograms, 1), "user_id": f"s{rng.random()}"}
 
     until(lambda answer: not quarantined(answer), in_kilograms, 1000)
-    every_worker_applies(lambda answer: not quarantined(answer), in_kilograms)
-    assert proxy.get("/healthz").json()["alarms"] == []
+    every_worker(quarantining=False)
+    assert not any(quarantined(proxy.predict(in_kilograms()).json()) for _ in range(10))
 
 
 def test_without_an_admin_token_the_clear_endpoint_is_off(client, settings, loaded_bundle, redis_client):

@@ -179,8 +179,8 @@ def test_while_redis_is_down_alarms_stay_nothing_raises_or_clears_and_the_reader
     proxy.start()
     try:
         raise_the_alarm(proxy, germans, weight, random.Random(4))
-        wait_until(lambda: all(quarantined(proxy.predict(body)) for body in germans[:10]),
-                   what="both workers quarantining DE")
+        proxy.until_every_worker(lambda health: [alarm["id"] for alarm in health["alarms"]] == [ALARM],
+                                 "quarantines DE")
         assert proxy.get("/healthz").json()["rates"]["requests_per_second"] > 0
 
         own_redis.stop()
