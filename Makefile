@@ -49,9 +49,11 @@ chromium:
 		echo "installing chromium"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 
-# the 15 slowest tests close the output: a test that got slow shows there before the suite does
+# Two pytest workers, a test file each at a time (its module fixtures built once); every worker has
+# its own redis-server and cluster. The 15 slowest tests close the output: a test that got slow
+# shows there before the suite does.
 test: install chromium
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
 
 clean:
 	rm -rf $(VENV) data bundles var
