@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
+from redis.retry import Retry
 from redis.crc import key_slot
 
 from scripts._servers import free_port
@@ -77,6 +79,24 @@ class LocalCluster:
     def node(self, port: int) -> redis.Redis:
         """A plain client of one node."""
         return redis.Redis(port=port, decode_responses=True, socket_timeout=5)
+
+    def until_busy(self, port: int, timeout: float = 5.0) -> None:
+        """Until the node on `port` no longer answers a PING within 50 ms (a DEBUG SLEEP sent from
+        another thread has begun): a thread's command may reach the node long after the thread
+        was started on a loaded machine."""
+        # no retry: redis-py retries a timed-out command by default, and the retry waits out the sleep
+        probe = redis.Redis(port=port, socket_timeout=0.05, retry=Retry(NoBackoff(), 0))
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    probe.ping()
+                except (redis.TimeoutError, redis.ConnectionError):  # a new connection's handshake times out too
+                    return
+                time.sleep(0.01)
+        finally:
+            probe.close()
+        raise RuntimeError(f"node {port} still answers after {timeout} s")
 
     def alive(self) -> list[int]:
         return [port for port, process in self.processes.items() if process.poll() is None]
@@ -172,7 +192,8 @@ class LocalCluster:
 
     def wait_healthy(self, timeout: float = 60.0, primaries: int = 3) -> None:
         """Until every live node says cluster_state:ok, `primaries` primaries own slots, each has an
-        online replica, and the replicas are in sync (so a failover now loses nothing it was sent).
+        online replica that every node lists to clients, and the replicas are in sync (so a failover
+        now loses nothing it was sent).
         A node left an empty primary for a few seconds is made the replica of a primary without one."""
         started = time.monotonic()
         deadline = started + timeout
@@ -221,6 +242,12 @@ class LocalCluster:
             info = self.node(primary).info("replication")
             if info.get("connected_slaves", 0) < 1 or info.get("slave0", {}).get("state") != "online":
                 return f"{primary}'s replica is not online"
+        # what a client reads: Redis lists a replica in CLUSTER SLOTS only once the node asked has
+        # heard (by gossip) that it synced, seconds after CLUSTER NODES shows it
+        for port in self.alive():
+            for start, _, primary, *replicas in self.node(port).execute_command("CLUSTER", "SLOTS"):
+                if not replicas:
+                    return f"{port}'s CLUSTER SLOTS lists no replica of {primary[1]} (slot {start})"
         return None
 
     def repair(self) -> None:

@@ -14,7 +14,11 @@ With `wait_ms`, each node's pipeline on a cluster ends in `WAIT <replicas of tha
 on the same connection as the writes: a write whose shard's replicas did not all acknowledge it comes
 back as `NotReplicatedError`, so the caller keeps it and sends it again (the counters' batches are
 applied once whatever the number of sends). A SIGKILLed primary then loses nothing that was reported
-written: its replica, promoted, holds every write that was.
+written: its replica, promoted, holds every write that was. A shard the client knows no replica of is
+not waited for, and the topology is read again every REPLICA_RECHECK_SECONDS while that lasts: Redis
+lists a replica in CLUSTER SLOTS only once it has synced, seconds after it joined (the old primary
+back after a failover, a new node), and a client that read the topology before would otherwise never
+wait for it.
 """
 
 from __future__ import annotations
@@ -22,7 +26,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import math
 import threading
+import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -40,6 +47,10 @@ _DEFAULT_PORT = 6379
 # A redirection (MOVED, ASK) or a missing script costs one more round; a slot moving twice while we
 # write is left to the caller's next attempt.
 _ROUNDS = 3
+REPLICA_RECHECK_SECONDS = 5.0
+"""How often a cluster client that writes to a shard without a known replica reads the topology again."""
+_rechecked: "weakref.WeakKeyDictionary[RedisCluster, float]" = weakref.WeakKeyDictionary()
+_rechecked_lock = threading.Lock()
 
 
 class ClusterUnavailable(redis.ConnectionError):
@@ -295,7 +306,7 @@ def _on_cluster(cluster: RedisCluster, commands: Sequence[Command], wait_ms: int
     replies: list[Any] = [None] * len(commands)
     todo = list(range(len(commands)))
     asked: dict[int, ClusterNode] = {}
-    refresh = False
+    refresh = lonely = False
     for _ in range(_ROUNDS):
         groups: dict[tuple[str, bool], tuple[ClusterNode, list[int], int]] = {}
         for index in todo:
@@ -314,6 +325,7 @@ def _on_cluster(cluster: RedisCluster, commands: Sequence[Command], wait_ms: int
             client = cluster.get_redis_connection(node)
             batch = [commands[index] for index in indices]
             wait = (_replicas_of(cluster, node) if asking else replicas) if wait_ms else 0
+            lonely = lonely or (wait_ms and not wait)
             node_replies, waited = _pipeline(client, batch, asking=asking, wait=wait, wait_ms=wait_ms)
             if wait and not (isinstance(waited, int) and waited >= wait):
                 short = NotReplicatedError(f"{waited} of {wait} replicas of {node.name} acknowledged within {wait_ms} ms")
@@ -341,9 +353,19 @@ def _on_cluster(cluster: RedisCluster, commands: Sequence[Command], wait_ms: int
         if not retry:
             break
         todo = retry
-    if refresh:
+    if refresh or (lonely and _recheck_due(cluster)):
         _refresh(cluster)
     return replies
+
+
+def _recheck_due(cluster: RedisCluster) -> bool:
+    """True at most once every REPLICA_RECHECK_SECONDS per cluster client (the first time at once)."""
+    now = time.monotonic()
+    with _rechecked_lock:
+        if now - _rechecked.get(cluster, -math.inf) < REPLICA_RECHECK_SECONDS:
+            return False
+        _rechecked[cluster] = now
+        return True
 
 
 def _replicas_of(cluster: RedisCluster, node: ClusterNode) -> int:

@@ -16,6 +16,7 @@ import redis
 
 from proxy.settings import Settings, SettingsError
 from proxy.store.anomaly_query import query_anomalies
+from proxy.store import client as store_client
 from proxy.store.client import ClusterClient, ClusterURL, make_redis_client, parse_cluster_url, valid_redis_url
 from proxy.store.counters import Counters, Series, bucket_key
 from tests.conftest import free_port
@@ -142,9 +143,11 @@ def test_a_moved_slot_and_a_migrating_slot_are_followed(cluster):
 def test_a_write_its_replica_has_not_acknowledged_is_sent_again_and_counted_once(cluster):
     counters, key, primary = one_request_flushed(cluster)
 
-    asleep = threading.Thread(target=lambda: cluster.node(cluster.replica_of(primary)).execute_command("DEBUG", "SLEEP", "0.8"))
+    replica = cluster.replica_of(primary)
+    # asleep long enough for the flush below to wait its 100 ms on the replica however slow the machine
+    asleep = threading.Thread(target=lambda: cluster.node(replica).execute_command("DEBUG", "SLEEP", "1.5"))
     asleep.start()
-    time.sleep(0.1)
+    cluster.until_busy(replica)
     for _ in range(9):
         counters.record_request("model", [])
     assert not counters.flush()  # applied by the primary, not acknowledged in time
@@ -175,6 +178,37 @@ def test_a_primary_killed_right_after_a_flush_loses_none_of_it(cluster):
         counters.record_request("model", [])
     flush_until_written(counters)
     assert requests_in(cluster.client(), key) == 10
+
+
+def test_a_replica_that_joins_after_a_failover_is_waited_for_within_the_recheck(cluster, monkeypatch):
+    # the product's period is 5 s; the same code with 1 s keeps the test short
+    monkeypatch.setattr(store_client, "REPLICA_RECHECK_SECONDS", 1.0)
+    counters, key, primary = one_request_flushed(cluster)
+    cluster.kill(primary)
+    promoted = cluster.wait_failover(primary)
+    counters.record_request("model", [])
+    flush_until_written(counters)  # the promoted primary has no replica yet: nothing to wait for
+    cluster.repair()  # the killed node is back, a replica of the promoted one, listed once synced
+    rejoined = cluster.replica_of(promoted)
+
+    # within the recheck period (twice it, and a flush interval), a write the rejoined replica has
+    # not acknowledged is kept, and counted once when it has
+    deadline = time.monotonic() + 2 * store_client.REPLICA_RECHECK_SECONDS + 1
+    recorded = 2
+    while True:
+        asleep = threading.Thread(target=lambda: cluster.node(rejoined).execute_command("DEBUG", "SLEEP", "0.6"))
+        asleep.start()
+        cluster.until_busy(rejoined)
+        counters.record_request("model", [])
+        recorded += 1
+        refused = not counters.flush()
+        asleep.join()
+        if refused:
+            break
+        assert time.monotonic() < deadline, "a write to the shard of the rejoined replica is still not waited for"
+    assert "NotReplicatedError" in counters.status().last_error
+    flush_until_written(counters)
+    assert counters.status().pending == 0 and requests_in(cluster.client(), key) == recorded
 
 
 def test_a_worker_starts_and_counts_while_no_cluster_node_answers():
