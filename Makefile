@@ -49,11 +49,12 @@ chromium:
 		echo "installing chromium"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 
-# Two pytest workers, a test file each at a time (its module fixtures built once); every worker has
-# its own redis-server and cluster. The 15 slowest tests close the output: a test that got slow
-# shows there before the suite does.
+# Two pytest workers, a test file each at a time (its module fixtures built once) and the Redis
+# Cluster's tests on one of them (tests/conftest.py groups them); each worker has its own
+# redis-server. The 15 slowest tests close the output: a test that got slow shows there before
+# the suite does.
 test: install chromium
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15
 
 clean:
 	rm -rf $(VENV) data bundles var

@@ -31,6 +31,7 @@ hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" i
 
 KINDS = ("unit", "integration", "system")
 REDIS_FIXTURES = {"redis_server", "redis_client"}
+CLUSTER_GROUP = "redis-cluster"
 
 
 def pytest_collection_modifyitems(items) -> None:
@@ -40,6 +41,11 @@ def pytest_collection_modifyitems(items) -> None:
             raise pytest.UsageError(f"{item.nodeid}: marked {' and '.join(marked)}; one kind per test")
         if not marked:
             item.add_marker("integration" if REDIS_FIXTURES & set(item.fixturenames) else "unit")
+        # For pytest-xdist's --dist loadgroup (make test): a test file runs on one worker, so its
+        # module fixtures are built once, and every test of the Redis Cluster on the same worker,
+        # so the suite starts one six-node cluster rather than one per worker.
+        item.add_marker(pytest.mark.xdist_group(
+            CLUSTER_GROUP if "redis_cluster" in item.fixturenames else item.nodeid.split("::")[0]))
 
 
 _current: list = [None]
