@@ -113,6 +113,9 @@ class FeedbackLedger:
         self._script = LuaScript(_SEEN)
         self._queue: deque[Event] = deque()
         self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        """One flush at a time (the flusher thread's, a final one at close): a flush that returns has
+        every event taken before it counted or back in the queue, as the counters' flush does."""
         self._max_pending = max_pending
         self.dropped = 0
         self.last_error: str | None = None
@@ -153,7 +156,12 @@ class FeedbackLedger:
 
     def flush(self) -> bool:
         """De-duplicate the queued events in Redis and count the new ones; True when the queue is empty.
-        Runs on the counters' flusher thread, after each counter flush."""
+        Runs on the counters' flusher thread, after each counter flush; a call while another flush is
+        under way waits for it."""
+        with self._flush_lock:
+            return self._flush()
+
+    def _flush(self) -> bool:
         with self._lock:
             batch = list(self._queue)
             self._queue.clear()

@@ -131,6 +131,25 @@ def test_events_being_sent_still_count_as_pending(redis_server, redis_client):
         relay.close()
 
 
+def test_a_flush_called_while_another_is_sending_returns_once_that_one_counted(redis_server, redis_client):
+    relay = RedisRelay(redis_server.port)
+    relay.delay = 0.1
+    try:
+        counters, ledger = ledger_on(make_redis_client(relay.url, timeout=5.0), Clock())
+        ledger.accept([Event(ticket("a"), "ka", "item_3", 3, "click")])
+        flusher = threading.Thread(target=ledger.flush)  # the flusher thread's own flush
+        flusher.start()
+        while not ledger._sending:  # until it has taken the event from the queue
+            pass
+        # a final flush at close, or a test's: the event is in the counters when it returns
+        assert ledger.flush()
+        assert counters.flush()
+        flusher.join()
+        assert report(redis_client)[("v1", "model", "JP")]["feedback"] == 1
+    finally:
+        relay.close()
+
+
 @pytest.mark.integration  # starts a redis-server of its own
 def test_feedback_waits_while_redis_is_down_and_counts_once_back(tmp_path):
     server = RedisServer(tmp_path, port=free_port()).start()
