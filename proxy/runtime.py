@@ -235,10 +235,16 @@ class Runtime:
         return thread
 
     def close(self) -> None:
-        """Stop the model pool and flush pending counts (graceful shutdown)."""
+        """Stop the model pool and flush pending counts and feedback (graceful shutdown)."""
         if self.loaded is not None:
             self.loaded.service.close()
             if self.loaded.upstream is not None:
                 self.loaded.upstream.close()
         if self.counters is not None:
             self.counters.close()
+            desk = self.loaded.desk if self.loaded is not None else None
+            if desk is not None:
+                # feedback accepted since the flusher's last pass (or in its pass cut short by the
+                # close): de-duplicated now, then written with the counts it adds
+                if not desk.ledger.flush() or not self.counters.flush():
+                    log.warning("feedback not counted at shutdown", extra={"pending": desk.ledger.pending})

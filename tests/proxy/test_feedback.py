@@ -22,8 +22,8 @@ def next_items(tiny_data) -> list[str]:
 
 
 def feedback_app(tiny_bundle, redis_url, bundle, **overrides):
-    settings = Settings.from_env({}, bundle=tiny_bundle, redis_url=redis_url, flush_interval=0.05,
-                                 feedback_secret=SECRET, **{"holdback": 0.0, **overrides})
+    settings = Settings.from_env({}, bundle=tiny_bundle, redis_url=redis_url, feedback_secret=SECRET,
+                                 **{"holdback": 0.0, "flush_interval": 0.05, **overrides})
     return create_app(settings, bundle)
 
 
@@ -178,6 +178,22 @@ def test_the_holdback_is_a_stable_share_of_users_answered_by_the_fallback(tiny_b
         assert client.post("/predict", json=holdback).headers["X-Recguard-Source"] == "holdback"
     finally:
         application.extensions["recguard"].close()
+
+
+def test_feedback_accepted_right_before_a_shutdown_is_counted(tiny_bundle, redis_server, redis_client, loaded_bundle,
+                                                             tiny_holdout):
+    # a flush interval far longer than the test: only the shutdown's own flush can count it
+    application = feedback_app(tiny_bundle, redis_server.url, loaded_bundle, flush_interval=60.0)
+    client = application.test_client()
+    answer = client.post("/predict", json=tiny_holdout[0]).get_json()
+    assert client.post("/feedback", json={"ticket": answer["ticket"], "item": answer["items"][0]}).status_code == 202
+    application.extensions["recguard"].close()
+    reader = feedback_app(tiny_bundle, redis_server.url, loaded_bundle)
+    try:
+        group = quality(reader.test_client())[("model",)]
+        assert (group["impressions"], group["feedback"], group["answers_hit"]) == (1, 1, 1)
+    finally:
+        reader.extensions["recguard"].close()
 
 
 @pytest.mark.integration  # starts a redis-server of its own
