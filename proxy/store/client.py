@@ -353,8 +353,11 @@ def _on_cluster(cluster: RedisCluster, commands: Sequence[Command], wait_ms: int
         if not retry:
             break
         todo = retry
-    if refresh or (lonely and _recheck_due(cluster)):
+    if refresh:
         _refresh(cluster)
+    elif lonely and _recheck_due(cluster):
+        # nothing failed: keep the connections (redis-py's re-read drops a startup node's idle ones)
+        _refresh(cluster, disconnect=False)
     return replies
 
 
@@ -376,9 +379,10 @@ def _replicas_of(cluster: RedisCluster, node: ClusterNode) -> int:
     return 0
 
 
-def _refresh(cluster: RedisCluster) -> None:
-    """Read the cluster's topology again (a node died, a replica was promoted, a slot moved)."""
+def _refresh(cluster: RedisCluster, disconnect: bool = True) -> None:
+    """Read the cluster's topology again (a node died, a replica was promoted, a slot moved, a
+    replica may have joined)."""
     try:
-        cluster.nodes_manager.initialize()
+        cluster.nodes_manager.initialize(disconnect_startup_nodes_pools=disconnect)
     except (RedisClusterException, RedisError) as exc:
         log.info("redis cluster topology not refreshed", extra={"error": type(exc).__name__})
