@@ -333,6 +333,7 @@ class AlarmMonitor:
         return array, {segment: frozenset(found) for segment, found in marked.items()}
 
     def _publish(self, alarms: list[Alarm]) -> None:
-        self._active = alarms
+        # the listeners first (the watch quarantines from them): what `active` shows is in force
         for listener in self._listeners:
             listener(alarms)
+        self._active = alarms
