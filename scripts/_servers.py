@@ -58,10 +58,13 @@ class RedisServer:
             if self.process.poll() is not None:
                 break
             try:
-                if client.ping():
+                # ours, not a server another test process started on the same port in the moment
+                # between free_port() and our bind (ours then exits)
+                if client.info("server")["process_id"] == self.process.pid:
                     return self
             except redis.RedisError:
-                time.sleep(0.02)
+                pass
+            time.sleep(0.02)
         raise RuntimeError(f"redis-server did not start on port {self.port} (see {self.directory / 'redis.log'})")
 
     def stop(self) -> None:

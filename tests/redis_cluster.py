@@ -70,10 +70,12 @@ class LocalCluster:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                if node.ping():
+                # ours, not another test process's server that took the port first (ours then exits)
+                if node.info("server")["process_id"] == self.processes[port].pid:
                     return
             except redis.RedisError:
-                time.sleep(0.02)
+                pass
+            time.sleep(0.02)
         raise RuntimeError(f"redis-server did not start on port {port}")
 
     def node(self, port: int) -> redis.Redis:
@@ -81,19 +83,23 @@ class LocalCluster:
         return redis.Redis(port=port, decode_responses=True, socket_timeout=5)
 
     def until_busy(self, port: int, timeout: float = 5.0) -> None:
-        """Until the node on `port` no longer answers a PING within 50 ms (a DEBUG SLEEP sent from
-        another thread has begun): a thread's command may reach the node long after the thread
-        was started on a loaded machine."""
+        """Until the node on `port` leaves two PINGs in a row unanswered for 0.2 s each (a DEBUG
+        SLEEP sent from another thread has begun): a thread's command may reach the node long after
+        the thread was started on a loaded machine, and one slow answer alone is no proof."""
         # no retry: redis-py retries a timed-out command by default, and the retry waits out the sleep
-        probe = redis.Redis(port=port, socket_timeout=0.05, retry=Retry(NoBackoff(), 0))
+        probe = redis.Redis(port=port, socket_timeout=0.2, retry=Retry(NoBackoff(), 0))
         deadline = time.monotonic() + timeout
+        unanswered = 0
         try:
             while time.monotonic() < deadline:
                 try:
                     probe.ping()
+                    unanswered = 0
+                    time.sleep(0.01)
                 except (redis.TimeoutError, redis.ConnectionError):  # a new connection's handshake times out too
-                    return
-                time.sleep(0.01)
+                    unanswered += 1
+                    if unanswered == 2:
+                        return
         finally:
             probe.close()
         raise RuntimeError(f"node {port} still answers after {timeout} s")
@@ -201,10 +207,13 @@ class LocalCluster:
         while time.monotonic() < deadline:
             try:
                 problem = self._health_problem(primaries)
-                if problem is not None and time.monotonic() - started > ORPHAN_GRACE_S:
-                    self._attach_orphans()
             except redis.RedisError as exc:
                 problem = repr(exc)
+            if problem is not None and time.monotonic() - started > ORPHAN_GRACE_S:
+                try:
+                    self._attach_orphans()
+                except redis.RedisError:  # the topology moved under us: the next round looks again
+                    pass
             if problem is None:
                 return
             time.sleep(0.1)

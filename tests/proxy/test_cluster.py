@@ -144,8 +144,9 @@ def test_a_write_its_replica_has_not_acknowledged_is_sent_again_and_counted_once
     counters, key, primary = one_request_flushed(cluster)
 
     replica = cluster.replica_of(primary)
-    # asleep long enough for the flush below to wait its 100 ms on the replica however slow the machine
-    asleep = threading.Thread(target=lambda: cluster.node(replica).execute_command("DEBUG", "SLEEP", "1.5"))
+    # asleep (for less than the node timeout, 1.5 s: no failover) past the probe's 0.4 s and the
+    # flush's 100 ms wait for it, however slow the machine
+    asleep = threading.Thread(target=lambda: cluster.node(replica).execute_command("DEBUG", "SLEEP", "1.0"))
     asleep.start()
     cluster.until_busy(replica)
     for _ in range(9):
@@ -196,7 +197,7 @@ def test_a_replica_that_joins_after_a_failover_is_waited_for_within_the_recheck(
     deadline = time.monotonic() + 2 * store_client.REPLICA_RECHECK_SECONDS + 1
     recorded = 2
     while True:
-        asleep = threading.Thread(target=lambda: cluster.node(rejoined).execute_command("DEBUG", "SLEEP", "0.6"))
+        asleep = threading.Thread(target=lambda: cluster.node(rejoined).execute_command("DEBUG", "SLEEP", "1.0"))
         asleep.start()
         cluster.until_busy(rejoined)
         counters.record_request("model", [])

@@ -1,6 +1,7 @@
 """Feedback against tickets, counted in a real Redis: once per (ticket, item, event), nothing lost while Redis is away."""
 
 import threading
+import time
 from datetime import datetime, timezone
 
 import pytest
@@ -139,8 +140,10 @@ def test_a_flush_called_while_another_is_sending_returns_once_that_one_counted(r
         ledger.accept([Event(ticket("a"), "ka", "item_3", 3, "click")])
         flusher = threading.Thread(target=ledger.flush)  # the flusher thread's own flush
         flusher.start()
-        while not ledger._sending:  # until it has taken the event from the queue
-            pass
+        # until it has taken the event from the queue (`pending` counts it either way)
+        deadline = time.monotonic() + 5
+        while not ledger._sending:
+            assert time.monotonic() < deadline, "the flush never took the event"
         # a final flush at close, or a test's: the event is in the counters when it returns
         assert ledger.flush()
         assert counters.flush()
