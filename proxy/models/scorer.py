@@ -163,8 +163,9 @@ class Scorer:
 
     def _approximate(self, query: np.ndarray, seen: list[int], k: int) -> tuple[np.ndarray, list[float]]:
         """The k best candidates of the index, history excluded, with their negated exact scores."""
-        # Over-fetch by the history so that k remain once it is taken out; the candidates are
-        # scored exactly, so an answer's scores and order are the exact ones of the items found.
+        # Over-fetch by the history so that k remain once it is taken out (the index returns a
+        # multiple of what it is asked for, its `rerank`); the candidates are scored exactly, so
+        # an answer's scores and order are the exact ones of the items found.
         found = self.ann.candidates(query, k + len(seen))
         if seen:
             found = found[~(found[:, None] == np.asarray(seen)[None, :]).any(axis=1)]
