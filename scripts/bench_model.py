@@ -3,7 +3,7 @@ scorer's latency beside a bare matrix-vector product and top-k over a size sweep
 exact and approximate (recall@10 against exact), and the size and load time of a bundle with an index.
 
     .venv/bin/python scripts/bench_model.py [--work DIR] [--bundle B --data D]
-        [--sizes 5000,50000,500000,1000000] [--rounds 3000]
+        [--sizes 5000,50000,500000,1000000] [--rounds 3000] [--large-rounds 600] [--plain-ivf-from N]
 
 Without --bundle/--data it generates and trains the default data set in --work (a few minutes);
 with them it only measures scoring and memory on an existing bundle. Catalogues larger than the
@@ -13,7 +13,10 @@ so held-out histories still name real items. At each size three ways are timed o
 requests: `bare` (`E @ u + b`, `argpartition` top-10: the hardware's own cost, u the request's user
 vector) and `exact` (the serving Scorer) interleaved request by request, the order alternating; then
 `approximate` (the Scorer with an item index, model/item_index.py, built at that size) in a pass of
-its own, as a server with an index would run it. Prints one JSON object;
+its own, as a server with an index would run it; with --plain-ivf-from N, from N items on also
+`plain_ivf`, the Scorer with the inverted file of exact vectors that bundles had before the
+quantised cells (kind ivf-flat-l2-reduced, same cells and nprobe), its passes alternating with
+the approximate ones (two each, half the rounds in each). Prints one JSON object;
 docs/benchmarks.md records the figures.
 """
 
@@ -36,7 +39,7 @@ import numpy as np  # noqa: E402
 
 from model.bundle import Bundle, load_bundle, write_bundle  # noqa: E402
 from model.evaluate import read_holdout  # noqa: E402
-from model.item_index import ItemIndex, build_index, index_settings, recall_at, scoring_vectors  # noqa: E402
+from model.item_index import IVF_FLAT_KIND, ItemIndex, build_index, index_settings, recall_at, scoring_vectors  # noqa: E402
 from proxy.models.scorer import Scorer  # noqa: E402
 
 K = 10
@@ -106,15 +109,26 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
     return {"p50_ms": round(float(p50), 4), "p99_ms": round(float(p99), 4)}
 
 
-def sweep_size(scoring: dict, arrays: dict[str, np.ndarray], requests: list[dict], rounds: int) -> dict[str, object]:
-    """Bare, exact and approximate scoring at one catalogue size, interleaved; recall@10 of approximate."""
-    n_items = len(arrays["item_ids"])
-    exact = Scorer(scoring, arrays)
+def _indexed(scoring: dict, arrays: dict[str, np.ndarray], settings: dict) -> tuple[Scorer, dict[str, float]]:
     started = time.perf_counter()
-    settings = index_settings(n_items)
     index_bytes = build_index(scoring_vectors(arrays["item_embeddings"], arrays["item_bias"]), settings)
     build_s = time.perf_counter() - started
-    approximate = Scorer(scoring, arrays, ItemIndex.from_bytes(index_bytes, settings))
+    return (Scorer(scoring, arrays, ItemIndex.from_bytes(index_bytes, settings)),
+            {**settings, "build_s": round(build_s, 1), "mib": round(len(index_bytes) / 2**20, 1)})
+
+
+def sweep_size(scoring: dict, arrays: dict[str, np.ndarray], requests: list[dict], rounds: int,
+               plain_ivf: bool = False) -> dict[str, object]:
+    """Bare, exact and approximate scoring at one catalogue size, interleaved; recall@10 of approximate
+    (and of the plain inverted file, with `plain_ivf`)."""
+    n_items = len(arrays["item_ids"])
+    exact = Scorer(scoring, arrays)
+    settings = index_settings(n_items)
+    approximate, index_figures = _indexed(scoring, arrays, settings)
+    indexes = {"approximate": approximate}
+    if plain_ivf:
+        plain_settings = {key: settings[key] for key in ("file", "nlist", "nprobe")} | {"kind": IVF_FLAT_KIND}
+        indexes["plain_ivf"], plain_figures = _indexed(scoring, arrays, plain_settings)
     embeddings, bias = arrays["item_embeddings"], arrays["item_bias"]
     users = [exact.user_vector(r, exact.history_indices(r["history"]))[:-1].copy() for r in requests]
 
@@ -122,17 +136,17 @@ def sweep_size(scoring: dict, arrays: dict[str, np.ndarray], requests: list[dict
         scores = embeddings @ users[i] + bias
         np.argpartition(-scores, K - 1)[:K]
 
-    ways = {"bare": bare,
-            "exact": lambda i: exact.recommend(requests[i], requests[i]["history"], K),
-            "approximate": lambda i: approximate.recommend(requests[i], requests[i]["history"], K)}
+    ways = {"bare": bare, "exact": lambda i: exact.recommend(requests[i], requests[i]["history"], K)}
+    ways |= {name: (lambda i, scorer=scorer: scorer.recommend(requests[i], requests[i]["history"], K))
+             for name, scorer in indexes.items()}
     samples: dict[str, list[float]] = {name: [] for name in ways}
-    answers: dict[str, list[list[str]]] = {"exact": [], "approximate": []}
+    answers: dict[str, list[list[str]]] = {name: [] for name in ways if name != "bare"}
 
-    def run(names: list[str]) -> None:
+    def run(names: list[str], rounds: int, first: int = 0) -> None:
         for i in range(min(50, len(requests))):
             for name in names:
                 ways[name](i)
-        for r in range(rounds):
+        for r in range(first, first + rounds):
             i = r % len(requests)
             for name in names[r % len(names):] + names[:r % len(names)]:
                 started = time.perf_counter()
@@ -141,22 +155,35 @@ def sweep_size(scoring: dict, arrays: dict[str, np.ndarray], requests: list[dict
                 if answer is not None and r < len(requests):
                     answers[name].append(answer.items)
 
-    # Bare and exact interleaved: the same work, the same caches. The approximate scorer in a pass
+    # Bare and exact interleaved: the same work, the same caches. An indexed scorer in passes
     # of its own, as a server with an index runs: between two of its requests no full scan of the
-    # catalogue has evicted the index's centroids and the hot cells from the cache.
-    run(["bare", "exact"])
-    run(["approximate"])
+    # catalogue has evicted the index's centroids and the hot cells from the cache. Two indexes
+    # alternate passes, so that a change of load on the machine meets both.
+    run(["bare", "exact"], rounds)
+    if len(indexes) == 1:
+        run(["approximate"], rounds)
+    else:
+        half = rounds // 2
+        for first, count in ((0, half), (half, rounds - half)):
+            for name in indexes:
+                run([name], count, first)
     figures = {name: _percentiles(values) for name, values in samples.items()}
     bare_p50 = figures["bare"]["p50_ms"]
-    return {
+    report = {
         "items": n_items,
         **figures,
         "exact_over_bare_p50": round(figures["exact"]["p50_ms"] / bare_p50, 3),
         "exact_over_bare_mean": round(float(np.mean(samples["exact"]) / np.mean(samples["bare"])), 3),
         "recall@10": round(recall_at(K, answers["approximate"], answers["exact"]), 4),
         "recall_users": len(answers["exact"]),
-        "index": {**settings, "build_s": round(build_s, 1), "mib": round(len(index_bytes) / 2**20, 1)},
+        "index": index_figures,
     }
+    if plain_ivf:
+        report |= {"plain_ivf_recall@10": round(recall_at(K, answers["plain_ivf"], answers["exact"]), 4),
+                   "approximate_over_plain_ivf_p50": round(figures["approximate"]["p50_ms"] / figures["plain_ivf"]["p50_ms"], 3),
+                   "approximate_over_plain_ivf_mean": round(float(np.mean(samples["approximate"]) / np.mean(samples["plain_ivf"])), 3),
+                   "plain_ivf_index": plain_figures}
+    return report
 
 
 def bundle_with_index(loaded: Bundle, arrays: dict[str, np.ndarray], out: Path) -> dict[str, float]:
@@ -190,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="5000,50000,500000,1000000", help="catalogue sizes of the sweep")
     parser.add_argument("--rounds", type=int, default=3000, help="requests timed per size (each way)")
     parser.add_argument("--large-rounds", type=int, default=600, help="requests timed per size from 500,000 items on")
+    parser.add_argument("--plain-ivf-from", type=int, default=0,
+                        help="from this many items on, also time the plain inverted file of earlier bundles (0: never)")
     parser.add_argument("--bundle-size", type=int, default=1_000_000,
                         help="write and load a bundle with an index of this many items (0: skip)")
     args = parser.parse_args(argv)
@@ -206,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     sweep = []
     for n_items in (int(size) for size in args.sizes.split(",")):
         rounds = args.rounds if n_items < 500_000 else args.large_rounds
-        figures = sweep_size(loaded.scoring, enlarged(loaded.arrays, n_items), requests, rounds)
+        figures = sweep_size(loaded.scoring, enlarged(loaded.arrays, n_items), requests, rounds,
+                             plain_ivf=bool(args.plain_ivf_from) and n_items >= args.plain_ivf_from)
         figures["load_average"] = os.getloadavg()[0]
         print(json.dumps(figures), file=sys.stderr, flush=True)
         sweep.append(figures)
