@@ -156,7 +156,8 @@ class ItemIndex:
         # does in one product what faiss's quantizer search would, and gives q . c besides.
         dots = self.centres @ query
         cells = np.argpartition(dots - self.half_norms, -self.nprobe)[-self.nprobe:].astype(np.int64)
-        coarse = np.ascontiguousarray(dots[cells])
+        # float32 for faiss's float pointers: a float64 query would make float64 dots
+        coarse = np.ascontiguousarray(dots[cells], dtype=np.float32)
         wanted = n * self.rerank
         distances = np.empty((1, wanted), dtype=np.float32)
         found = np.empty((1, wanted), dtype=np.int64)
