@@ -88,19 +88,17 @@ def build_index(vectors: np.ndarray, settings: dict[str, Any], seed: int = 0) ->
     quantizer = faiss.IndexFlatL2(dim)
     if settings["kind"] == IVF_FLAT_KIND:
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_L2)
-        index.cp.seed = seed
     elif settings["kind"] == KIND:
-        # The cells are k-means cells of the reduced vectors, trained here: IndexIVF.train would
-        # train them by the index's metric, inner product.
-        clustering = faiss.Clustering(dim, nlist)
-        clustering.seed = seed
-        clustering.train(sample, quantizer)
         # 4 bits for each coordinate, blocks of 32 codes (faiss's SIMD layout); the residual from
         # the cell's centre is coded, with the centre found by the L2 quantizer at add
         index = faiss.IndexIVFPQFastScan(quantizer, dim, nlist, dim, 4, faiss.METRIC_INNER_PRODUCT, 32)
         index.by_residual = True
+        # faiss makes an inner-product index's k-means spherical (unit centres); these cells are
+        # the plain file's, k-means by distance over the reduced vectors
+        index.cp.spherical = False
     else:
         raise ValueError(f"unknown item index kind {settings['kind']!r}")
+    index.cp.seed = seed
     index.train(sample)
     index.add(reduced)
     return faiss.serialize_index(index).tobytes()
