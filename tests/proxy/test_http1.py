@@ -24,6 +24,8 @@ class ScriptedPeer:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.connections = 0
+        self.closed = 0
+        """Connections this side has closed."""
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -36,29 +38,35 @@ class ScriptedPeer:
             threading.Thread(target=self._serve, args=(conn, self.connections), daemon=True).start()
 
     def _serve(self, conn: socket.socket, number: int) -> None:
+        try:
+            self._answer(conn, number)
+        finally:
+            conn.close()
+            self.closed += 1
+
+    def _answer(self, conn: socket.socket, number: int) -> None:
         served, data = 0, b""
-        with conn:
-            while self.answers:
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    data += chunk
-                head, _, rest = data.partition(b"\r\n\r\n")
-                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                                  if line.lower().startswith(b"content-length")))
-                while len(rest) < length:
-                    rest += conn.recv(65536)
-                self.requests.append((number, head + b"\r\n\r\n" + rest[:length]))
-                data = rest[length:]
-                time.sleep(self.delay)
-                answer = self.answers.pop(0)
-                if not answer:
-                    return  # closes the connection without an answer
-                conn.sendall(answer)
-                served += 1
-                if self.close_after is not None and served >= self.close_after:
+        while self.answers:
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
                     return
+                data += chunk
+            head, _, rest = data.partition(b"\r\n\r\n")
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length")))
+            while len(rest) < length:
+                rest += conn.recv(65536)
+            self.requests.append((number, head + b"\r\n\r\n" + rest[:length]))
+            data = rest[length:]
+            time.sleep(self.delay)
+            answer = self.answers.pop(0)
+            if not answer:
+                return  # closes the connection without an answer
+            conn.sendall(answer)
+            served += 1
+            if self.close_after is not None and served >= self.close_after:
+                return
 
     def close(self) -> None:
         self.listener.close()
@@ -153,6 +161,10 @@ def test_idle_connections_the_peer_closed_are_dropped_before_use():
         thread.start()
     for thread in threads:
         thread.join()
-    time.sleep(0.05)  # three idle connections in the pool, each closed by the peer after its answer
+    # three idle connections in the pool, each closed by the peer after its answer
+    deadline = time.monotonic() + 5
+    while peer.closed < 3:
+        assert time.monotonic() < deadline, f"the peer closed {peer.closed} of 3 connections"
+        time.sleep(0.01)
     assert post(pool).body == b"{}"  # none of them is tried: a new connection answers at once
     assert peer.connections == 4 and len(peer.requests) == 4
