@@ -173,9 +173,8 @@ def nested_windows(slots: np.ndarray, distinct: Sequence[int] | None = None) -> 
     totals = np.cumsum(slots, axis=0)
     lengths = sorted({1 << power for power in range(len(slots).bit_length())} | {len(slots)})
     rows = totals[np.array(lengths) - 1].tolist()
-    if distinct is None:
-        return [Window(row[0], row[1], row[2], repeats=row[3] if len(row) > 3 else 0.0) for row in rows]
-    return [Window(row[0], row[1], row[2], distinct[length - 1], row[3] if len(row) > 3 else 0.0)
+    return [Window(row[0], row[1], row[2], math.inf if distinct is None else distinct[length - 1],
+                   row[3] if len(row) > 3 else 0.0)
             for row, length in zip(rows, lengths)]
 
 
@@ -281,7 +280,6 @@ def judge(windows: Sequence[Window], cell: Cell, thresholds: Thresholds, active:
     strongest: Window | None = None
     strongest_z_squared = 0.0
     no_spread = (MIN_SPREAD * cell.std) ** 2
-    min_count, min_users = thresholds.min_count, thresholds.min_users
     for window in windows:
         count = window.count
         if count < thresholds.min_count or window.users < thresholds.min_users:
@@ -294,7 +292,7 @@ def judge(windows: Sequence[Window], cell: Cell, thresholds: Thresholds, active:
             recent, recent_difference = window, difference
         if difference * recent_difference > 0:
             window_z_squared = _large_z_squared(count, window.total, window.total_sq, cell.mean, large,
-                                               training_variance, max(min_count, min_users + window.repeats))
+                                               training_variance, thresholds.min_scaled(window.repeats))
             if window_z_squared >= z_squared and (strongest is None or window_z_squared > strongest_z_squared):
                 strongest, strongest_z_squared = window, window_z_squared
     if recent is None:
