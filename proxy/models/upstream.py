@@ -23,6 +23,7 @@ import urllib3
 from urllib3.exceptions import NewConnectionError, ProtocolError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
+from proxy import json_codec
 from proxy.guard.anomaly import MODEL_TIMEOUT, UPSTREAM_ERROR, UPSTREAM_UNAVAILABLE
 from proxy.models.breaker import CircuitBreaker
 from proxy.models.http1 import Answer, ConnectionClosed, Http1Pool, MalformedAnswer
@@ -196,7 +197,7 @@ class UpstreamClient:
         if status >= 500 or not 200 <= status < 300:
             raise UpstreamError(f"upstream answered {status}")
         try:
-            payload = json.loads(response.body)
+            payload = json_codec.loads(response.body, json.loads)
         except (ValueError, UnicodeDecodeError):
             raise UpstreamError("upstream answer is not JSON") from None
         try:
