@@ -111,14 +111,19 @@ class LocalCluster:
         """A cluster client for the test's own reads and writes."""
         return RedisCluster(host="127.0.0.1", port=self.alive()[0], decode_responses=True)
 
-    def topology(self) -> dict[int, list[int]]:
-        """Primary port -> its replicas' ports, as a live node sees it (failed nodes left out)."""
+    def _nodes(self) -> list[tuple[str, int, set[str], str, bool, list[str]]]:
+        """CLUSTER NODES as a live node sees it: (id, port, flags, primary id, up, slots) per node."""
         text = self.node(self.alive()[0]).execute_command("CLUSTER", "NODES")
         rows = []
         for line in text.splitlines():
             node_id, address, flags, primary_id, _, _, _, link, *slots = line.split()
             rows.append((node_id, int(address.split("@")[0].rsplit(":", 1)[1]), set(flags.split(",")),
                          primary_id, link == "connected" and "fail" not in flags and "fail?" not in flags, slots))
+        return rows
+
+    def topology(self, rows: list | None = None) -> dict[int, list[int]]:
+        """Primary port -> its replicas' ports, as a live node sees it (failed nodes left out)."""
+        rows = self._nodes() if rows is None else rows
         ports = {node_id: port for node_id, port, *_ in rows}
         primaries = {port: [] for _, port, flags, _, up, slots in rows if "master" in flags and up and slots}
         for _, port, flags, primary_id, up, _ in rows:
@@ -227,15 +232,13 @@ class LocalCluster:
         """`redis-cli --cluster create` ignores a failed CLUSTER REPLICATE (a replica that did not yet
         know its primary from the gossip): the node stays an empty primary for good. Attach each such
         node to a primary that has no replica, as redis-cli meant to."""
-        text = self.node(self.alive()[0]).execute_command("CLUSTER", "NODES")
-        rows = [line.split() for line in text.splitlines()]
-        ports = {row[0]: int(row[1].split("@")[0].rsplit(":", 1)[1]) for row in rows}
+        rows = self._nodes()
         alive = set(self.alive())
-        empty = [ports[row[0]] for row in rows
-                 if "master" in row[2] and "fail" not in row[2] and len(row) == 8 and ports[row[0]] in alive]
-        lonely = [primary for primary, replicas in self.topology().items() if not replicas]
+        empty = [port for _, port, flags, _, up, slots in rows if "master" in flags and up and not slots and port in alive]
+        by_port = {port: node_id for node_id, port, *_ in rows}
+        lonely = [primary for primary, replicas in self.topology(rows).items() if not replicas]
         for orphan, primary in zip(empty, lonely):
-            self.node(orphan).execute_command("CLUSTER", "REPLICATE", self.node_id(primary))
+            self.node(orphan).execute_command("CLUSTER", "REPLICATE", by_port[primary])
 
     def _health_problem(self, primaries: int) -> str | None:
         for port in self.alive():
