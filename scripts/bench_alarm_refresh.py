@@ -26,9 +26,8 @@ import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
 
-from _servers import start_redis  # noqa: E402  (same directory)
+from tests.harness.servers import start_redis  # noqa: E402  (the harness the tests use too)
 
 
 def main(argv: list[str] | None = None) -> int:

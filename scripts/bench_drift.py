@@ -49,7 +49,8 @@ from proxy.runtime import build_guard
 from proxy.settings import Settings
 from proxy.store.counters import Counters, Series, make_redis_client
 
-from _servers import start_redis  # (same directory)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root
+from tests.harness.servers import start_redis  # noqa: E402  (the harness the tests use too)
 
 POUNDS_PER_KG = CORRUPTIONS["lbs"]
 SETTINGS = Settings()

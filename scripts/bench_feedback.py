@@ -40,7 +40,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from _servers import free_port, start_redis  # noqa: E402  (same directory)
+sys.path.insert(0, str(ROOT))
+from tests.harness.servers import free_port, start_redis  # noqa: E402  (the harness the tests use too)
 from bench_proxy import WRK_SCRIPT, Server, load_average, run_wrk, write_mixes  # noqa: E402
 
 SECRET = "bench-secret"

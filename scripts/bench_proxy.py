@@ -44,9 +44,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from _servers import free_port, start_redis  # (same directory)
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.harness.servers import free_port, start_redis  # noqa: E402  (the harness the tests use too)
+
 VARIANTS = ("bare", "no-guard", "clean", "anomalous")
 
 WRK_DONE = r"""

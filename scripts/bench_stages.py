@@ -46,7 +46,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _servers import start_redis  # noqa: E402  (same directory)
+from tests.harness.servers import start_redis  # noqa: E402  (the harness the tests use too)
 from bench_proxy import anomalous, load_average, per_request_us  # noqa: E402
 
 

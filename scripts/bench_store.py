@@ -3,7 +3,7 @@
     .venv/bin/python scripts/bench_store.py [--bundle bundles/default --data data/default]
         [--workers 2,8,32] [--seconds 20] [--connections 16] [--json out.json]
 
-Cost: a throwaway Redis Cluster (3 primaries + 3 replicas, the tests' `tests/redis_cluster.py`), then
+Cost: a throwaway Redis Cluster (3 primaries + 3 replicas, the tests' `tests/harness/cluster.py`), then
 `recguard serve` on it at the default flush interval (0.5 s) and replica wait, with each worker count in
 turn, loaded by wrk (`--connections`, `--seconds`, the held-out requests). Around each load run every
 primary's `INFO commandstats` and `INFO stats` are read, so the figures are the server's own: commands
@@ -41,9 +41,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from _servers import free_port  # noqa: E402  (same directory)
+from tests.harness.servers import free_port  # noqa: E402  (the harness the tests use too)
 from bench_proxy import WRK_SCRIPT, Server, run_wrk, write_mixes  # noqa: E402
-from tests.redis_cluster import LocalCluster  # noqa: E402  (the tests' throwaway cluster)
+from tests.harness.cluster import LocalCluster  # noqa: E402  (the tests' throwaway cluster)
 
 # The commands a Lua script runs inside Redis (counted by commandstats, never sent by the proxy).
 SCRIPT_INNER = {"hget", "hincrby", "hincrbyfloat", "hset", "hdel", "expire"}

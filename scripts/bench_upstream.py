@@ -39,7 +39,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _servers import free_port, start_redis  # noqa: E402  (scripts/ is no package)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root
+from tests.harness.servers import free_port, start_redis  # noqa: E402  (the harness the tests use too)
 from bench_proxy import ROOT, WRK_SCRIPT, Server, load_average, run_wrk, write_mixes  # noqa: E402
 
 SLEEP_SECONDS = 0.002

@@ -26,7 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from _servers import free_port, start_redis  # noqa: E402  (same directory)
+sys.path.insert(0, str(ROOT))
+from tests.harness.servers import free_port, start_redis  # noqa: E402  (the harness the tests use too)
 from bench_proxy import WRK_SCRIPT, Server, write_mixes  # noqa: E402
 
 # (stage, a substring of a py-spy frame "function (file:line)"): a stack counts for the first that matches

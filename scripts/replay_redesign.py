@@ -59,7 +59,8 @@ from model.evaluate import CORRUPTIONS, read_holdout
 from proxy.models.fallback import PopularityFallback
 from proxy.models.scorer import Scorer
 
-from _servers import free_port, start_redis  # (same directory)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root
+from tests.harness.servers import free_port, start_redis  # noqa: E402  (the harness the tests use too)
 
 K = 10
 POUNDS_PER_KG = CORRUPTIONS["lbs"]

@@ -35,7 +35,8 @@ from redis.retry import Retry
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from _servers import RedisServer, free_port  # noqa: E402
+sys.path.insert(0, str(ROOT))
+from tests.harness.servers import RedisServer, free_port  # noqa: E402  (the harness the tests use too)
 from bench_proxy import anomalous  # noqa: E402
 
 PREFIX = "soak"

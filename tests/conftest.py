@@ -12,16 +12,13 @@ says which mark it needs. `pytest -m unit` is the fast loop (no server, no Redis
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import threading
-import time
 from pathlib import Path
 
 import pytest
 from hypothesis import settings as hypothesis_settings
 
-from scripts._servers import RedisServer, free_port  # noqa: F401  (the tests import them from here)
+from tests.harness.servers import RedisServer
 
 # CI replays the same examples every run (a failure there is reproducible by rerunning);
 # elsewhere each run draws new ones. HYPOTHESIS_PROFILE picks either explicitly.
@@ -81,58 +78,6 @@ def _checked_popen_init(self, args, *rest, **kwargs):
 subprocess.Popen.__init__ = _checked_popen_init
 
 
-class RedisRelay:
-    """A TCP relay in front of a Redis server, for faults no real server can be asked for:
-    `delay` holds every chunk, either way, that many seconds (a slow network or an overloaded
-    server, settable while it runs); `drop_replies` set swallows the replies (Redis runs the
-    commands, the client never hears back)."""
-
-    def __init__(self, upstream_port: int):
-        self.upstream_port = upstream_port
-        self.delay = 0.0
-        self.drop_replies = threading.Event()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.05)
-        self.port = self.listener.getsockname()[1]
-        self.closed = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def _accept(self) -> None:
-        while not self.closed.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except socket.timeout:
-                continue
-            client.settimeout(None)
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
-        self.listener.close()
-
-    def _pump(self, source: socket.socket, target: socket.socket, replies: bool) -> None:
-        try:
-            while data := source.recv(65536):
-                if self.delay:
-                    time.sleep(self.delay)
-                if not (replies and self.drop_replies.is_set()):
-                    target.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for end in (source, target):
-                try:
-                    end.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                end.close()
-
-    def close(self) -> None:
-        self.closed.set()
-
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
@@ -173,7 +118,7 @@ def tiny_bundle(tiny_data, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory):
     """One real Redis Cluster (3 primaries + 3 replicas) for the whole session: started once."""
-    from tests.redis_cluster import LocalCluster
+    from tests.harness.cluster import LocalCluster
 
     cluster = LocalCluster(tmp_path_factory.mktemp("cluster")).start()
     yield cluster
@@ -188,3 +133,19 @@ def cluster(redis_cluster):
     yield redis_cluster
     redis_cluster.repair()
     redis_cluster.flushall()
+
+
+@pytest.fixture(scope="session")
+def tiny_holdout(tiny_data) -> list[dict]:
+    """The held-out request bodies of tiny_data."""
+    from tests.harness.proxy import holdout_requests
+
+    return holdout_requests(tiny_data)
+
+
+@pytest.fixture(scope="session")
+def loaded_bundle(tiny_bundle):
+    """tiny_bundle, loaded."""
+    from model.bundle import load_bundle
+
+    return load_bundle(tiny_bundle)

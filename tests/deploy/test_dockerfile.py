@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from proxy.settings import Settings
-from tests.conftest import free_port
+from tests.harness.servers import free_port
 from tests.deploy.conftest import ROOT
 from tests.deploy.dockerfile import DockerfileError, Instruction, parse
-from tests.proxy.conftest import ProxyProcess
+from tests.harness.proxy import ProxyProcess
 
 COMPILERS = re.compile(r"\b(gcc|g\+\+|cc|clang|build-essential|make|cmake|rustc|cargo)\b")
 VENV_BIN = Path(sys.executable).parent

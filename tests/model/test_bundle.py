@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from model.bundle import REQUIRED_FILES, BundleError, load_bundle
-from tests.bundles import flipped_copy
+from tests.harness.bundles import flipped_copy
 
 
 def test_trained_bundle_loads_with_every_contract_array(tiny_bundle):
