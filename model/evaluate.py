@@ -1,7 +1,7 @@
 """Offline evaluation of a bundle on held-out users, with the serving scorer and the serving fallback.
 
 Evaluation reads only the bundle (never torch) and answers each held-out request with the
-very objects the proxy answers with (proxy/models/scorer.py, proxy/models/fallback.py), so
+very objects the proxy answers with (model/scorer.py, model/fallback.py), so
 the figures it prints are those of the exported model as it is served.
 """
 
@@ -19,9 +19,9 @@ import numpy as np
 from model.bundle import load_bundle
 from model.dataset import HOLDOUT_FILE
 from model.errors import RecguardError
-from proxy.models.fallback import PopularityFallback
-from proxy.models.recommender import ModelError
-from proxy.models.scorer import Scorer
+from model.fallback import PopularityFallback
+from model.recommender import ModelError
+from model.scorer import Scorer
 
 K = 10
 # Unit mistakes a form can make: the factor that turns the trained unit into the wrong one.

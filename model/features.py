@@ -1,18 +1,19 @@
 """Encoders built from the declared schema: the user tower's input and the item encoder's.
 
 The specs returned by `fit_inputs` are the `inputs` of scoring.json (docs/bundle.md); `encode`
-implements them for training, and proxy/models/scorer.py for serving and evaluation (a test
+implements them for training, and model/scorer.py for serving and evaluation (a test
 holds the two to the same numbers).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from model.dataset import Table
+if TYPE_CHECKING:  # the serving scorer imports this module: the data loader stays out of it
+    from model.dataset import Table
 
 MAX_VOCAB = 200
 """At most this many values of a categorical column get a slot of their own (the most frequent);

@@ -5,7 +5,7 @@ A segment's counts are shrunk toward the global ones, `(segment count + s x glob
 list's. The strength `s` is chosen on held-out interactions (every user's last item, counted
 out of the lists it is scored against): the one whose lists hit most often at 10, the
 strongest among equals, and "global only" when no segment list beats the global one. The
-serving fallback (proxy/models/fallback.py) is the one ranker that reads the lists.
+serving fallback (model/fallback.py) is the one ranker that reads the lists.
 """
 
 from __future__ import annotations

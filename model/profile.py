@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from model.char_classes import CHAR_CLASSES, char_classes
 from model.dataset import Dataset, Table
-from model.shapes import CHAR_CLASSES, char_classes
 
 SCHEMA_VERSION = 1
 HISTORY_FIELD = "history"

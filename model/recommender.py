@@ -1,103 +1,43 @@
-"""The graph-convolutional recommender: a user tower, an item encoder and LightGCN propagation.
+"""The one interface every model behind recguard has: the bundle's scorer, an upstream endpoint, the fallback.
 
-Why LGConv (LightGCN) rather than GCNConv or SAGEConv: the graph's job here is collaborative
-smoothing, to pull items bought by the same shoppers together, and LightGCN showed that
-the per-layer weight matrices and non-linearities of GCN/GraphSAGE add nothing to that
-task but parameters and overfitting. LGConv has no weights, runs full-batch on a plain
-`edge_index` (no pyg-lib or torch-sparse needed) and its symmetric degree normalisation
-keeps the few very popular items from swamping every neighbourhood.
-
-Why the model stays inductive: user nodes carry no free id embedding. A user node starts
-as the tower's encoding of the signup form, and the user vector that scores items is
-always
-
-    u = tower(form) + mean(history_embeddings[history items])
-
-for training users and for a new request alike, so a shopper never seen in training is
-scored without retraining, and serving needs only the tower's weights and precomputed
-item arrays (docs/bundle.md).
+What the request path needs to know about a model is declared, not probed: whether a call is
+`bounded` (it cannot hang, so it runs on the request thread) and the `catalogue` of item ids it
+may answer with (what the guard checks a history against, and what an answer must stay inside).
 """
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor, nn
-from torch_geometric.nn import LGConv
+from dataclasses import dataclass
+from typing import Any, Mapping, Protocol, Sequence
 
-# Padding value of history index tensors (a row of a batch has fewer history items than the widest).
-NO_ITEM = -1
-
-
-class UserTower(nn.Module):
-    """An MLP from the encoded signup form to a user vector; exported layer by layer as tower_<i>."""
-
-    def __init__(self, in_dim: int, hidden: int, dim: int):
-        super().__init__()
-        self.layers = nn.ModuleList([nn.Linear(in_dim, hidden), nn.Linear(hidden, dim)])
-
-    def forward(self, x: Tensor) -> Tensor:
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = torch.relu(x)
-        return x
+MODEL_ERROR = "model_error"
+"""The anomaly kind of an answer the model could not give (proxy/words.py lists every kind)."""
 
 
-class ItemEncoder(nn.Module):
-    """Initial item node vectors: an id embedding plus an embedding of each declared item feature's
-    code (model/features.py: a category, or a number's quantile band).
+class ModelError(Exception):
+    """The model could not give a trustworthy answer (it raised, or its scores are not finite); `kind` is
+    the anomaly kind the fallback's answer reports."""
 
-    The feature embeddings let rarely bought items borrow from items like them (the shop: same
-    category, size and price band), where their own id embedding has seen too few updates.
-    """
-
-    def __init__(self, features: Tensor, cardinalities: list[int], dim: int):
-        super().__init__()
-        offsets = torch.tensor([0] + cardinalities[:-1]).cumsum(0)
-        self.register_buffer("features", features + offsets)
-        self.ids = nn.Embedding(features.size(0), dim)
-        self.feature_embeddings = nn.Embedding(sum(cardinalities), dim)
-        nn.init.normal_(self.ids.weight, std=0.1)
-        nn.init.normal_(self.feature_embeddings.weight, std=0.1)
-
-    def forward(self) -> Tensor:
-        return self.ids.weight + self.feature_embeddings(self.features).sum(dim=1)
+    kind = MODEL_ERROR
 
 
-class GraphRecommender(nn.Module):
-    """Propagates user and item vectors over the user-item graph and scores items for user vectors."""
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    """Top-k item ids with their scores, best first."""
 
-    def __init__(self, tower: UserTower, items: ItemEncoder, dim: int, num_layers: int):
-        super().__init__()
-        self.tower = tower
-        self.items = items
-        self.convs = nn.ModuleList([LGConv() for _ in range(num_layers)])
-        self.history = nn.Linear(dim, dim, bias=False)
-        self.item_bias = nn.Parameter(torch.zeros(items.ids.num_embeddings))
+    items: list[str]
+    scores: list[float]
 
-    def item_embeddings(self, user_x: Tensor, edge_index: Tensor) -> Tensor:
-        """Final item vectors: the mean of every propagation layer's output (LightGCN), item rows only.
 
-        Node ids 0..len(user_x)-1 are the graph's users, the following ones the items.
-        """
-        x = torch.cat([self.tower(user_x), self.items()])
-        layers = [x]
-        for conv in self.convs:
-            x = conv(x, edge_index)
-            layers.append(x)
-        return torch.stack(layers).mean(dim=0)[user_x.size(0):]
+class Recommender(Protocol):
+    """Answers a request's signup fields and history with the top k items of its catalogue."""
 
-    def history_embeddings(self, item_embeddings: Tensor) -> Tensor:
-        """What each item adds to the vector of a user who has it in their history."""
-        return self.history(item_embeddings)
+    bounded: bool
+    """True when a call's run time is fixed by the model's shapes and k (no I/O, no locks): it cannot
+    hang, so the prediction service runs it on the request thread instead of its budget pool."""
+    catalogue: Sequence[str]
+    """Every item id the model can answer with, in catalogue order."""
 
-    def user_vectors(self, x: Tensor, history: Tensor, history_embeddings: Tensor) -> Tensor:
-        """tower(x) plus the mean history embedding of each row's items (`history` padded with NO_ITEM)."""
-        known = history != NO_ITEM
-        gathered = history_embeddings[history.clamp(min=0)] * known.unsqueeze(-1)
-        count = known.sum(dim=1, keepdim=True).clamp(min=1)
-        return self.tower(x) + gathered.sum(dim=1) / count
-
-    def scores(self, users: Tensor, item_embeddings: Tensor) -> Tensor:
-        """Scores of every item for every user vector: item_embeddings @ u + item_bias."""
-        return users @ item_embeddings.T + self.item_bias
+    def recommend(self, fields: Mapping[str, Any], history: Sequence[str], k: int) -> Recommendation:
+        """Top-k items for a request, history items excluded; ModelError when it cannot answer."""
+        ...

@@ -31,16 +31,22 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from model.bundle import write_bundle
-from model.item_index import ANN_MIN_ITEMS, ItemIndex, build_index, index_settings, scoring_vectors
 from model.dataset import Dataset
 from model.errors import RecguardError
 from model.evaluate import evaluate_parts, ranking_metrics
+from model.fallback import PopularityFallback
 from model.features import encode, fit_inputs, item_features
+from model.gcn import NO_ITEM, GraphRecommender, ItemEncoder, UserTower
+from model.item_index import (
+    ANN_MIN_ITEMS,
+    ItemIndex,
+    build_index,
+    index_settings,
+    scoring_vectors,
+)
 from model.popularity import build_popularity
 from model.profile import build_profile
-from model.recommender import NO_ITEM, GraphRecommender, ItemEncoder, UserTower
-from proxy.models.fallback import PopularityFallback
-from proxy.models.scorer import Scorer
+from model.scorer import Scorer
 
 TARGET_STEPS = 200
 MIN_STEPS_PER_EPOCH = 8

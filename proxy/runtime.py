@@ -17,27 +17,27 @@ from typing import Any, Callable, Mapping
 import redis
 
 from model.bundle import Bundle
+from model.fallback import PopularityFallback
+from model.recommender import Recommender
+from model.scorer import Scorer
 from proxy.drift.alarms import AlarmMonitor, user_hash_key
 from proxy.drift.watch import DriftWatch, Thresholds, cells_from_profile
-from proxy.guard.anomaly import QUALITY_QUARANTINE, Anomaly
 from proxy.guard.checks import Guard
 from proxy.guard.diagnosis import Diagnosis
-from proxy.http.metrics import Metrics
+from proxy.metrics import Metrics
 from proxy.models.breaker import CircuitBreaker
-from proxy.models.fallback import PopularityFallback
-from proxy.models.holdback import Holdback
-from proxy.models.recommender import Recommender
-from proxy.models.scorer import Scorer
-from proxy.models.service import PredictionService
-from proxy.models.shapes import OipV2Shape, Shape, make_shape
 from proxy.models.upstream import UpstreamClient
+from proxy.pipeline import PredictionService
 from proxy.quality.alarm import QualityMonitor, QualityThresholds
 from proxy.quality.desk import TicketDesk
 from proxy.quality.feedback import FeedbackLedger
+from proxy.quality.holdback import Holdback
 from proxy.quality.tickets import TicketSigner
 from proxy.settings import Settings, redact_url
+from proxy.shapes.formats import OipV2Shape, Shape, make_shape
 from proxy.store.client import make_redis_client
 from proxy.store.counters import Counters, Series
+from proxy.words import QUALITY_QUARANTINE, Anomaly
 
 log = logging.getLogger("recguard.runtime")
 

@@ -43,10 +43,17 @@ import numpy as np
 from model.bundle import load_bundle
 from model.evaluate import CORRUPTIONS, read_holdout
 from proxy.drift.alarms import AlarmMonitor, read_alarms
-from proxy.drift.watch import Cell, DriftWatch, Thresholds, assess, cells_from_profile, nested_windows
-from proxy.request import PredictRequest
+from proxy.drift.watch import (
+    Cell,
+    DriftWatch,
+    Thresholds,
+    assess,
+    cells_from_profile,
+    nested_windows,
+)
 from proxy.runtime import build_guard
 from proxy.settings import Settings
+from proxy.shapes.request import PredictRequest
 from proxy.store.counters import Counters, Series, make_redis_client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root

@@ -41,8 +41,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 sys.path.insert(0, str(ROOT))
-from tests.harness.servers import free_port, start_redis  # noqa: E402  (the harness the tests use too)
 from bench_proxy import WRK_SCRIPT, Server, load_average, run_wrk, write_mixes  # noqa: E402
+
+from tests.harness.servers import free_port, start_redis  # noqa: E402  (the harness the tests use too)
 
 SECRET = "bench-secret"
 def cpu_seconds(pids: list[int]) -> float:

@@ -39,8 +39,15 @@ import numpy as np  # noqa: E402
 
 from model.bundle import Bundle, load_bundle, write_bundle  # noqa: E402
 from model.evaluate import read_holdout  # noqa: E402
-from model.item_index import IVF_FLAT_KIND, ItemIndex, build_index, index_settings, recall_at, scoring_vectors  # noqa: E402
-from proxy.models.scorer import Scorer  # noqa: E402
+from model.item_index import (  # noqa: E402
+    IVF_FLAT_KIND,
+    ItemIndex,
+    build_index,
+    index_settings,
+    recall_at,
+    scoring_vectors,
+)
+from model.scorer import Scorer  # noqa: E402
 
 K = 10
 _RSS_PROBE = """
@@ -62,7 +69,7 @@ def rss():
             return int(line.split()[1]) / 1024
 started = time.perf_counter()
 from model.bundle import load_bundle
-from proxy.models.scorer import Scorer
+from model.scorer import Scorer
 scorer = Scorer.from_bundle(load_bundle(sys.argv[1]))
 print(time.perf_counter() - started, rss())
 """

@@ -269,9 +269,9 @@ def guard_cost(args: argparse.Namespace, redis_url: str, mixes: dict[str, Path],
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from model.bundle import load_bundle
     from proxy.http.app import create_app
-    from proxy.models.service import PredictionService
-    from proxy.request import parse_predict_body
+    from proxy.pipeline import PredictionService
     from proxy.settings import Settings
+    from proxy.shapes.request import parse_predict_body
 
     bundle = load_bundle(args.bundle)
     guarded = Settings.from_env({}, bundle=args.bundle, redis_url=redis_url, redis_prefix="benchcost")

@@ -38,8 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 from model.bundle import load_bundle  # noqa: E402
 from model.evaluate import read_holdout  # noqa: E402
-from proxy.models.fallback import PopularityFallback  # noqa: E402
-from proxy.models.scorer import Scorer  # noqa: E402
+from model.fallback import PopularityFallback  # noqa: E402
+from model.scorer import Scorer  # noqa: E402
 from proxy.quality.alarm import QualityMonitor, QualityThresholds  # noqa: E402
 from proxy.quality.feedback import group_field  # noqa: E402
 

@@ -46,18 +46,19 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.harness.servers import start_redis  # noqa: E402  (the harness the tests use too)
 from bench_proxy import anomalous, load_average, per_request_us  # noqa: E402
+
+from tests.harness.servers import start_redis  # noqa: E402  (the harness the tests use too)
 
 
 def measure(bundle_dir: Path, data: Path, redis_url: str, size: int, repeat: int,
             alone: bool = False) -> dict[str, dict[str, float]]:
     """Every stage's µs per request for the clean and the anomalous mix."""
     from model.bundle import load_bundle
-    from proxy.http.app import create_app
     from proxy import json_codec
-    from proxy.request import _decode_exactly, decode_json, parse_predict_body
+    from proxy.http.app import create_app
     from proxy.settings import Settings
+    from proxy.shapes.request import _decode_exactly, decode_json, parse_predict_body
 
     with open(data / "holdout.jsonl") as lines:
         clean = [json.loads(line)["request"] for line, _ in zip(lines, range(size))]

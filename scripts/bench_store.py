@@ -41,9 +41,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from tests.harness.servers import free_port  # noqa: E402  (the harness the tests use too)
 from bench_proxy import WRK_SCRIPT, Server, run_wrk, write_mixes  # noqa: E402
+
 from tests.harness.cluster import LocalCluster  # noqa: E402  (the tests' throwaway cluster)
+from tests.harness.servers import free_port  # noqa: E402  (the harness the tests use too)
 
 # The commands a Lua script runs inside Redis (counted by commandstats, never sent by the proxy).
 SCRIPT_INNER = {"hget", "hincrby", "hincrbyfloat", "hset", "hdel", "expire"}

@@ -40,8 +40,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root
-from tests.harness.servers import free_port, start_redis  # noqa: E402  (the harness the tests use too)
 from bench_proxy import ROOT, WRK_SCRIPT, Server, load_average, run_wrk, write_mixes  # noqa: E402
+
+from tests.harness.servers import free_port, start_redis  # noqa: E402  (the harness the tests use too)
 
 SLEEP_SECONDS = 0.002
 TICKS = os.sysconf("SC_CLK_TCK")

@@ -27,18 +27,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 sys.path.insert(0, str(ROOT))
-from tests.harness.servers import free_port, start_redis  # noqa: E402  (the harness the tests use too)
 from bench_proxy import WRK_SCRIPT, Server, write_mixes  # noqa: E402
+
+from tests.harness.servers import free_port, start_redis  # noqa: E402  (the harness the tests use too)
 
 # (stage, a substring of a py-spy frame "function (file:line)"): a stack counts for the first that matches
 STAGES = [
-    ("model: Scorer.recommend", "recommend (proxy/models/scorer.py"),
-    ("fallback", "(proxy/models/fallback.py"),
+    ("model: Scorer.recommend", "recommend (model/scorer.py"),
+    ("fallback", "(model/fallback.py"),
     ("guard: Guard.check", "check (proxy/guard/checks.py"),
     ("drift: DriftWatch.observe", "observe (proxy/drift/watch.py"),
     ("counters: record", "(proxy/store/counters.py"),
-    ("metrics", "(proxy/http/metrics.py"),
-    ("parse the body", "parse_predict_body (proxy/request.py"),
+    ("metrics", "(proxy/metrics.py"),
+    ("parse the body", "parse_predict_body (proxy/shapes/request.py"),
     ("the view (reading the body, the request id, the JSON answer)", "(proxy/http/predict.py"),
     ("flask", "(flask/"),
     ("werkzeug (WSGI request and response objects)", "(werkzeug/"),

@@ -56,8 +56,8 @@ import requests
 
 from model.bundle import load_bundle
 from model.evaluate import CORRUPTIONS, read_holdout
-from proxy.models.fallback import PopularityFallback
-from proxy.models.scorer import Scorer
+from model.fallback import PopularityFallback
+from model.scorer import Scorer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root
 from tests.harness.servers import free_port, start_redis  # noqa: E402  (the harness the tests use too)

@@ -36,8 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 sys.path.insert(0, str(ROOT))
-from tests.harness.servers import RedisServer, free_port  # noqa: E402  (the harness the tests use too)
 from bench_proxy import anomalous  # noqa: E402
+
+from tests.harness.servers import RedisServer, free_port  # noqa: E402  (the harness the tests use too)
 
 PREFIX = "soak"
 

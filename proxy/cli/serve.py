@@ -8,7 +8,7 @@ import os
 import sys
 import tempfile
 
-from proxy.guard.anomaly import KINDS
+from proxy.words import KINDS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -149,7 +149,11 @@ def anomalies_command(args: argparse.Namespace) -> int:
 def quality_command(args: argparse.Namespace) -> int:
     """Print the live quality of a time range, read straight from Redis."""
     from model.bundle import load_bundle
-    from proxy.quality.report import format_quality_table, parse_group_keys, query_quality
+    from proxy.quality.report import (
+        format_quality_table,
+        parse_group_keys,
+        query_quality,
+    )
     from proxy.runtime import offline_figures
 
     def query(client, prefix, since, until):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from proxy.guard.units import UNIT_CHANGES
+from proxy.units import UNIT_CHANGES
 
 MIXTURE_SPREAD = 2.0
 """The window's variance must lie within this factor of the variance the mixture predicts. Measured

@@ -24,16 +24,16 @@ import math
 import threading
 import time
 from collections import deque
-from hashlib import blake2b
 from dataclasses import dataclass, replace
+from hashlib import blake2b
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from proxy.drift.mixture import Mixture, fit_mixture, share_words
-from proxy.guard.anomaly import DRIFT_QUARANTINE, Anomaly
-from proxy.guard.units import UNIT_CHANGES
 from proxy.store.counters import Number, Series
+from proxy.units import UNIT_CHANGES
+from proxy.words import DRIFT_QUARANTINE, Anomaly
 
 MAX_MAGNITUDE = 1e12
 """Values this large are left out of the sums (their squares would swamp every other value);

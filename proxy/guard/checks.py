@@ -12,7 +12,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
-from proxy.guard.anomaly import (
+from proxy.shapes.request import PredictRequest, json_type_name
+from proxy.units import unit_hint
+from proxy.words import (
     MISSING_FIELD,
     NON_FINITE,
     OUT_OF_RANGE,
@@ -22,8 +24,6 @@ from proxy.guard.anomaly import (
     UNKNOWN_ITEM,
     Anomaly,
 )
-from proxy.guard.units import unit_hint
-from proxy.request import PredictRequest, json_type_name
 
 # Field names a client invents are echoed and counted only when they look like names;
 # anything else (an e-mail used as a key, binary junk) is reported under one placeholder.

@@ -15,8 +15,8 @@ import math
 from typing import Any, Mapping
 
 from proxy.guard.checks import FieldRule, compile_rules
-from proxy.request import HISTORY_FIELD, K_FIELD
 from proxy.settings import Settings
+from proxy.shapes.request import HISTORY_FIELD, K_FIELD
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 _ROLES = {True: "model feature", False: "seen in training, not read by the model"}

@@ -16,9 +16,15 @@ from dataclasses import dataclass
 from itertools import combinations
 from typing import Any, Callable, Mapping, Sequence
 
-from model.shapes import char_classes
-from proxy.guard.anomaly import MISSING_FIELD, SUSPECTED_MERGE, SUSPECTED_RENAME, UNEXPECTED_FIELD, Anomaly
+from model.char_classes import char_classes
 from proxy.guard.checks import OTHER_FIELD
+from proxy.words import (
+    MISSING_FIELD,
+    SUSPECTED_MERGE,
+    SUSPECTED_RENAME,
+    UNEXPECTED_FIELD,
+    Anomaly,
+)
 
 REQUIRED_SHARE = 0.99
 """A character class in at least this share of training values must be in a look-alike (the @ of an e-mail)."""

@@ -15,7 +15,11 @@ from typing import Any, Iterable, Mapping
 
 from model.bundle import Bundle
 from model.errors import RecguardError
-from proxy.guard.anomaly import (
+from proxy.guard.checks import OTHER_FIELD, FieldRule, Guard
+from proxy.runtime import build_guard
+from proxy.settings import Settings
+from proxy.shapes.request import BadRequest, PredictRequest, parse_predict_body
+from proxy.words import (
     MISSING_FIELD,
     NON_FINITE,
     OUT_OF_RANGE,
@@ -25,10 +29,6 @@ from proxy.guard.anomaly import (
     UNKNOWN_ITEM,
     Anomaly,
 )
-from proxy.guard.checks import OTHER_FIELD, FieldRule, Guard
-from proxy.request import BadRequest, PredictRequest, parse_predict_body
-from proxy.runtime import build_guard
-from proxy.settings import Settings
 
 BAD_REQUEST = "bad_request"
 """A line the proxy would refuse with a 4xx before any check (not JSON, not an object, bad k or history)."""

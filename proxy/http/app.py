@@ -10,6 +10,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from model.bundle import Bundle, load_bundle
+from model.recommender import Recommender
 from proxy.http.admin import admin_blueprint
 from proxy.http.dashboard import dashboard_blueprint
 from proxy.http.feedback import feedback_blueprint
@@ -18,7 +19,6 @@ from proxy.http.ops import ops_blueprint
 from proxy.http.predict import predict_blueprint
 from proxy.http.queries import queries_blueprint
 from proxy.http.responses import error_response, reject
-from proxy.models.recommender import Recommender
 from proxy.runtime import Runtime
 from proxy.settings import Settings
 

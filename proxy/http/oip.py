@@ -15,11 +15,24 @@ from importlib.metadata import version as package_version
 
 from flask import Blueprint, Response, request
 
-from proxy.http.predict import forward_answer, loaded_or_wait, read_body, recguard_headers, request_id
+from proxy.http.predict import (
+    forward_answer,
+    loaded_or_wait,
+    read_body,
+    recguard_headers,
+    request_id,
+)
 from proxy.http.responses import error_response, json_response, reject
-from proxy.models.shapes import ITEMS_OUTPUT, OIP_TYPES, OIP_V2, SCORES_OUTPUT, RowAnswer, anomaly_list
-from proxy.request import HISTORY_FIELD, K_FIELD, BadRequest
 from proxy.runtime import Runtime
+from proxy.shapes.formats import (
+    ITEMS_OUTPUT,
+    OIP_TYPES,
+    OIP_V2,
+    SCORES_OUTPUT,
+    RowAnswer,
+    anomaly_list,
+)
+from proxy.shapes.request import HISTORY_FIELD, K_FIELD, BadRequest
 
 BINARY_HEADER = "Inference-Header-Content-Length"
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from proxy.guard.anomaly import KINDS
 from proxy.guard.checks import FieldRule, compile_rules
 from proxy.http.oip import OPENAPI_PATHS as OIP_PATHS
 from proxy.settings import Settings
+from proxy.words import KINDS
 
 ANOMALY_KINDS = list(KINDS)
 SOURCES = ["model", "fallback", "holdback"]

@@ -16,11 +16,11 @@ from flask import Blueprint, Response, request
 from werkzeug.exceptions import HTTPException
 
 from proxy.http.responses import error_response, json_response, reject
-from proxy.models.service import Forwarding
-from proxy.models.shapes import KSERVE_V1, Shape, anomaly_list
 from proxy.models.upstream import forwarded_headers
-from proxy.request import BadRequest, parse_predict_body
+from proxy.pipeline import Forwarding
 from proxy.runtime import Loaded, Runtime
+from proxy.shapes.formats import KSERVE_V1, Shape, anomaly_list
+from proxy.shapes.request import BadRequest, parse_predict_body
 
 JSON_TYPES = ("application/json",)
 SOURCE_HEADER = "X-Recguard-Source"

@@ -7,11 +7,11 @@ from datetime import datetime, timezone
 import redis
 from flask import Blueprint, Response, request
 
-from proxy.guard.anomaly import KINDS
 from proxy.http.responses import error_response, json_response
 from proxy.quality.report import parse_group_keys, query_quality
 from proxy.runtime import Runtime, offline_figures
 from proxy.store.anomaly_query import parse_time, query_anomalies
+from proxy.words import KINDS
 
 DEFAULT_SINCE = "15m"
 DEFAULT_QUALITY_SINCE = "1h"

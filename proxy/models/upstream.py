@@ -23,13 +23,13 @@ import urllib3
 from urllib3.exceptions import NewConnectionError, ProtocolError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
+from model.recommender import ModelError, Recommendation
 from proxy import json_codec
-from proxy.guard.anomaly import MODEL_TIMEOUT, UPSTREAM_ERROR, UPSTREAM_UNAVAILABLE
 from proxy.models.breaker import CircuitBreaker
 from proxy.models.http1 import Answer, ConnectionClosed, Http1Pool, MalformedAnswer
-from proxy.models.recommender import ModelError, Recommendation
-from proxy.models.shapes import Shape, ShapeError
-from proxy.request import PredictRequest
+from proxy.shapes.formats import Shape, ShapeError
+from proxy.shapes.request import PredictRequest
+from proxy.words import MODEL_TIMEOUT, UPSTREAM_ERROR, UPSTREAM_UNAVAILABLE
 
 FORWARDED_HEADERS = ("Content-Type", "Accept", "X-Request-Id", "Authorization")
 FORWARDED_PREFIX = "x-amzn-sagemaker-"

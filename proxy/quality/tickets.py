@@ -12,8 +12,8 @@ declared segment value (a market) and the items are positions in the catalogue.
 from __future__ import annotations
 
 import binascii
-import hashlib
 import functools
+import hashlib
 import hmac
 import struct
 from typing import NamedTuple

@@ -36,7 +36,13 @@ from typing import Any, Sequence
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
-from redis.exceptions import AskError, MovedError, NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import (
+    AskError,
+    MovedError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+)
 from redis.retry import Retry
 
 log = logging.getLogger("recguard.store")

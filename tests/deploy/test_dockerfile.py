@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from proxy.settings import Settings
-from tests.harness.servers import free_port
 from tests.deploy.conftest import ROOT
 from tests.deploy.dockerfile import DockerfileError, Instruction, parse
 from tests.harness.proxy import ProxyProcess
+from tests.harness.servers import free_port
 
 COMPILERS = re.compile(r"\b(gcc|g\+\+|cc|clang|build-essential|make|cmake|rustc|cargo)\b")
 VENV_BIN = Path(sys.executable).parent

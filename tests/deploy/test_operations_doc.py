@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from proxy.http.metrics import Metrics
+from proxy.metrics import Metrics
 from proxy.settings import ENV_PREFIX, Settings
 from tests.deploy.conftest import ROOT
 

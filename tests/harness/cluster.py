@@ -14,8 +14,8 @@ from pathlib import Path
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
-from redis.retry import Retry
 from redis.crc import key_slot
+from redis.retry import Retry
 
 from tests.harness.servers import free_port
 

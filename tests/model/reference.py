@@ -1,6 +1,6 @@
 """An independent implementation of docs/bundle.md's scoring formula, for tests only.
 
-The serving scorer (proxy/models/scorer.py) answers requests and `recguard evaluate`
+The serving scorer (model/scorer.py) answers requests and `recguard evaluate`
 measures it; this reference, built on the training side's encoder (model/features.py) and
 checked against the torch model, holds it to the contract."""
 

@@ -1,6 +1,6 @@
 """The popularity fallback: the request's market when known, global otherwise, history excluded."""
 
-from proxy.models.fallback import PopularityFallback
+from model.fallback import PopularityFallback
 
 POPULARITY = {
     "segment_field": "country",

@@ -14,10 +14,17 @@ import model.train
 from model.bundle import INDEX_FILE, BundleError, load_bundle, write_bundle
 from model.dataset import load_dataset
 from model.evaluate import read_holdout
-from model.item_index import (IVF_FLAT_KIND, KIND, ItemIndex, build_index, index_settings, recall_at,
-                              scoring_vectors)
+from model.item_index import (
+    IVF_FLAT_KIND,
+    KIND,
+    ItemIndex,
+    build_index,
+    index_settings,
+    recall_at,
+    scoring_vectors,
+)
+from model.scorer import Scorer
 from model.train import TrainConfig, train
-from proxy.models.scorer import Scorer
 from tests.harness.bundles import flipped_copy
 from tests.harness.proxy import ProxyProcess
 from tests.model.reference import NumpyScorer

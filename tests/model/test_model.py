@@ -12,7 +12,7 @@ from model.bundle import load_bundle
 from model.dataset import load_dataset
 from model.evaluate import corrupt, evaluate, parse_corruption, read_holdout
 from model.features import encode
-from model.recommender import NO_ITEM
+from model.gcn import NO_ITEM
 from model.synthetic import SIZES, fitting_size
 from model.train import TrainConfig, build_model, prepare, train
 from tests.model.reference import NumpyScorer
@@ -139,9 +139,8 @@ def test_the_schedule_follows_the_data():
 
 
 def test_validation_is_scored_like_the_holdout(tiny_data):
-    from model.train import history_window
-
     from model.features import fit_inputs
+    from model.train import history_window
 
     data = load_dataset(tiny_data)
     inputs = fit_inputs(data.schema.users, data.users)

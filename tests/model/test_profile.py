@@ -8,10 +8,10 @@ from statistics import pstdev
 import pytest
 
 from model.dataset import load_dataset
+from model.fallback import PopularityFallback
 from model.popularity import build_popularity
 from model.profile import build_profile
 from model.synthetic import DATASET_TOML
-from proxy.models.fallback import PopularityFallback
 
 USERS = """user_id,email,first_name,last_name,country,weight_kg,height_cm,age
 u1,ann@example.com,Ann,Lee,DE,60.0,170,30

@@ -6,8 +6,8 @@ import math
 import pytest
 
 from model.evaluate import corrupt, parse_corruption
-from proxy.models.recommender import ModelError
-from proxy.models.scorer import Scorer
+from model.recommender import ModelError
+from model.scorer import Scorer
 from tests.model.reference import NumpyScorer
 
 

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy import json_codec
-from proxy.request import BadRequest, _decode_exactly, decode_json
+from proxy.shapes.request import BadRequest, _decode_exactly, decode_json
 
 scalars = (st.none() | st.booleans() | st.text(max_size=8)
            | st.integers() | st.integers(min_value=-2**80, max_value=2**80)

@@ -6,13 +6,13 @@ import json
 import threading
 import time
 
-from proxy.guard.anomaly import DRIFT_QUARANTINE, MODEL_TIMEOUT, Anomaly
-from proxy.models.recommender import Recommendation
-from proxy.models.service import PredictionService
-from proxy.models.shapes import KServeV1Shape
+from model.recommender import Recommendation
 from proxy.models.upstream import Reply
-from proxy.request import PredictRequest
+from proxy.pipeline import PredictionService
 from proxy.settings import LimitSettings, UpstreamSettings
+from proxy.shapes.formats import KServeV1Shape
+from proxy.shapes.request import PredictRequest
+from proxy.words import DRIFT_QUARANTINE, MODEL_TIMEOUT, Anomaly
 
 REQUEST = PredictRequest(fields={}, history=[], k=2)
 

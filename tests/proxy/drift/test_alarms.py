@@ -20,9 +20,14 @@ from model.synthetic import generate
 from proxy.drift.alarms import AlarmMonitor, read_alarms
 from proxy.drift.watch import DriftWatch, Thresholds, cells_from_profile
 from proxy.settings import Settings
-from proxy.store.counters import EARLY_FLUSHES_PER_INTERVAL, Counters, Series, make_redis_client
-from tests.harness.servers import RedisServer
+from proxy.store.counters import (
+    EARLY_FLUSHES_PER_INTERVAL,
+    Counters,
+    Series,
+    make_redis_client,
+)
 from tests.harness.proxy import holdout_requests
+from tests.harness.servers import RedisServer
 
 PREFIX = "recguard"
 POUNDS_PER_KG = 2.20462

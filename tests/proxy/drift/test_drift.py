@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from proxy.drift.mixture import share_words
 from proxy.drift.watch import (
     RECENT_BLOCKS,
     Cell,
@@ -24,7 +25,6 @@ from proxy.drift.watch import (
     nested_windows,
     unit_change,
 )
-from proxy.drift.mixture import share_words
 from proxy.store.counters import Series
 
 POUNDS_PER_KG = 2.20462

@@ -21,8 +21,8 @@ from proxy.drift.alarms import AlarmMonitor, read_alarms, user_hash_key
 from proxy.drift.watch import DriftWatch, Thresholds, cells_from_profile
 from proxy.settings import Settings, SettingsError
 from proxy.store.counters import Counters, Series, make_redis_client
-from tests.harness.servers import RedisServer
 from tests.harness.proxy import ProxyProcess, holdout_requests
+from tests.harness.servers import RedisServer
 
 PREFIX = "recguard"
 POUNDS_PER_KG = 2.20462

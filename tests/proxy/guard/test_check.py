@@ -10,7 +10,14 @@ import pytest
 
 from model.errors import RecguardError
 from proxy.cli import contract as contract_commands
-from proxy.guard.report import BAD_REQUEST, CLEAN, CONTRACT, FALLBACK, REJECTED, check_lines
+from proxy.guard.report import (
+    BAD_REQUEST,
+    CLEAN,
+    CONTRACT,
+    FALLBACK,
+    REJECTED,
+    check_lines,
+)
 from proxy.runtime import build_guard
 from proxy.settings import Settings
 from tests.harness.proxy import merged_names, renamed_email

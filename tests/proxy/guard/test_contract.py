@@ -10,11 +10,11 @@ from jsonschema import Draft202012Validator
 
 from model.errors import RecguardError
 from proxy.cli import contract as contract_commands
-from proxy.guard.anomaly import UNKNOWN_ITEM
 from proxy.guard.contract import request_schema
-from proxy.request import BadRequest, parse_predict_body
 from proxy.runtime import build_guard
 from proxy.settings import Settings
+from proxy.shapes.request import BadRequest, parse_predict_body
+from proxy.words import UNKNOWN_ITEM
 from tests.harness.proxy import merged_names, renamed_email
 
 POUNDS_PER_KG = 2.20462

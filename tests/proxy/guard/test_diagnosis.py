@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
-from proxy.request import PredictRequest
 from proxy.runtime import build_guard
 from proxy.settings import Settings
+from proxy.shapes.request import PredictRequest
 from tests.harness.proxy import merged_names, renamed_email
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from proxy.guard.checks import Guard, routes_to_fallback
-from proxy.request import PredictRequest
+from proxy.shapes.request import PredictRequest
 
 PROFILE = {
     "schema_version": 1,
@@ -133,9 +133,9 @@ def test_names_and_values_with_a_trailing_newline_are_not_echoed(guard):
 
 def test_an_out_of_range_value_that_a_common_unit_factor_brings_back_is_named(loaded_bundle):
     """Per request: the value converted back by a common factor lands in the training's central range."""
-    from proxy.request import PredictRequest
     from proxy.runtime import build_guard
     from proxy.settings import Settings
+    from proxy.shapes.request import PredictRequest
 
     guard = build_guard(loaded_bundle, Settings())
     fields = loaded_bundle.profile["fields"]

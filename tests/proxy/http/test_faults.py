@@ -22,8 +22,8 @@ import requests
 
 from model.bundle import load_bundle, write_bundle
 from proxy.store.counters import make_redis_client
-from tests.harness.servers import RedisRelay, RedisServer, free_port
 from tests.harness.proxy import ProxyProcess
+from tests.harness.servers import RedisRelay, RedisServer, free_port
 
 pytestmark = pytest.mark.system  # real gunicorn or child processes (tests/conftest.py)
 

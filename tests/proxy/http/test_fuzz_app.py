@@ -25,7 +25,12 @@ from hypothesis import strategies as st
 
 from proxy.http.app import create_app
 from proxy.settings import Settings
-from tests.proxy.http.test_fuzz import bodies, content_types, header_names, header_values
+from tests.proxy.http.test_fuzz import (
+    bodies,
+    content_types,
+    header_names,
+    header_values,
+)
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "600"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None)

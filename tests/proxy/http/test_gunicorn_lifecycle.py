@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.harness.servers import RedisServer
 from tests.harness.proxy import ProxyProcess
+from tests.harness.servers import RedisServer
 
 pytestmark = pytest.mark.system  # real gunicorn (tests/conftest.py)
 

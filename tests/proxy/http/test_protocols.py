@@ -13,8 +13,8 @@ from tritonclient.utils import InferenceServerException
 
 from model.bundle import load_bundle
 from tests.harness.proxy import ProxyProcess
-from tests.proxy.models.test_upstream import ROOMY, own_prefix, post_raw, wrong_weight
 from tests.harness.upstream_server import UpstreamServer
+from tests.proxy.models.test_upstream import ROOMY, own_prefix, post_raw, wrong_weight
 
 SIGNUP_TYPES = {"string": ("BYTES", object), "number": ("FP64", np.float64), "integer": ("INT64", np.int64)}
 

@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.harness.servers import RedisServer
 from tests.harness.proxy import ProxyProcess, merged_names, renamed_email
+from tests.harness.servers import RedisServer
 
 pytestmark = pytest.mark.system  # real gunicorn or child processes (tests/conftest.py)
 

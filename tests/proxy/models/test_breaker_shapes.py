@@ -7,10 +7,16 @@ import json
 import pytest
 
 from proxy.models.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
-from proxy.models.shapes import KServeV1Shape, OipV2Shape, PlainShape, RowAnswer, ShapeError
 from proxy.pointer import PointerError, assign, resolve, valid_pointer
-from proxy.request import BadRequest
 from proxy.settings import LimitSettings, Settings, SettingsError, UpstreamSettings
+from proxy.shapes.formats import (
+    KServeV1Shape,
+    OipV2Shape,
+    PlainShape,
+    RowAnswer,
+    ShapeError,
+)
+from proxy.shapes.request import BadRequest
 
 
 class Clock:

@@ -16,8 +16,8 @@ import pytest
 import requests
 
 from model.bundle import load_bundle
-from tests.harness.servers import free_port
 from tests.harness.proxy import ProxyProcess, renamed_email
+from tests.harness.servers import free_port
 from tests.harness.upstream_server import UpstreamServer
 
 # the clean-path proxies: a budget that a loaded shared machine cannot exceed, as these tests are about

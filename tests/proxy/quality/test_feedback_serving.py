@@ -228,7 +228,7 @@ class Unhelpful:
         self.catalogue = list(catalogue)
 
     def recommend(self, fields, history, k):
-        from proxy.models.recommender import Recommendation
+        from model.recommender import Recommendation
 
         return Recommendation(self.catalogue[-k:], [0.0] * k)
 

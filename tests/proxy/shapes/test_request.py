@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from proxy.request import BadRequest, parse_predict_body
+from proxy.shapes.request import BadRequest, parse_predict_body
 
 
 def parse(body: bytes, **limits):

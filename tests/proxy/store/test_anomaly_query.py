@@ -8,7 +8,12 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import redis
 
-from proxy.store.anomaly_query import AnomalyReport, format_table, parse_time, query_anomalies
+from proxy.store.anomaly_query import (
+    AnomalyReport,
+    format_table,
+    parse_time,
+    query_anomalies,
+)
 from proxy.store.counters import Counters, make_redis_client
 from tests.harness.servers import free_port
 

@@ -15,12 +15,18 @@ import pytest
 import redis
 
 from proxy.settings import Settings, SettingsError
-from proxy.store.anomaly_query import query_anomalies
 from proxy.store import client as store_client
-from proxy.store.client import ClusterClient, ClusterURL, make_redis_client, parse_cluster_url, valid_redis_url
+from proxy.store.anomaly_query import query_anomalies
+from proxy.store.client import (
+    ClusterClient,
+    ClusterURL,
+    make_redis_client,
+    parse_cluster_url,
+    valid_redis_url,
+)
 from proxy.store.counters import Counters, Series, bucket_key
-from tests.harness.servers import free_port
 from tests.harness.cluster import CommandAudit
+from tests.harness.servers import free_port
 
 # the cluster is made by redis-cli (and the CLI and gunicorn run as child processes)
 pytestmark = pytest.mark.system

@@ -17,9 +17,9 @@ import requests
 from redis.crc import key_slot
 
 from proxy.store.counters import bucket_key
+from tests.harness.cluster import CommandAudit
 from tests.harness.proxy import ProxyProcess
 from tests.proxy.http.test_faults import counted, settle
-from tests.harness.cluster import CommandAudit
 
 # the cluster is made by redis-cli (and the CLI and gunicorn run as child processes)
 pytestmark = pytest.mark.system

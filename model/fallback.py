@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from proxy.models.recommender import Recommendation
+from model.recommender import Recommendation
 
 
 class PopularityFallback:

@@ -28,8 +28,7 @@ import numpy as np
 from model.bundle import Bundle
 from model.features import naive_number
 from model.item_index import ItemIndex, scoring_vectors
-from proxy.models.recommender import ModelError, Recommendation
-
+from model.recommender import ModelError, Recommendation
 
 MEAN_WEIGHTS_UP_TO = 64
 """Histories up to this long find their mean's weights (1/n each) made at load; a longer one makes its own."""

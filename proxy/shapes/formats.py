@@ -13,10 +13,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol, Sequence
 
-from proxy.guard.anomaly import Anomaly
-from proxy.models.recommender import Recommendation
+from model.recommender import Recommendation
 from proxy.pointer import PointerError, assign, resolve, tokens
-from proxy.request import (
+from proxy.settings import LimitSettings, UpstreamSettings
+from proxy.shapes.request import (
     HISTORY_FIELD,
     K_FIELD,
     BadRequest,
@@ -26,7 +26,7 @@ from proxy.request import (
     decode_json,
     json_type_name,
 )
-from proxy.settings import LimitSettings, UpstreamSettings
+from proxy.words import Anomaly
 
 PLAIN = "plain"
 KSERVE_V1 = "kserve-v1"

@@ -13,12 +13,12 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Protocol, Sequence
 
-from proxy.guard.anomaly import MODEL_ERROR, MODEL_TIMEOUT, Anomaly
+from model.recommender import ModelError, Recommendation, Recommender
 from proxy.guard.checks import Guard
-from proxy.models.recommender import ModelError, Recommendation, Recommender
-from proxy.models.shapes import Parsed, RowAnswer, Shape
 from proxy.models.upstream import Reply
-from proxy.request import PredictRequest
+from proxy.shapes.formats import Parsed, RowAnswer, Shape
+from proxy.shapes.request import PredictRequest
+from proxy.words import MODEL_ERROR, MODEL_TIMEOUT, Anomaly
 
 log = logging.getLogger("recguard.service")
 

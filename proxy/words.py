@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from model.recommender import MODEL_ERROR
+
 MISSING_FIELD = "missing_field"
 UNEXPECTED_FIELD = "unexpected_field"
 TYPE_MISMATCH = "type_mismatch"
@@ -11,7 +13,6 @@ OUT_OF_RANGE = "out_of_range"
 UNKNOWN_CATEGORY = "unknown_category"
 NON_FINITE = "non_finite"
 UNKNOWN_ITEM = "unknown_item"
-MODEL_ERROR = "model_error"
 MODEL_TIMEOUT = "model_timeout"
 UPSTREAM_ERROR = "upstream_error"
 UPSTREAM_UNAVAILABLE = "upstream_unavailable"
