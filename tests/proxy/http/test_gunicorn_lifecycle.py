@@ -18,6 +18,7 @@ import requests
 
 from tests.harness.proxy import ProxyProcess
 from tests.harness.servers import RedisServer
+from tests.harness.waiting import wait_until
 
 pytestmark = pytest.mark.system  # real gunicorn (tests/conftest.py)
 
@@ -46,19 +47,6 @@ model.bundle.load_bundle = _gated
 '''
 
 
-def wait_until(condition, timeout: float = 10.0, what: str = "condition"):
-    """Poll until `condition()` is truthy; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = condition()
-        except requests.RequestException:
-            value = None
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail(f"not within {timeout} s: {what}")
-
 
 @pytest.fixture
 def gated(tmp_path) -> tuple[dict, Path]:
@@ -78,7 +66,7 @@ def test_not_ready_while_the_bundle_loads_and_early_requests_wait(gated, tiny_bu
     proxy = ProxyProcess(tiny_bundle, redis_server.url, workers=1, env=env, log_path=tmp_path / "proxy.log")
     proxy.start(wait_ready=False)
     try:
-        wait_until(lambda: proxy.get("/livez").status_code == 200, what="/livez answering")
+        wait_until(lambda: proxy.get("/livez").status_code == 200, ignoring=(requests.RequestException,), what="/livez answering")
         for _ in range(3):
             ready = proxy.get("/readyz")
             assert ready.status_code == 503 and ready.json()["status"] == "loading"
@@ -92,7 +80,7 @@ def test_not_ready_while_the_bundle_loads_and_early_requests_wait(gated, tiny_bu
         gate.touch()
         waiting.join(15)
         assert early and early[0].status_code == 200 and early[0].json()["source"] == "model"
-        wait_until(lambda: proxy.get("/readyz").status_code == 200, what="/readyz 200 after the load")
+        wait_until(lambda: proxy.get("/readyz").status_code == 200, ignoring=(requests.RequestException,), what="/readyz 200 after the load")
     finally:
         proxy.stop()
 
@@ -107,11 +95,11 @@ def test_a_bundle_that_fails_to_load_leaves_the_worker_alive_and_unready(gated, 
     proxy = ProxyProcess(bundle, redis_server.url, workers=1, env=env, log_path=tmp_path / "proxy.log")
     proxy.start(wait_ready=False)
     try:
-        wait_until(lambda: proxy.get("/livez").status_code == 200, what="/livez answering")
+        wait_until(lambda: proxy.get("/livez").status_code == 200, ignoring=(requests.RequestException,), what="/livez answering")
         profile = bundle / "profile.json"
         profile.write_bytes(profile.read_bytes().replace(b"weight_kg", b"weight_lb", 1))
         gate.touch()
-        wait_until(lambda: proxy.get("/readyz").json()["status"] == "failed", what="/readyz reporting the failed load")
+        wait_until(lambda: proxy.get("/readyz").json()["status"] == "failed", ignoring=(requests.RequestException,), what="/readyz reporting the failed load")
         ready = proxy.get("/readyz")
         assert ready.status_code == 503 and "profile.json: checksum does not match" in ready.json()["error"]
         refused = proxy.predict({})
@@ -184,7 +172,7 @@ def test_while_redis_is_down_alarms_stay_nothing_raises_or_clears_and_the_reader
         assert proxy.get("/healthz").json()["rates"]["requests_per_second"] > 0
 
         own_redis.stop()
-        wait_until(lambda: proxy.get("/healthz").json()["redis"] == "down", what="/healthz saying redis down")
+        wait_until(lambda: proxy.get("/healthz").json()["redis"] == "down", ignoring=(requests.RequestException,), what="/healthz saying redis down")
         # the last alarms seen stay in force, on every worker, for Germans back in kilograms too
         assert all(quarantined(proxy.predict(body)) for body in germans * 2)
         # ... nothing raises: Americans in pounds are judged by the range check alone

@@ -12,6 +12,7 @@ from proxy.http.app import create_app
 from proxy.quality.tickets import Ticket, TicketSigner
 from proxy.settings import Settings
 from tests.harness.servers import RedisServer, free_port
+from tests.harness.waiting import wait_until
 
 SECRET = "feedback-secret"
 
@@ -211,6 +212,9 @@ def test_feedback_while_redis_is_down_is_accepted_and_counted_when_it_is_back(ti
         assert client.get("/quality").status_code == 503
         assert client.get("/healthz").get_json()["feedback"]["pending"] == 1
         server.start()
+        # the flusher tries again at every interval until Redis takes the queue; so does this test
+        ledger = application.extensions["recguard"].loaded.desk.ledger
+        wait_until(ledger.flush, timeout=5.0, what=f"the queued feedback flushed ({ledger.last_error})")
         flushed(application)
         group = quality(client)[("model",)]
         assert (group["impressions"], group["answers_hit"]) == (1, 1)

@@ -12,6 +12,7 @@ import pytest
 from proxy.store.anomaly_query import AnomalyReport, query_anomalies
 from proxy.store.counters import EARLY_FLUSHES_PER_INTERVAL, Counters, make_redis_client
 from tests.harness.servers import RedisRelay, RedisServer, free_port
+from tests.harness.waiting import holds_within
 
 pytestmark = pytest.mark.integration  # every test here writes to a real redis-server
 
@@ -35,15 +36,6 @@ def report_around(client, moment: float) -> AnomalyReport:
     return query_anomalies(client, PREFIX, datetime.fromtimestamp(moment - 3600, timezone.utc),
                            datetime.fromtimestamp(moment + 3600, timezone.utc))
 
-
-def wait_until(condition, timeout: float = 5.0) -> bool:
-    """Poll `condition` until it holds or `timeout` seconds pass; whether it held."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def hammer(counters: Counters, threads: int, per_thread: int) -> None:
@@ -208,11 +200,11 @@ def test_flusher_catches_up_when_redis_appears_after_start(tmp_path):
     try:
         for _ in range(100):
             counters.record_request("model", [])
-        assert wait_until(lambda: not counters.status().redis_up), "the flusher never found Redis down"
+        assert holds_within(lambda: not counters.status().redis_up), "the flusher never found Redis down"
 
         server.start()
         client = server.client()
-        assert wait_until(lambda: report_around(client, T0).requests == 100), report_around(client, T0).requests
+        assert holds_within(lambda: report_around(client, T0).requests == 100), report_around(client, T0).requests
         assert counters.status().redis_up
     finally:
         counters.close()
@@ -231,7 +223,7 @@ def test_flush_soon_flushes_at_once_but_at_most_ten_times_an_interval(redis_serv
         asked = time.monotonic()
         counters.record_request("model", [])
         counters.flush_soon()
-        assert wait_until(lambda: flushed_at, timeout=interval), "flush_soon did not flush within an interval"
+        assert holds_within(lambda: flushed_at, timeout=interval), "flush_soon did not flush within an interval"
         # at once: well before the interval would have ended (a tenth of it for a loaded machine)
         assert flushed_at[0] - asked < interval / 10, flushed_at[0] - asked
         assert report_around(redis_client, time.time()).requests == 1
