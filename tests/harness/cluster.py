@@ -167,6 +167,20 @@ class LocalCluster:
         source = self.begin_migration(slot, target)
         self.end_migration(slot, source, target)
 
+    def wait_agreed(self, port: int, timeout: float = 30.0) -> None:
+        """Until `redis-cli --cluster check` finds every node agreeing on the slots and none open: a
+        slot moved by hand reaches the replicas by gossip, and redis-cli refuses to reshard while a
+        node still disagrees ("Please fix your cluster problems")."""
+        deadline = time.monotonic() + timeout
+        while True:
+            check = subprocess.run(["redis-cli", "--cluster", "check", f"127.0.0.1:{port}"],
+                                   capture_output=True, text=True, timeout=30, check=False)
+            if check.returncode == 0 and "[OK] All nodes agree about slots configuration." in check.stdout:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"cluster nodes still disagree after {timeout} s:\n{check.stdout[-2000:]}")
+            time.sleep(0.2)
+
     def wait_failover(self, killed: int, timeout: float = 30.0) -> int:
         """Until the killed primary's replica has taken its slots and the cluster is ok; the new primary."""
         deadline = time.monotonic() + timeout

@@ -237,6 +237,7 @@ def test_slots_migrated_while_serving_lose_and_double_no_count(tiny_bundle, tiny
                 cluster.move_slot(key_slot(key.encode()), target)
                 assert cluster.owner(key) == target
             source, target = cluster.primaries()[:2]
+            cluster.wait_agreed(source)
             reshard = subprocess.run(
                 ["redis-cli", "--cluster", "reshard", f"127.0.0.1:{source}", "--cluster-from", cluster.node_id(source),
                  "--cluster-to", cluster.node_id(target), "--cluster-slots", "300", "--cluster-yes"],
