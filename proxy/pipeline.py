@@ -18,14 +18,9 @@ from proxy.guard.checks import Guard
 from proxy.models.upstream import Reply
 from proxy.shapes.formats import Parsed, RowAnswer, Shape
 from proxy.shapes.request import PredictRequest
-from proxy.words import MODEL_ERROR, MODEL_TIMEOUT, Anomaly
+from proxy.words import FALLBACK, HOLDBACK, MODEL, MODEL_ERROR, MODEL_TIMEOUT, Anomaly
 
 log = logging.getLogger("recguard.service")
-
-MODEL = "model"
-FALLBACK = "fallback"
-HOLDBACK = "holdback"
-
 
 class RequestRecorder(Protocol):
     def record_request(self, source: str, anomalies: Sequence[tuple[str, str]]) -> None: ...

@@ -23,7 +23,6 @@ from model.scorer import Scorer
 from proxy.drift.alarms import AlarmMonitor, user_hash_key
 from proxy.drift.watch import DriftWatch, Thresholds, cells_from_profile
 from proxy.guard.checks import Guard
-from proxy.guard.diagnosis import Diagnosis
 from proxy.metrics import Metrics
 from proxy.models.breaker import CircuitBreaker
 from proxy.models.upstream import UpstreamClient
@@ -77,14 +76,6 @@ class Loaded:
         return self.bundle.model_version
 
 
-def build_guard(bundle: Bundle, settings: Settings) -> Guard:
-    """The guard for a bundle's profile and catalogue, with rename/merge diagnosis: the proxy's and `recguard check`'s."""
-    rules = settings.guard
-    diagnosis = Diagnosis(bundle.profile, range_tolerance=rules.range_tolerance)
-    return Guard(bundle.profile, bundle.catalogue, range_tolerance=rules.range_tolerance,
-                 required_presence=rules.required_presence, diagnose=diagnosis.diagnose)
-
-
 class Runtime:
     """One worker's parts: the store's client and counters at once, the rest once a bundle is installed.
 
@@ -121,7 +112,7 @@ class Runtime:
         guard = drift = alarms = desk = quality = holdback = quarantine = None
         recorders: list = [metrics]
         if settings.guard.enabled:
-            guard = build_guard(bundle, settings)
+            guard = Guard.from_bundle(bundle, settings.guard)
             if self.counters is not None:
                 self.counters.know_names(metrics.known_fields)
                 recorders.append(self.counters)
@@ -211,6 +202,11 @@ class Runtime:
                 return None
             return Anomaly("model", QUALITY_QUARANTINE, f"quality alarm {alarm.id}: {alarm.detail}", True)
         return quarantine
+
+    @property
+    def metrics(self) -> Metrics | None:
+        """This worker's metrics, once a bundle is loaded (they are labelled by its profile's fields)."""
+        return self.loaded.metrics if self.loaded is not None else None
 
     def wait_loaded(self, timeout: float = 5.0) -> Loaded | None:
         """The loaded parts, waiting up to `timeout` seconds for a load in progress: a worker that just

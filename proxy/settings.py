@@ -1,7 +1,7 @@
 """Serving settings: typed groups read from RECGUARD_* variables and `recguard serve` flags, validated once.
 
 Each setting has one flat name, the same as its variable without the prefix (`redis_url` is
-RECGUARD_REDIS_URL and `--redis-url`'s override) and lives in the group of the part that uses it
+RECGUARD_REDIS_URL, and `recguard serve --redis` overrides it) and lives in the group of the part that uses it
 (`settings.redis.url`). A malformed value or an unknown RECGUARD_* variable (a typo) stops the start
 with a message naming the variable; nothing falls back silently to a default.
 """
@@ -18,11 +18,17 @@ from urllib.parse import urlsplit, urlunsplit
 
 from model.errors import RecguardError
 from proxy.pointer import valid_pointer
-from proxy.store.client import valid_redis_url
+from proxy.redis_url import valid_redis_url
+from proxy.words import (
+    AUTO_WORKER,
+    GTHREAD_WORKER,
+    PLAIN,
+    PROTOCOLS,
+    SYNC_WORKER,
+    WORKER_CLASSES,
+)
 
 ENV_PREFIX = "RECGUARD_"
-WORKER_CLASSES = ("auto", "sync", "gthread")
-UPSTREAM_PROTOCOLS = ("plain", "kserve-v1", "oip-v2")
 SECRET_SETTINGS = frozenset({"admin_token", "user_hash_key"})
 """Never shown in an error message or a log line."""
 
@@ -46,7 +52,7 @@ class ServerSettings:
     """host:port gunicorn listens on."""
     workers: int = setting("workers", 2)
     """gunicorn worker processes."""
-    worker_class: str = setting("worker_class", "auto")
+    worker_class: str = setting("worker_class", AUTO_WORKER)
     """gunicorn worker class: sync (one request at a time per worker: the lowest tail latency,
     measured in docs/benchmarks.md) or gthread (`threads` per worker: keep-alive, slow clients, and
     requests that wait on an upstream); auto is sync for the bundle's model, gthread in upstream mode."""
@@ -220,7 +226,7 @@ class UpstreamSettings:
 
     url: str = setting("upstream_url", "")
     """The endpoint every request the guard lets through is forwarded to (http:// or https://)."""
-    protocol: str = setting("upstream_protocol", "plain")
+    protocol: str = setting("upstream_protocol", PLAIN)
     """The body shape the upstream speaks: plain, kserve-v1 ({"instances"} -> {"predictions"}) or oip-v2."""
     items: str = setting("upstream_items", "/items")
     """RFC 6901 pointer to the list of item ids in the upstream's answer (in each prediction with kserve-v1)."""
@@ -248,7 +254,7 @@ class UpstreamSettings:
         return [
             (not self.url or (self.url.startswith(("http://", "https://")) and bool(urlsplit(self.url).hostname)),
              "upstream_url", "empty or an http:// or https:// URL"),
-            (self.protocol in UPSTREAM_PROTOCOLS, "upstream_protocol", " or ".join(UPSTREAM_PROTOCOLS)),
+            (self.protocol in PROTOCOLS, "upstream_protocol", " or ".join(PROTOCOLS)),
             (valid_pointer(self.items), "upstream_items", "a JSON pointer (RFC 6901): empty or starting with /"),
             (valid_pointer(self.scores), "upstream_scores", "a JSON pointer (RFC 6901): empty or starting with /"),
             (valid_pointer(self.request_fields), "request_fields", "a JSON pointer (RFC 6901): empty or starting with /"),
@@ -332,14 +338,14 @@ class Settings:
     def worker_class(self) -> str:
         """The gunicorn worker class to run: `server.worker_class`, with auto resolved (gthread in upstream
         mode, where a request waits on the network and threads overlap the waits; else sync)."""
-        if self.server.worker_class != "auto":
+        if self.server.worker_class != AUTO_WORKER:
             return self.server.worker_class
-        return "gthread" if self.upstream.enabled else "sync"
+        return GTHREAD_WORKER if self.upstream.enabled else SYNC_WORKER
 
     @property
     def worker_threads(self) -> int:
         """Threads per worker: `server.threads` with gthread, 1 with sync (gunicorn would swap sync for gthread)."""
-        return self.server.threads if self.worker_class == "gthread" else 1
+        return self.server.threads if self.worker_class == GTHREAD_WORKER else 1
 
     def validate(self) -> None:
         """Raise SettingsError for a value out of its range."""

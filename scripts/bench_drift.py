@@ -51,7 +51,7 @@ from proxy.drift.watch import (
     cells_from_profile,
     nested_windows,
 )
-from proxy.runtime import build_guard
+from proxy.guard.checks import Guard
 from proxy.settings import Settings
 from proxy.shapes.request import PredictRequest
 from proxy.store.counters import Counters, Series, make_redis_client
@@ -246,7 +246,7 @@ def request_cost(bundle, holdout: list[dict], cells: list[Cell], series: Series,
     """Per request, best of 5 passes over the held-out requests: the guard; the drift bookkeeping of
     a user not seen in the window (a fresh watch each pass: hash, admit, mark, sums); of a user seen
     already (hash and lookup only); and guard plus a new user's bookkeeping."""
-    guard = build_guard(bundle, SETTINGS)
+    guard = Guard.from_bundle(bundle, SETTINGS.guard)
     counters = Counters(client, prefix=PREFIX)
 
     def fresh() -> DriftWatch:

@@ -1,4 +1,4 @@
-"""Serving-side subcommands of `recguard`: serve, anomalies."""
+"""Serving-side subcommands of `recguard`: serve, and the team's queries of Redis (anomalies, quality)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import sys
 import tempfile
 
-from proxy.words import KINDS
+from proxy.words import KINDS, PROTOCOLS, WORKER_CLASSES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--bundle", help="bundle directory (RECGUARD_BUNDLE)")
     serve.add_argument("--bind", help="HOST:PORT (RECGUARD_BIND, default 127.0.0.1:8000)")
     serve.add_argument("--workers", type=int, help="worker processes (RECGUARD_WORKERS)")
-    serve.add_argument("--worker-class", choices=("auto", "sync", "gthread"),
+    serve.add_argument("--worker-class", choices=WORKER_CLASSES,
                        help="gunicorn worker class (RECGUARD_WORKER_CLASS, default auto: sync, gthread with --upstream)")
     serve.add_argument("--threads", type=int, help="threads per worker with gthread (RECGUARD_THREADS)")
     serve.add_argument("--redis", dest="redis_url", help="Redis URL (RECGUARD_REDIS_URL)")
@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                          "(docs/upstream.md)")
     upstream.add_argument("--upstream", dest="upstream_url", metavar="URL",
                           help="forward what the guard lets through to this endpoint (RECGUARD_UPSTREAM_URL)")
-    upstream.add_argument("--upstream-protocol", choices=("plain", "kserve-v1", "oip-v2"),
+    upstream.add_argument("--upstream-protocol", choices=PROTOCOLS,
                           help="the body shape it speaks (RECGUARD_UPSTREAM_PROTOCOL, default plain)")
     upstream.add_argument("--upstream-items", metavar="POINTER",
                           help="JSON pointer to the item ids in its answer (RECGUARD_UPSTREAM_ITEMS, default /items)")

@@ -10,13 +10,15 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
+from proxy.guard.diagnosis import Diagnosis
 from proxy.shapes.request import PredictRequest, json_type_name
 from proxy.units import unit_hint
 from proxy.words import (
     MISSING_FIELD,
     NON_FINITE,
+    OTHER,
     OUT_OF_RANGE,
     TYPE_MISMATCH,
     UNEXPECTED_FIELD,
@@ -25,11 +27,14 @@ from proxy.words import (
     Anomaly,
 )
 
+if TYPE_CHECKING:
+    from model.bundle import Bundle
+    from proxy.settings import GuardSettings
+
 # Field names a client invents are echoed and counted only when they look like names;
 # anything else (an e-mail used as a key, binary junk) is reported under one placeholder.
 _SAFE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$")
 _SAFE_VALUE = re.compile(r"^[A-Za-z0-9 _\-]{1,32}$")
-OTHER_FIELD = "_other"
 MAX_UNEXPECTED_REPORTED = 16
 
 
@@ -94,6 +99,14 @@ class Guard:
         self.catalogue = frozenset(catalogue)
         self.diagnose = diagnose
 
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, rules: GuardSettings) -> Guard:
+        """The guard of a bundle's profile and catalogue under the guard settings, with rename and merge
+        diagnosis: the one the proxy serves with and `recguard check` runs offline."""
+        diagnosis = Diagnosis(bundle.profile, range_tolerance=rules.range_tolerance)
+        return cls(bundle.profile, bundle.catalogue, range_tolerance=rules.range_tolerance,
+                   required_presence=rules.required_presence, diagnose=diagnosis.diagnose)
+
     def check(self, request: PredictRequest) -> list[Anomaly]:
         """Every anomaly of the request, in profile order, then unexpected fields, then history, then
         what `diagnose` makes of them (suspected renames and merges)."""
@@ -120,7 +133,7 @@ class Guard:
         safe = [name for name in names if _SAFE_NAME.fullmatch(name)][:MAX_UNEXPECTED_REPORTED]
         anomalies = [Anomaly(name, UNEXPECTED_FIELD, "field never seen in training", False) for name in safe]
         if len(safe) < len(names):
-            anomalies.append(Anomaly(OTHER_FIELD, UNEXPECTED_FIELD,
+            anomalies.append(Anomaly(OTHER, UNEXPECTED_FIELD,
                                      f"{len(names) - len(safe)} more unexpected fields not listed by name", False))
         return anomalies
 

@@ -17,9 +17,9 @@ from itertools import combinations
 from typing import Any, Callable, Mapping, Sequence
 
 from model.char_classes import char_classes
-from proxy.guard.checks import OTHER_FIELD
 from proxy.words import (
     MISSING_FIELD,
+    OTHER,
     SUSPECTED_MERGE,
     SUSPECTED_RENAME,
     UNEXPECTED_FIELD,
@@ -118,7 +118,7 @@ class Diagnosis:
         A merge is tried first: a value that fits two missing string fields joined together
         ("Ann Lee") is not a rename of either."""
         missing = [a.field for a in anomalies if a.kind == MISSING_FIELD and a.field in self._likeness]
-        unexpected = [a.field for a in anomalies if a.kind == UNEXPECTED_FIELD and a.field != OTHER_FIELD]
+        unexpected = [a.field for a in anomalies if a.kind == UNEXPECTED_FIELD and a.field != OTHER]
         if not missing or not unexpected:
             return []
         pairs = list(combinations([name for name in missing if name in self._shapes], 2))

@@ -15,13 +15,13 @@ from typing import Any, Iterable, Mapping
 
 from model.bundle import Bundle
 from model.errors import RecguardError
-from proxy.guard.checks import OTHER_FIELD, FieldRule, Guard
-from proxy.runtime import build_guard
+from proxy.guard.checks import FieldRule, Guard
 from proxy.settings import Settings
 from proxy.shapes.request import BadRequest, PredictRequest, parse_predict_body
 from proxy.words import (
     MISSING_FIELD,
     NON_FINITE,
+    OTHER,
     OUT_OF_RANGE,
     TYPE_MISMATCH,
     UNEXPECTED_FIELD,
@@ -97,7 +97,7 @@ def check_file(path: Path, bundle: Bundle, settings: Settings) -> CheckReport:
     """Check a JSONL file of request bodies against `bundle`; RecguardError when it cannot be read."""
     try:
         with open(path, "rb") as lines:
-            return check_lines(lines, build_guard(bundle, settings), bundle.profile, settings)
+            return check_lines(lines, Guard.from_bundle(bundle, settings.guard), bundle.profile, settings)
     except OSError as exc:
         raise RecguardError(f"cannot read {path}: {exc.strerror or exc}") from None
 
@@ -113,7 +113,7 @@ def _outcome(anomalies: list[Anomaly]) -> str:
 def _training_view(anomaly: Anomaly, request: PredictRequest, profile: Mapping[str, Any],
                    rules: Mapping[str, FieldRule]) -> str:
     """What training saw of the anomaly's field, never a raw value of a personal field."""
-    if anomaly.kind == UNEXPECTED_FIELD or anomaly.field == OTHER_FIELD:
+    if anomaly.kind == UNEXPECTED_FIELD or anomaly.field == OTHER:
         absent = [name for name, rule in rules.items() if rule.required and request.fields.get(name) is None]
         return "not a training field" + (f"; training fields absent here: {', '.join(absent)}" if absent else "")
     if anomaly.kind == UNKNOWN_ITEM:

@@ -57,7 +57,7 @@ def create_app(
     def http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
         if status == 413:
-            return reject(runtime, f"body larger than {limits.max_body_bytes} bytes", 413)
+            return reject(runtime.metrics, f"body larger than {limits.max_body_bytes} bytes", 413)
         response = error_response(exc.description or exc.name, status)
         if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
             # RFC 9110: a 405 lists the methods the resource does support

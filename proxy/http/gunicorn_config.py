@@ -19,6 +19,7 @@ import shutil
 from gunicorn import glogging
 
 from proxy.settings import Settings
+from proxy.words import SYNC_WORKER
 
 
 class Logger(glogging.Logger):
@@ -38,7 +39,7 @@ workers = _settings.server.workers
 # gunicorn quietly swaps sync for gthread when threads > 1: sync means one thread
 threads = _settings.worker_threads
 # sync is gunicorn's sync worker plus a drain of the listen backlog on SIGTERM (proxy/http/workers.py)
-worker_class = "proxy.http.workers.SyncWorker" if _settings.worker_class == "sync" else _settings.worker_class
+worker_class = "proxy.http.workers.SyncWorker" if _settings.worker_class == SYNC_WORKER else _settings.worker_class
 timeout = 30
 graceful_timeout = 10
 keepalive = 5

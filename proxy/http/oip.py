@@ -138,7 +138,7 @@ def oip_blueprint(runtime: Runtime) -> Blueprint:
         if loaded is None:
             return error_response("model not loaded yet", 503)
         if BINARY_HEADER in request.headers:
-            return reject(runtime, "binary tensor data is not accepted: send JSON tensors "
+            return reject(runtime.metrics, "binary tensor data is not accepted: send JSON tensors "
                                    "(tritonclient: binary_data=False)", 400)
         # OIP clients need not say what they send (tritonclient sends no Content-Type): the body decides
         body = read_body(runtime, json_type=False)
@@ -150,7 +150,7 @@ def oip_blueprint(runtime: Runtime) -> Blueprint:
         try:
             parsed = shape.parse(body)
         except BadRequest as exc:
-            return reject(runtime, str(exc), exc.status)
+            return reject(runtime.metrics, str(exc), exc.status)
         rid = request_id()
         rows, tickets = [], []
         for row in parsed.rows:

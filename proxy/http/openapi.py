@@ -8,10 +8,9 @@ from typing import Any, Mapping
 from proxy.guard.checks import FieldRule, compile_rules
 from proxy.http.oip import OPENAPI_PATHS as OIP_PATHS
 from proxy.settings import Settings
-from proxy.words import KINDS
+from proxy.words import HOLDBACK, KINDS, SOURCES
 
 ANOMALY_KINDS = list(KINDS)
-SOURCES = ["model", "fallback", "holdback"]
 
 
 def _json(schema_ref: str, description: str) -> dict[str, Any]:
@@ -33,7 +32,7 @@ def _predict(summary: str) -> dict[str, Any]:
             "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}}},
         "responses": {
             "200": {**_json("Prediction", "Recommended items"),
-                    "headers": {"X-Recguard-Source": {"schema": {"type": "string", "enum": SOURCES}},
+                    "headers": {"X-Recguard-Source": {"schema": {"type": "string", "enum": list(SOURCES)}},
                                 "X-Request-Id": {"schema": {"type": "string"},
                                                  "description": "The caller's X-Request-Id, else a new one"},
                                 "X-Recguard-Ticket": {"schema": {"type": "string"},
@@ -190,7 +189,7 @@ def openapi_document(profile: Mapping[str, Any] | None, settings: Settings) -> d
                            "properties": {
                                "items": {"type": "array", "items": {"type": "string"}},
                                "scores": {"type": "array", "items": {"type": "number"}},
-                               "source": {"type": "string", "enum": SOURCES},
+                               "source": {"type": "string", "enum": list(SOURCES)},
                                "model_version": {"type": "string"},
                                "ticket": {"type": "string", "description": "The feedback ticket, when feedback is on"},
                                "anomalies": {"type": "array", "items": {"$ref": "#/components/schemas/Anomaly"}}}},
@@ -215,7 +214,7 @@ def openapi_document(profile: Mapping[str, Any] | None, settings: Settings) -> d
                                  "id": {"type": "string", "description": "`quality:<version>:<segment>:<baseline>`"},
                                  "kind": {"type": "string", "enum": ["quality"]},
                                  "version": {"type": "string"}, "segment": {"type": "string"},
-                                 "baseline": {"type": "string", "enum": ["holdback", "offline"]},
+                                 "baseline": {"type": "string", "enum": [HOLDBACK, "offline"]},
                                  "detail": {"type": "string"}, "statistic": {"type": "number"},
                                  "impressions": {"type": "integer"}, "hit_rate": {"type": "number"},
                                  "expected": {"type": ["number", "null"]}}},

@@ -54,7 +54,7 @@ def loaded_or_wait(runtime: Runtime) -> Loaded | None:
 def read_body(runtime: Runtime, *, json_type: bool = True) -> bytes | Response:
     """The request's body, or the 4xx answer that refuses it; `json_type`: its Content-Type must say JSON."""
     if json_type and not _is_json(request.mimetype):
-        return reject(runtime, "Content-Type must be application/json", 415)
+        return reject(runtime.metrics, "Content-Type must be application/json", 415)
     try:
         body = request.get_data(cache=False)
     except HTTPException:
@@ -62,10 +62,10 @@ def read_body(runtime: Runtime, *, json_type: bool = True) -> bytes | Response:
     except Exception:  # noqa: BLE001
         # The WSGI server's own framing errors surface here (gunicorn raises its ParseException
         # for a malformed chunked body): the client's fault, not an internal error.
-        return reject(runtime, "body could not be read: malformed chunked encoding or cut short", 400)
+        return reject(runtime.metrics, "body could not be read: malformed chunked encoding or cut short", 400)
     limit = runtime.settings.limits.max_body_bytes
     if len(body) > limit:
-        return reject(runtime, f"body larger than {limit} bytes", 413)
+        return reject(runtime.metrics, f"body larger than {limit} bytes", 413)
     return body
 
 
@@ -84,7 +84,7 @@ def forward_answer(runtime: Runtime, loaded: Loaded, shape: Shape, body: bytes) 
     try:
         parsed = shape.parse(body)
     except BadRequest as exc:
-        return reject(runtime, str(exc), exc.status)
+        return reject(runtime.metrics, str(exc), exc.status)
     rid = request_id()
     # the upstream sees the request id the answer carries, the caller's or a new one
     sent_headers = {**forwarded_headers(request.headers.items()), REQUEST_ID_HEADER: rid}
@@ -121,7 +121,7 @@ def predict_blueprint(runtime: Runtime) -> Blueprint:
             parsed = parse_predict_body(body, default_k=limits.default_k, max_k=limits.max_k,
                                         max_history=limits.max_history)
         except BadRequest as exc:
-            return reject(runtime, str(exc), exc.status)
+            return reject(runtime.metrics, str(exc), exc.status)
         rid = request_id()
         prediction = loaded.service.predict(parsed, rid)
         answer = {"items": prediction.items, "scores": prediction.scores, "source": prediction.source,

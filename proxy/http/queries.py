@@ -1,4 +1,4 @@
-"""What anyone on the team may ask: anomaly counts over a time range and the active drift alarms."""
+"""What anyone on the team may ask: anomaly counts over a time range, the active drift and quality alarms, live quality."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from typing import Any
 from flask import Response, request
 
 from proxy import json_codec
-from proxy.runtime import Runtime
+from proxy.metrics import Metrics
 
 log = logging.getLogger("recguard.app")
 
@@ -23,9 +23,10 @@ def error_response(message: str, status: int) -> Response:
     return json_response({"error": message}, status)
 
 
-def reject(runtime: Runtime, message: str, status: int) -> Response:
-    """A refused request: counted in the metrics and logged (without the body), then answered."""
-    if runtime.loaded is not None:
-        runtime.loaded.metrics.rejected.labels(str(status)).inc()
+def reject(metrics: Metrics | None, message: str, status: int) -> Response:
+    """A refused request: counted in the metrics (once there are any: a bundle is loaded) and logged
+    (without the body), then answered."""
+    if metrics is not None:
+        metrics.rejected.labels(str(status)).inc()
     log.info("request rejected", extra={"status": status, "reason": message, "path": request.path})
     return error_response(message, status)

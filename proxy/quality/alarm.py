@@ -24,12 +24,12 @@ import redis
 
 from proxy.quality.report import Totals, read_minutes, split_field
 from proxy.quality.stats import Drop, drop_below_control, drop_below_rate
+from proxy.words import HOLDBACK, MODEL
 
 log = logging.getLogger("recguard.quality")
 
 QUALITY = "quality"
 ALL_SEGMENTS = "_all"
-MODEL, HOLDBACK = "model", "holdback"
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 from proxy.quality.feedback import EVENTS, Event, FeedbackLedger
 from proxy.quality.tickets import Ticket, TicketError, TicketSigner
+from proxy.words import OTHER
 
 MAX_EVENTS = 1000
 MAX_ITEM_ID = 256
-OTHER_SEGMENT = "_other"
 NO_SEGMENT = "_none"
 
 
@@ -60,7 +60,7 @@ class TicketDesk:
         if self.segment_field is None:
             return NO_SEGMENT
         value = fields.get(self.segment_field)
-        return value if isinstance(value, str) and value in self.segments else OTHER_SEGMENT
+        return value if isinstance(value, str) and value in self.segments else OTHER
 
     def stamp(self, source: str, items: Sequence[str], fields: Mapping[str, Any], request_id: str) -> str:
         """Count the answer served and return its ticket."""

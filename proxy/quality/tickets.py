@@ -18,12 +18,13 @@ import hmac
 import struct
 from typing import NamedTuple
 
+from proxy.words import SOURCES
+
 VERSION = 1
 TAG_BYTES = 16
 MAX_TEXT = 255
 """Longest request id, model version or segment a ticket carries, in UTF-8 bytes."""
 MAX_ITEMS = 10_000
-SOURCES = ("model", "fallback", "holdback")
 _HEAD = struct.Struct(">BIB")
 _BLOCK = 64
 """SHA-256's block size in bytes, as HMAC pads its key."""

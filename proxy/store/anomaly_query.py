@@ -18,6 +18,7 @@ import redis
 
 from proxy.store.client import command, execute
 from proxy.store.counters import bucket_key
+from proxy.words import OTHER
 
 MAX_RANGE = timedelta(days=7)
 """The longest range one query reads: the buckets' default TTL, 10 081 keys in one pipeline."""
@@ -28,7 +29,6 @@ _ANOMALY_PREFIX = "anomaly:"
 TOP_NAMES = 20
 """Field names a report lists by count, in its totals and in each minute; the rest are added up
 under `_other` (what a client invents must not make the report unreadable or huge)."""
-OTHER = "_other"
 
 
 @dataclass

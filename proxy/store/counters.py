@@ -49,6 +49,7 @@ from redis.exceptions import (
 )
 
 from proxy.store.client import LuaScript, execute, make_redis_client
+from proxy.words import OTHER
 
 __all__ = ["Counters", "CounterStatus", "Series", "bucket_key", "make_redis_client"]
 
@@ -56,8 +57,6 @@ log = logging.getLogger("recguard.counters")
 
 MARKER_PREFIX = "batch:"
 ANOMALY_PREFIX = "anomaly:"
-OTHER_NAME = "_other"
-"""Where the counts of the names past the cap go: `anomaly:_other:<kind>`."""
 NAMES_PER_BUCKET = 64
 """Distinct names a client chose (an unexpected field, a suspected rename) counted by name in one
 minute bucket, by every writer together; the most frequent win (see _APPLY_BATCH)."""
@@ -80,7 +79,7 @@ local function add(field, amount)
   end
 end
 local function other(field)
-  return "anomaly:_other:" .. string.match(field, ":([^:]*)$")
+  return "{other_prefix}" .. string.match(field, ":([^:]*)$")
 end
 local mark = "batch:" .. ARGV[1]
 local number = tonumber(ARGV[2])
@@ -131,7 +130,7 @@ if tonumber(redis.call("HGET", KEYS[1], mark) or "0") < number then
 end
 redis.call("EXPIRE", KEYS[1], ARGV[3])
 return applied
-"""
+""".replace("{other_prefix}", f"{ANOMALY_PREFIX}{OTHER}:")
 
 # Server replies that say "not now" rather than "never": the bucket is kept and retried.
 # (LOADING, after a restart, arrives as BusyLoadingError, a ConnectionError: Redis counts as down.)
@@ -261,7 +260,7 @@ class Counters:
     def know_names(self, names: Iterable[str]) -> None:
         """The field names of the profile (and the guard's own, like `history`): anomalies under any
         other name are counted by name only for the NAMES_PER_BUCKET most frequent per minute."""
-        self._known = frozenset(names) | {OTHER_NAME}
+        self._known = frozenset(names) | {OTHER}
 
     def add(self, field: str, amount: Number = 1) -> None:
         """Add `amount` to `field` of the current minute's bucket (ints stay exact, floats are sums)."""
@@ -430,7 +429,7 @@ class Counters:
         if len(invented) > NAMES_PER_BUCKET:
             invented.sort(key=lambda pair: (-pair[1], pair[0]))
             for field, amount in invented[NAMES_PER_BUCKET:]:
-                other = f"{ANOMALY_PREFIX}{OTHER_NAME}:{field.rpartition(':')[2]}"
+                other = f"{ANOMALY_PREFIX}{OTHER}:{field.rpartition(':')[2]}"
                 plain[other] = plain.get(other, 0) + amount
             invented = invented[:NAMES_PER_BUCKET]
         return plain, invented

@@ -10,6 +10,7 @@ import pytest
 
 from model.errors import RecguardError
 from proxy.cli import contract as contract_commands
+from proxy.guard.checks import Guard
 from proxy.guard.report import (
     BAD_REQUEST,
     CLEAN,
@@ -18,7 +19,6 @@ from proxy.guard.report import (
     REJECTED,
     check_lines,
 )
-from proxy.runtime import build_guard
 from proxy.settings import Settings
 from tests.harness.proxy import merged_names, renamed_email
 
@@ -79,7 +79,7 @@ def test_outcomes_follow_the_proxy_routing(loaded_bundle, tiny_holdout):
     clean = tiny_holdout[0]
     lines = [json.dumps(body).encode() for body in (
         clean, renamed_email(clean), {**clean, "country": "MX"}, {**clean, "history": ["item_99999"]})] + [b"[]"]
-    report = check_lines(lines, build_guard(loaded_bundle, settings), loaded_bundle.profile, settings)
+    report = check_lines(lines, Guard.from_bundle(loaded_bundle, settings.guard), loaded_bundle.profile, settings)
     assert dict(report.outcomes) == {CLEAN: 2, CONTRACT: 1, FALLBACK: 1, REJECTED: 1}
     assert not report.ok
     assert [(f.line, f.kind) for f in report.findings if f.line == 4] == [(4, "unknown_item")]
@@ -96,7 +96,7 @@ def test_check_finds_what_the_proxy_reports(client, loaded_bundle, tiny_holdout)
     settings = Settings.from_env({}, bundle=loaded_bundle.path)
     bodies = [tiny_holdout[2], renamed_email(tiny_holdout[3]), merged_names(tiny_holdout[4]),
               {**tiny_holdout[5], "weight_kg": 400.0}, {**tiny_holdout[6], "age": "41"}, {**tiny_holdout[7], "extra": True}]
-    report = check_lines([json.dumps(body).encode() for body in bodies], build_guard(loaded_bundle, settings),
+    report = check_lines([json.dumps(body).encode() for body in bodies], Guard.from_bundle(loaded_bundle, settings.guard),
                          loaded_bundle.profile, settings)
     for number, body in enumerate(bodies, start=1):
         answer = client.post("/predict", json=body).get_json()

@@ -10,8 +10,8 @@ from jsonschema import Draft202012Validator
 
 from model.errors import RecguardError
 from proxy.cli import contract as contract_commands
+from proxy.guard.checks import Guard
 from proxy.guard.contract import request_schema
-from proxy.runtime import build_guard
 from proxy.settings import Settings
 from proxy.shapes.request import BadRequest, parse_predict_body
 from proxy.words import UNKNOWN_ITEM
@@ -96,7 +96,7 @@ def test_fields_often_absent_in_training_are_optional(loaded_bundle, contract_se
 
 def test_schema_and_guard_agree(validator, loaded_bundle, contract_settings, tiny_holdout):
     """What the schema rejects the guard reports, and the reverse (catalogue membership aside)."""
-    guard = build_guard(loaded_bundle, contract_settings)
+    guard = Guard.from_bundle(loaded_bundle, contract_settings.guard)
     weight = loaded_bundle.profile["fields"]["weight_kg"]
     high = weight["max"] + contract_settings.guard.range_tolerance * (weight["max"] - weight["min"])
     base = tiny_holdout[1]

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from proxy.runtime import build_guard
+from proxy.guard.checks import Guard
 from proxy.settings import Settings
 from proxy.shapes.request import PredictRequest
 from tests.harness.proxy import merged_names, renamed_email
@@ -14,7 +14,7 @@ from tests.harness.proxy import merged_names, renamed_email
 
 @pytest.fixture(scope="module")
 def guard(loaded_bundle):
-    return build_guard(loaded_bundle, Settings.from_env({}))
+    return Guard.from_bundle(loaded_bundle, Settings.from_env({}).guard)
 
 
 def suspicions(guard, body: dict) -> set[tuple[str, str, str]]:
@@ -80,7 +80,7 @@ def test_a_bundle_without_string_shapes_still_diagnoses_numbers(loaded_bundle, t
     profile = {**loaded_bundle.profile, "fields": {
         name: {key: value for key, value in spec.items() if key != "shape"}
         for name, spec in loaded_bundle.profile["fields"].items()}}
-    guard = build_guard(dataclasses.replace(loaded_bundle, profile=profile), Settings.from_env({}))
+    guard = Guard.from_bundle(dataclasses.replace(loaded_bundle, profile=profile), Settings.from_env({}).guard)
     assert suspicions(guard, renamed_email(tiny_holdout[0])) == set()
     assert suspicions(guard, renamed(tiny_holdout[0], "weight_kg", "weight")) == \
         {("weight", "suspected_rename", "weight_kg → weight")}

@@ -133,11 +133,10 @@ def test_names_and_values_with_a_trailing_newline_are_not_echoed(guard):
 
 def test_an_out_of_range_value_that_a_common_unit_factor_brings_back_is_named(loaded_bundle):
     """Per request: the value converted back by a common factor lands in the training's central range."""
-    from proxy.runtime import build_guard
     from proxy.settings import Settings
     from proxy.shapes.request import PredictRequest
 
-    guard = build_guard(loaded_bundle, Settings())
+    guard = Guard.from_bundle(loaded_bundle, Settings().guard)
     fields = loaded_bundle.profile["fields"]
     base = {"country": "DE", "weight_kg": fields["weight_kg"]["quantiles"]["0.5"],
             "height_cm": int(fields["height_cm"]["quantiles"]["0.5"]), "age": int(fields["age"]["quantiles"]["0.5"])}

@@ -14,16 +14,11 @@ from datetime import datetime, timezone
 import pytest
 import redis
 
+from proxy.redis_url import ClusterURL, parse_cluster_url, valid_redis_url
 from proxy.settings import Settings, SettingsError
 from proxy.store import client as store_client
 from proxy.store.anomaly_query import query_anomalies
-from proxy.store.client import (
-    ClusterClient,
-    ClusterURL,
-    make_redis_client,
-    parse_cluster_url,
-    valid_redis_url,
-)
+from proxy.store.client import ClusterClient, make_redis_client
 from proxy.store.counters import Counters, Series, bucket_key
 from tests.harness.cluster import CommandAudit
 from tests.harness.servers import free_port
