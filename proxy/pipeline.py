@@ -16,7 +16,7 @@ from typing import Callable, Mapping, Protocol, Sequence
 from model.recommender import ModelError, Recommendation, Recommender
 from proxy.guard.checks import Guard
 from proxy.models.upstream import Reply
-from proxy.shapes.formats import Parsed, RowAnswer, Shape
+from proxy.shapes.base import Parsed, RowAnswer, Shape
 from proxy.shapes.request import PredictRequest
 from proxy.words import FALLBACK, HOLDBACK, MODEL, MODEL_ERROR, MODEL_TIMEOUT, Anomaly
 

@@ -33,7 +33,9 @@ from proxy.quality.feedback import FeedbackLedger
 from proxy.quality.holdback import Holdback
 from proxy.quality.tickets import TicketSigner
 from proxy.settings import Settings, redact_url
-from proxy.shapes.formats import OipV2Shape, Shape, make_shape
+from proxy.shapes.base import Shape
+from proxy.shapes.oip import OipV2Shape
+from proxy.shapes.protocols import make_shape
 from proxy.store.client import make_redis_client
 from proxy.store.counters import Counters, Series
 from proxy.words import QUALITY_QUARANTINE, Anomaly

@@ -24,15 +24,10 @@ from proxy.http.predict import (
 )
 from proxy.http.responses import error_response, json_response, reject
 from proxy.runtime import Runtime
-from proxy.shapes.formats import (
-    ITEMS_OUTPUT,
-    OIP_TYPES,
-    OIP_V2,
-    SCORES_OUTPUT,
-    RowAnswer,
-    anomaly_list,
-)
+from proxy.shapes.base import RowAnswer, anomaly_list
+from proxy.shapes.oip import ITEMS_OUTPUT, OIP_TYPES, SCORES_OUTPUT
 from proxy.shapes.request import HISTORY_FIELD, K_FIELD, BadRequest
+from proxy.words import OIP_V2
 
 BINARY_HEADER = "Inference-Header-Content-Length"
 

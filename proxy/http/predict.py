@@ -19,8 +19,9 @@ from proxy.http.responses import error_response, json_response, reject
 from proxy.models.upstream import forwarded_headers
 from proxy.pipeline import Forwarding
 from proxy.runtime import Loaded, Runtime
-from proxy.shapes.formats import KSERVE_V1, Shape, anomaly_list
+from proxy.shapes.base import Shape, anomaly_list
 from proxy.shapes.request import BadRequest, parse_predict_body
+from proxy.words import KSERVE_V1
 
 JSON_TYPES = ("application/json",)
 SOURCE_HEADER = "X-Recguard-Source"

@@ -27,7 +27,7 @@ from model.recommender import ModelError, Recommendation
 from proxy import json_codec
 from proxy.models.breaker import CircuitBreaker
 from proxy.models.http1 import Answer, ConnectionClosed, Http1Pool, MalformedAnswer
-from proxy.shapes.formats import Shape, ShapeError
+from proxy.shapes.base import Shape, ShapeError
 from proxy.shapes.request import PredictRequest
 from proxy.words import MODEL_TIMEOUT, UPSTREAM_ERROR, UPSTREAM_UNAVAILABLE
 

@@ -10,7 +10,7 @@ from model.recommender import Recommendation
 from proxy.models.upstream import Reply
 from proxy.pipeline import PredictionService
 from proxy.settings import LimitSettings, UpstreamSettings
-from proxy.shapes.formats import KServeV1Shape
+from proxy.shapes.kserve import KServeV1Shape
 from proxy.shapes.request import PredictRequest
 from proxy.words import DRIFT_QUARANTINE, MODEL_TIMEOUT, Anomaly
 

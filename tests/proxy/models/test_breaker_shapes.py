@@ -9,13 +9,10 @@ import pytest
 from proxy.models.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from proxy.pointer import PointerError, assign, resolve, valid_pointer
 from proxy.settings import LimitSettings, Settings, SettingsError, UpstreamSettings
-from proxy.shapes.formats import (
-    KServeV1Shape,
-    OipV2Shape,
-    PlainShape,
-    RowAnswer,
-    ShapeError,
-)
+from proxy.shapes.base import RowAnswer, ShapeError
+from proxy.shapes.kserve import KServeV1Shape
+from proxy.shapes.oip import OipV2Shape
+from proxy.shapes.plain import PlainShape
 from proxy.shapes.request import BadRequest
 
 

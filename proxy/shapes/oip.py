@@ -1,0 +1,184 @@
+"""The Open Inference Protocol v2 (KServe's v2 data plane, Triton's HTTP API), JSON tensors."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Mapping, Sequence
+
+from model.recommender import Recommendation
+from proxy.settings import LimitSettings
+from proxy.shapes.base import (
+    Parsed,
+    RowAnswer,
+    ShapeError,
+    anomaly_list,
+    finite,
+    flatten,
+    item_ids,
+    object_with_list,
+    scores_of,
+)
+from proxy.shapes.request import (
+    HISTORY_FIELD,
+    K_FIELD,
+    BadRequest,
+    PredictRequest,
+    check_history,
+    check_k,
+)
+from proxy.words import OIP_V2
+
+ITEMS_OUTPUT = "items"
+SCORES_OUTPUT = "scores"
+OIP_TYPES = {"string": "BYTES", "number": "FP64", "integer": "INT64"}
+"""The OIP datatype of each profile type."""
+
+
+class OipV2Shape:
+    """The Open Inference Protocol v2 (KServe's v2 data plane, Triton's HTTP API), JSON tensors.
+
+    One input per signup field, shape [B] (or [B, 1]) for a batch of B; `history` BYTES [B, n]
+    (or [n] for one row), "" padding a shorter row; `k` INT32 [1]. Outputs `items` BYTES and
+    `scores` FP32, shape [B, n]; `source` and `anomalies` in the answer's parameters (one
+    comma-separated value per row, rows separated by ';').
+    """
+
+    name = OIP_V2
+
+    def __init__(self, limits: LimitSettings, model_name: str):
+        self.limits = limits
+        self.model_name = model_name
+
+    def parse(self, body: bytes) -> Parsed:
+        payload, inputs = object_with_list(body, "inputs", "tensors")
+        tensors: dict[str, list[Any]] = {}
+        shapes: dict[str, list[int]] = {}
+        for i, tensor in enumerate(inputs):
+            if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str) \
+                    or not isinstance(tensor.get("datatype"), str) or "data" not in tensor:
+                raise BadRequest(f"input {i} must be an object with name, shape, datatype and data")
+            shape = tensor.get("shape")
+            if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                                      for d in shape):
+                raise BadRequest(f"input {tensor['name'][:64]!r}: shape must be a list of non-negative integers")
+            data = flatten(tensor["data"])
+            if math.prod(shape) != len(data):
+                raise BadRequest(f"input {tensor['name'][:64]!r}: shape {shape} does not hold {len(data)} values")
+            tensors[tensor["name"]] = data
+            shapes[tensor["name"]] = shape
+        fields = {name: data for name, data in tensors.items() if name not in (HISTORY_FIELD, K_FIELD)}
+        batch = self._batch(fields, shapes)
+        histories = self._histories(tensors.get(HISTORY_FIELD), shapes.get(HISTORY_FIELD), batch)
+        k = self._k(tensors.get(K_FIELD))
+        rows = [PredictRequest({name: data[row] for name, data in fields.items()}, histories[row], k)
+                for row in range(batch)]
+        request_id = payload.get("id")
+        return Parsed(payload, rows, request_id if isinstance(request_id, str) else None)
+
+    @staticmethod
+    def _batch(fields: Mapping[str, list[Any]], shapes: Mapping[str, list[int]]) -> int:
+        sizes = {name: shapes[name][0] if shapes[name] else 1 for name in fields}
+        for name, data in fields.items():
+            if len(data) != sizes[name]:
+                raise BadRequest(f"input {name[:64]!r}: one value per row expected, shape [B] or [B, 1]")
+        batch = max(sizes.values(), default=1)
+        if batch < 1 or any(size != batch for size in sizes.values()):
+            raise BadRequest(f"every signup input must have the same batch size; got {sorted(set(sizes.values()))}")
+        return batch
+
+    def _histories(self, data: list[Any] | None, shape: list[int] | None, batch: int) -> list[list[str]]:
+        if data is None:
+            return [[] for _ in range(batch)]
+        if not all(isinstance(item, str) for item in data):
+            raise BadRequest("history must be BYTES: item ids as strings")
+        if batch == 1 and len(shape) == 1:
+            rows = [data]
+        elif len(shape) == 2 and shape[0] == batch:
+            width = shape[1]
+            rows = [data[row * width:(row + 1) * width] for row in range(batch)]
+        else:
+            raise BadRequest(f"history must have shape [B, n] (or [n] for one row); got {shape}")
+        return [check_history([item for item in row if item], max_history=self.limits.max_history) for row in rows]
+
+    def _k(self, data: list[Any] | None) -> int:
+        limits = self.limits
+        if data is None:
+            return limits.default_k
+        if len(data) != 1:
+            raise BadRequest("k must be one INT32 value, shape [1]")
+        return check_k(data[0], default_k=limits.default_k, max_k=limits.max_k)
+
+    def request_body(self, rows: Sequence[PredictRequest]) -> bytes:
+        names = list(dict.fromkeys(name for row in rows for name in row.fields))
+        inputs = []
+        for name in names:
+            values = [row.fields.get(name) for row in rows]
+            present = [value for value in values if value is not None]
+            datatype = ("BYTES" if any(isinstance(v, str) for v in present) else
+                        "FP64" if any(isinstance(v, float) for v in present) else "INT64")
+            inputs.append({"name": name, "shape": [len(rows)], "datatype": datatype, "data": values})
+        width = max((len(row.history) for row in rows), default=0)
+        if width:
+            inputs.append({"name": HISTORY_FIELD, "shape": [len(rows), width], "datatype": "BYTES",
+                           "data": [item for row in rows for item in [*row.history, *[""] * (width - len(row.history))]]})
+        inputs.append({"name": K_FIELD, "shape": [1], "datatype": "INT32", "data": [rows[0].k]})
+        return json.dumps({"inputs": inputs}).encode()
+
+    def subset(self, parsed: Parsed, indices: Sequence[int]) -> bytes:
+        payload = parsed.payload
+        batch = len(parsed.rows)
+        inputs = []
+        for tensor in payload["inputs"]:
+            if tensor["name"] == K_FIELD:
+                inputs.append(tensor)
+                continue
+            data = flatten(tensor["data"])
+            width = len(data) // batch
+            kept = [value for i in indices for value in data[i * width:(i + 1) * width]]
+            inputs.append({**tensor, "shape": [len(indices), *tensor["shape"][1:]], "data": kept})
+        return json.dumps({**payload, "inputs": inputs}).encode()
+
+    def read_answer(self, payload: Any, count: int) -> list[Recommendation]:
+        outputs = payload.get("outputs") if isinstance(payload, dict) else None
+        if not isinstance(outputs, list):
+            raise ShapeError('answer has no "outputs" list')
+        by_name = {output.get("name"): output for output in outputs if isinstance(output, dict)}
+        if ITEMS_OUTPUT not in by_name:
+            raise ShapeError(f'answer has no output named "{ITEMS_OUTPUT}"')
+        items = flatten(by_name[ITEMS_OUTPUT].get("data"))
+        if not items and count:
+            return [Recommendation([], []) for _ in range(count)]
+        if len(items) % count:
+            raise ShapeError(f'output "{ITEMS_OUTPUT}" does not split into {count} rows')
+        width = len(items) // count
+        scores = flatten(by_name[SCORES_OUTPUT].get("data")) if SCORES_OUTPUT in by_name else None
+        if scores is not None and len(scores) != len(items):
+            raise ShapeError(f'output "{SCORES_OUTPUT}" has {len(scores)} values for {len(items)} items')
+        answers = []
+        for row in range(count):
+            cut = slice(row * width, (row + 1) * width)
+            row_items = item_ids(items[cut], f'output "{ITEMS_OUTPUT}"')
+            kept = [i for i, item in enumerate(row_items) if item]
+            row_scores = scores_of(scores[cut], width, f'output "{SCORES_OUTPUT}"') if scores is not None else []
+            answers.append(Recommendation([row_items[i] for i in kept], [row_scores[i] for i in kept] if row_scores else []))
+        return answers
+
+    def render(self, parsed: Parsed | None, answers: Sequence[RowAnswer], model_version: str) -> dict[str, Any]:
+        width = max((len(answer.items) for answer in answers), default=0)
+        items = [item for answer in answers for item in [*answer.items, *[""] * (width - len(answer.items))]]
+        scores = [score for answer in answers
+                  for score in [*finite(answer.scores), *[0.0] * (width - len(answer.scores))]]
+        body: dict[str, Any] = {
+            "model_name": self.model_name,
+            "model_version": model_version,
+            "parameters": {"source": ";".join(answer.source for answer in answers),
+                           "anomalies": ";".join(anomaly_list(answer.anomalies) for answer in answers)},
+            "outputs": [
+                {"name": ITEMS_OUTPUT, "datatype": "BYTES", "shape": [len(answers), width], "data": items},
+                {"name": SCORES_OUTPUT, "datatype": "FP32", "shape": [len(answers), width], "data": scores},
+            ],
+        }
+        if parsed is not None and parsed.request_id is not None:
+            body["id"] = parsed.request_id
+        return body
