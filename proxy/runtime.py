@@ -25,8 +25,17 @@ from proxy.drift.watch import DriftWatch, Thresholds, cells_from_profile
 from proxy.guard.checks import Guard
 from proxy.metrics import Metrics
 from proxy.models.breaker import CircuitBreaker
+from proxy.models.embedded import RowByRow
+from proxy.models.forwarding import Forwarder
+from proxy.models.side import ModelSide
 from proxy.models.upstream import UpstreamClient
-from proxy.pipeline import PredictionService
+from proxy.pipeline import (
+    PredictionService,
+    Screen,
+    fields_screen,
+    guard_screen,
+    holdback_screen,
+)
 from proxy.quality.alarm import QualityMonitor, QualityThresholds
 from proxy.quality.desk import TicketDesk
 from proxy.quality.feedback import FeedbackLedger
@@ -36,6 +45,7 @@ from proxy.settings import Settings, redact_url
 from proxy.shapes.base import Shape
 from proxy.shapes.oip import OipV2Shape
 from proxy.shapes.protocols import make_shape
+from proxy.shapes.recguard import RecguardShape
 from proxy.store.client import make_redis_client
 from proxy.store.counters import Counters, Series
 from proxy.words import QUALITY_QUARANTINE, Anomaly
@@ -62,16 +72,22 @@ class Loaded:
     bundle: Bundle
     service: PredictionService
     metrics: Metrics
-    alarms: AlarmMonitor | None = None
+    shape: Shape
+    """What /predict and /invocations speak: recguard's own JSON, or the upstream's shape in upstream mode."""
+    oip: OipV2Shape
+    """recguard's own Open Inference Protocol v2 bodies (the /v2 endpoints)."""
+    drift_monitor: AlarmMonitor | None = None
     """Drift alarms as this worker sees them (None without the guard)."""
     desk: TicketDesk | None = None
     """Tickets and feedback (None while no feedback secret is configured)."""
-    quality: QualityMonitor | None = None
+    quality_monitor: QualityMonitor | None = None
     """Quality alarms as this worker sees them (None while feedback is off)."""
     upstream: UpstreamClient | None = None
-    """The team's own endpoint, in upstream mode: bodies in its `shape` are forwarded to it."""
-    oip: OipV2Shape | None = None
-    """recguard's own Open Inference Protocol v2 bodies (the /v2 endpoints)."""
+    """The team's own endpoint, in upstream mode (its breaker is on /healthz)."""
+    guard: Guard | None = None
+    """The guard's checks (the first screen; None with the guard off)."""
+    drift: DriftWatch | None = None
+    """The request path's drift watch (a screen; None without the guard or Redis)."""
 
     @property
     def model_version(self) -> str:
@@ -103,36 +119,42 @@ class Runtime:
         self.settled = threading.Event()
 
     def install(self, bundle: Bundle) -> None:
-        """Build the guard, scorer, fallback and service from a loaded bundle, then mark ready."""
+        """Build the screens, the model side, the fallback and the service from a loaded bundle, then mark ready."""
         settings = self.settings
         profile = bundle.profile
         metrics = Metrics(profile["fields"])
         upstream = self._upstream(bundle, metrics) if settings.upstream.enabled else None
-        scorer = self.model or upstream or Scorer.from_bundle(bundle)
+        model = self.model or upstream or Scorer.from_bundle(bundle)
         # the scorer has its own copies: the bundle's would double a large catalogue's memory
         bundle = bundle.without_scoring_data()
-        guard = drift = alarms = desk = quality = holdback = quarantine = None
+        guard = drift = drift_monitor = desk = quality_monitor = None
+        screens: list[Screen] = []
         recorders: list = [metrics]
         if settings.guard.enabled:
             guard = Guard.from_bundle(bundle, settings.guard)
+            screens.append(guard_screen(guard.check))
             if self.counters is not None:
                 self.counters.know_names(metrics.known_fields)
                 recorders.append(self.counters)
                 if self.redis_client is not None:
-                    drift, alarms = self._drift(profile, metrics)
+                    drift, drift_monitor = self._drift(profile, metrics)
+                    # feeds the drift windows and adds drift_quarantine when the segment is under an alarm
+                    screens.append(fields_screen(drift.observe))
                     if settings.feedback.secret:
-                        desk, quality = self._quality(bundle, metrics)
-                        holdback = Holdback.from_profile(settings.feedback.holdback, profile)
+                        desk, quality_monitor = self._quality(bundle, metrics)
                         if settings.feedback.quality_quarantine:
-                            quarantine = self._quality_quarantine(quality, desk)
-        service = PredictionService(
-            scorer, PopularityFallback(bundle.popularity), guard,
-            model_timeout=settings.limits.model_timeout_ms / 1000 if settings.guard.enabled else None,
-            recorders=recorders, executor_threads=settings.server.threads, drift=drift,
-            holdback=holdback, stamp=desk, quarantine=quarantine, upstream=upstream,
-        )
+                            screens.append(fields_screen(self._quality_quarantine(quality_monitor, desk)))
+                        screens.append(holdback_screen(Holdback.from_profile(settings.feedback.holdback, profile)))
+        budget = settings.limits.model_timeout_ms / 1000 if settings.guard.enabled else None
+        model_side: ModelSide = RowByRow(model, budget=budget, threads=settings.server.threads)
+        if upstream is not None:
+            model_side = Forwarder(upstream, model_side)
+        service = PredictionService(model_side, PopularityFallback(bundle.popularity), screens=screens,
+                                    recorders=recorders, stamp=desk)
+        shape = upstream.shape if upstream is not None else RecguardShape(settings.limits)
         oip = OipV2Shape(settings.limits, settings.server.model_name)
-        self.loaded = Loaded(bundle, service, metrics, alarms, desk, quality, upstream, oip)
+        self.loaded = Loaded(bundle, service, metrics, shape, oip, drift_monitor, desk, quality_monitor, upstream,
+                             guard, drift)
         self.settled.set()
         log.info("bundle loaded", extra={"model_version": bundle.model_version, "guard": settings.guard.enabled,
                                          "upstream": redact_url(settings.upstream.url) or None})
@@ -236,8 +258,6 @@ class Runtime:
         """Stop the model pool and flush pending counts and feedback (graceful shutdown)."""
         if self.loaded is not None:
             self.loaded.service.close()
-            if self.loaded.upstream is not None:
-                self.loaded.upstream.close()
         if self.counters is not None:
             self.counters.close()
             desk = self.loaded.desk if self.loaded is not None else None

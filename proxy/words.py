@@ -42,6 +42,8 @@ the fallback for a clean request of the control group. Their order is part of th
 OTHER = "_other"
 """The one name that stands for every field, name or segment past a cap or unsafe to echo."""
 
+RECGUARD_JSON = "recguard"
+"""recguard's own JSON: /predict's body and answer (no upstream speaks it)."""
 PLAIN = "plain"
 KSERVE_V1 = "kserve-v1"
 OIP_V2 = "oip-v2"

@@ -264,40 +264,43 @@ def per_request_us(stages: dict[str, tuple[Callable[[Any], Any], Sequence[Any]]]
 
 def guard_cost(args: argparse.Namespace, redis_url: str, mixes: dict[str, Path], repeat: int = 5) -> dict[str, float]:
     """Microseconds per request, in-process on one thread: guard.check alone, the drift windows'
-    observe, the counters' record, the whole guarded service.predict minus the unguarded one, and
+    observe, the counters' record, the whole guarded service.answer minus the unguarded one, and
     the model call inline (as the bundle's scorer runs) against the same call on the budget pool."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from model.bundle import load_bundle
     from proxy.http.app import create_app
-    from proxy.pipeline import PredictionService
+    from proxy.models.embedded import RowByRow
     from proxy.settings import Settings
-    from proxy.shapes.request import parse_predict_body
+    from proxy.shapes.recguard import RecguardShape
 
     bundle = load_bundle(args.bundle)
     guarded = Settings.from_env({}, bundle=args.bundle, redis_url=redis_url, redis_prefix="benchcost")
     apps = {"guarded": create_app(guarded, bundle), "bare": create_app(Settings.from_env({}, guard=False), bundle)}
     figures: dict[str, float] = {}
-    scorer = apps["guarded"].extensions["recguard"].loaded.service.model
-    pooled = PredictionService(Unbounded(scorer), scorer, None, model_timeout=guarded.limits.model_timeout_ms / 1000)
+    loaded = apps["guarded"].extensions["recguard"].loaded
+    inline = loaded.service.model
+    pooled = RowByRow(Unbounded(inline.model), budget=guarded.limits.model_timeout_ms / 1000)
+    shape = RecguardShape(guarded.limits)
     try:
         for mix, path in mixes.items():
-            requests = [parse_predict_body(line.encode(), default_k=10, max_k=100, max_history=500)
-                        for line in path.read_text().splitlines()]
-            service = apps["guarded"].extensions["recguard"].loaded.service
-            steps: dict[str, Callable[[Any], Any]] = {
-                "guard_check": service.guard.check,
-                "service_guarded": service.predict,
-                "service_unguarded": apps["bare"].extensions["recguard"].loaded.service.predict,
+            parsed = [shape.parse(line.encode()) for line in path.read_text().splitlines()]
+            requests = [one.rows[0] for one in parsed]
+            bare = apps["bare"].extensions["recguard"].loaded.service
+            steps: dict[str, tuple[Callable[[Any], Any], list]] = {
+                "guard_check": (loaded.guard.check, requests),
+                "service_guarded": (loaded.service.answer, parsed),
+                "service_unguarded": (bare.answer, parsed),
             }
-            if service.drift is not None:
-                steps["drift_observe"] = lambda r: service.drift.observe(r.fields)
+            if loaded.drift is not None:
+                steps["drift_observe"] = (lambda r: loaded.drift.observe(r.fields), requests)
             counters = apps["guarded"].extensions["recguard"].counters
-            steps["counters_record"] = lambda r: counters.record_request("model", [("email", "missing_field")])
+            steps["counters_record"] = (lambda r: counters.record_request("model", [("email", "missing_field")]),
+                                        requests)
             # the model budget both ways: the bundle's scorer inline (as served), and the same scorer
             # behind a wrapper that does not declare itself bounded, run on the budget pool
-            steps["model_inline"] = service._run_model
-            steps["model_via_budget_pool"] = pooled._run_model
-            timed = per_request_us({name: (step, requests) for name, step in steps.items()}, repeat)
+            steps["model_inline"] = (inline.ask, requests)
+            steps["model_via_budget_pool"] = (pooled.ask, requests)
+            timed = per_request_us(steps, repeat)
             figures.update({f"{mix}.{name}_us": microseconds for name, microseconds in timed.items()})
             figures[f"{mix}.guard_total_us"] = round(figures[f"{mix}.service_guarded_us"]
                                                      - figures[f"{mix}.service_unguarded_us"], 2)

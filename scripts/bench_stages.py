@@ -9,7 +9,7 @@ sequence, request by request, as on the request path (each stage finds the cache
 one left them: the scorer's item matrices evict the guard's tables); --alone times each in a
 loop of its own, the warm-cache floor:
 
-    parse      parse_predict_body: bytes -> PredictRequest (JSON decode, envelope checks)
+    parse      RecguardShape.parse: bytes -> the request's row (JSON decode, envelope checks)
     guard      Guard.check: the per-request checks (the "guard's own cost" of the target < 20 µs)
     drift      DriftWatch.observe: feeding the drift windows
     score      the bundle's Scorer.recommend (the model itself)
@@ -21,7 +21,7 @@ loop of its own, the warm-cache floor:
     ticket     TicketDesk.stamp: count the impression and sign the answer's feedback ticket
     pool_hop   submit + result of a no-op on a one-thread pool: what running the model on a pool
                thread to enforce its budget adds to each request, on an idle machine
-    service    PredictionService.predict, guarded, minus the same call with guard=False
+    service    PredictionService.answer of a parsed /predict body, guarded, minus the same call with guard=False
     flask      a whole POST /predict through the Flask test client, guarded and --no-guard
 
 bench_proxy.py measures the same over real gunicorn and HTTP; this one splits the total so a
@@ -58,7 +58,8 @@ def measure(bundle_dir: Path, data: Path, redis_url: str, size: int, repeat: int
     from proxy import json_codec
     from proxy.http.app import create_app
     from proxy.settings import Settings
-    from proxy.shapes.request import _decode_exactly, decode_json, parse_predict_body
+    from proxy.shapes.recguard import RecguardShape
+    from proxy.shapes.request import _decode_exactly, decode_json
 
     with open(data / "holdout.jsonl") as lines:
         clean = [json.loads(line)["request"] for line, _ in zip(lines, range(size))]
@@ -68,8 +69,10 @@ def measure(bundle_dir: Path, data: Path, redis_url: str, size: int, repeat: int
     guarded_app = create_app(Settings.from_env({}, bundle=bundle_dir, redis_url=redis_url,
                                                redis_prefix=f"benchstages{os.getpid()}"), bundle)
     bare_app = create_app(Settings.from_env({}, bundle=bundle_dir, guard=False), bundle)
-    guarded = guarded_app.extensions["recguard"].loaded.service
+    loaded = guarded_app.extensions["recguard"].loaded
+    guarded = loaded.service
     bare = bare_app.extensions["recguard"].loaded.service
+    shape = RecguardShape(guarded_app.extensions["recguard"].settings.limits)
     counters = guarded_app.extensions["recguard"].counters
     desk = ticket_desk(guarded_app.extensions["recguard"], bundle)
     pool = ThreadPoolExecutor(max_workers=1)
@@ -77,15 +80,16 @@ def measure(bundle_dir: Path, data: Path, redis_url: str, size: int, repeat: int
     try:
         for mix, bodies in mixes.items():
             raw = [json.dumps(body, separators=(",", ":")).encode() for body in bodies]
-            requests = [parse_predict_body(body, default_k=10, max_k=100, max_history=500) for body in raw]
-            checked = [(request, guarded.guard.check(request)) for request in requests]
-            answers = [guarded.predict(request) for request in requests]
+            parsed = [shape.parse(body) for body in raw]
+            requests = [one.rows[0] for one in parsed]
+            checked = [(request, loaded.guard.check(request)) for request in requests]
+            answers = [guarded.answer(one).rows[0] for one in parsed]
             bodies_out = [{"items": a.items, "scores": a.scores, "source": a.source, "model_version": "v",
                            "anomalies": [anomaly.to_json() for anomaly in a.anomalies]} for a in answers]
             stages: dict[str, tuple[Callable[[Any], Any], Sequence[Any]]] = {
-                "parse": (lambda b: parse_predict_body(b, default_k=10, max_k=100, max_history=500), raw),
-                "guard": (guarded.guard.check, requests),
-                "score": (lambda r: guarded.model.recommend(r.fields, r.history, r.k), requests),
+                "parse": (shape.parse, raw),
+                "guard": (loaded.guard.check, requests),
+                "score": (lambda r: guarded.model.model.recommend(r.fields, r.history, r.k), requests),
                 "fallback": (lambda r: guarded.fallback.recommend(r.fields, r.history, r.k), requests),
                 "counters": (lambda ra: counters.record_request(
                     "model", [(anomaly.field, anomaly.kind) for anomaly in ra[1]]), checked),
@@ -96,11 +100,11 @@ def measure(bundle_dir: Path, data: Path, redis_url: str, size: int, repeat: int
                 "ticket": (lambda ra: desk.stamp(ra[1].source, ra[1].items, ra[0].fields, "0123456789abcdef"),
                            list(zip(requests, answers))),
                 "pool_hop": (lambda _: pool.submit(int).result(), requests),
-                "service_guarded": (guarded.predict, requests),
-                "service_unguarded": (bare.predict, requests),
+                "service_guarded": (guarded.answer, parsed),
+                "service_unguarded": (bare.answer, parsed),
             }
-            if guarded.drift is not None:
-                stages["drift"] = (lambda r: guarded.drift.observe(r.fields), requests)
+            if loaded.drift is not None:
+                stages["drift"] = (lambda r: loaded.drift.observe(r.fields), requests)
             figures[mix] = per_request_us(stages, repeat, alone)
             figures[mix]["service_guard_total"] = round(figures[mix]["service_guarded"]
                                                         - figures[mix]["service_unguarded"], 2)

@@ -39,7 +39,7 @@ STAGES = [
     ("drift: DriftWatch.observe", "observe (proxy/drift/watch.py"),
     ("counters: record", "(proxy/store/counters.py"),
     ("metrics", "(proxy/metrics.py"),
-    ("parse the body", "parse_predict_body (proxy/shapes/request.py"),
+    ("parse the body", "read_row (proxy/shapes/plain.py"),
     ("the view (reading the body, the request id, the JSON answer)", "(proxy/http/predict.py"),
     ("flask", "(flask/"),
     ("werkzeug (WSGI request and response objects)", "(werkzeug/"),

@@ -1,6 +1,6 @@
 """`recguard check`: run a file of request bodies through the proxy's own parser and guard, offline.
 
-Each line of the file is one /predict body, parsed by `parse_predict_body` and checked by
+Each line of the file is one /predict body, read by the proxy's own `RecguardShape` and checked by
 the `Guard` the proxy builds, with the same settings, so a line passes here exactly when the
 proxy would answer it from the model without an anomaly. No model runs and no Redis is
 needed: it is meant for a front-end team's CI.
@@ -17,7 +17,8 @@ from model.bundle import Bundle
 from model.errors import RecguardError
 from proxy.guard.checks import FieldRule, Guard
 from proxy.settings import Settings
-from proxy.shapes.request import BadRequest, PredictRequest, parse_predict_body
+from proxy.shapes.recguard import RecguardShape
+from proxy.shapes.request import BadRequest, PredictRequest
 from proxy.words import (
     MISSING_FIELD,
     NON_FINITE,
@@ -73,6 +74,7 @@ def check_lines(lines: Iterable[bytes], guard: Guard, profile: Mapping[str, Any]
     """Check each non-blank line as a /predict body; line numbers start at 1."""
     report = CheckReport()
     rules = {rule.name: rule for rule in guard.rules}
+    shape = RecguardShape(settings.limits)
     for number, line in enumerate(lines, start=1):
         body = line.rstrip(b"\r\n")
         if not body.strip():
@@ -80,8 +82,7 @@ def check_lines(lines: Iterable[bytes], guard: Guard, profile: Mapping[str, Any]
         try:
             if len(body) > settings.limits.max_body_bytes:
                 raise BadRequest(f"body larger than {settings.limits.max_body_bytes} bytes", 413)
-            request = parse_predict_body(body, default_k=settings.limits.default_k, max_k=settings.limits.max_k,
-                                         max_history=settings.limits.max_history)
+            (request,) = shape.parse(body).rows
         except BadRequest as exc:
             report.outcomes[REJECTED] += 1
             report.findings.append(Finding(number, "-", BAD_REQUEST, f"HTTP {exc.status}: {exc}", "a JSON object per line"))

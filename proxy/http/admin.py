@@ -60,9 +60,9 @@ def admin_blueprint(runtime: Runtime) -> Blueprint:
     @blueprint.post("/alarms/<path:alarm_id>/clear")
     def clear_alarm(alarm_id: str) -> Response:
         loaded = runtime.loaded
-        monitor = loaded.alarms if loaded is not None else None
+        monitor = loaded.drift_monitor if loaded is not None else None
         if alarm_id.startswith("quality:") and loaded is not None:
-            monitor = loaded.quality
+            monitor = loaded.quality_monitor
         if not token or monitor is None:
             return error_response("admin endpoints are off: no admin token is configured", 404)
         supplied = request.headers.get("Authorization", "")

@@ -48,9 +48,9 @@ def health_report(runtime: Runtime, client: redis.Redis | None, prefix: str) -> 
         reasons.append("redis down: counts wait in memory")
     if counters is not None and counters.dropped:
         reasons.append(f"{counters.dropped} counts dropped while redis was down")
-    alarms = loaded.alarms.active if loaded is not None and loaded.alarms is not None else []
+    alarms = loaded.drift_monitor.active if loaded is not None and loaded.drift_monitor is not None else []
     reasons.extend(f"drift alarm {alarm.id}: {alarm.detail}" for alarm in alarms)
-    quality = loaded.quality.active if loaded is not None and loaded.quality is not None else []
+    quality = loaded.quality_monitor.active if loaded is not None and loaded.quality_monitor is not None else []
     reasons.extend(f"quality alarm {alarm.id}: {alarm.detail}" for alarm in quality)
     upstream = None
     if loaded is not None and loaded.upstream is not None:

@@ -8,26 +8,17 @@ in its own shape. The inputs are the profile's signup fields, typed from it, plu
 
 from __future__ import annotations
 
-import json
 import time
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 
 from flask import Blueprint, Response, request
 
-from proxy.http.predict import (
-    forward_answer,
-    loaded_or_wait,
-    read_body,
-    recguard_headers,
-    request_id,
-)
+from proxy.http.predict import answer_in, loaded_or_wait, read_body
 from proxy.http.responses import error_response, json_response, reject
 from proxy.runtime import Runtime
-from proxy.shapes.base import RowAnswer, anomaly_list
 from proxy.shapes.oip import ITEMS_OUTPUT, OIP_TYPES, SCORES_OUTPUT
-from proxy.shapes.request import HISTORY_FIELD, K_FIELD, BadRequest
-from proxy.words import OIP_V2
+from proxy.shapes.request import HISTORY_FIELD, K_FIELD
 
 BINARY_HEADER = "Inference-Header-Content-Length"
 
@@ -134,30 +125,12 @@ def oip_blueprint(runtime: Runtime) -> Blueprint:
             return error_response("model not loaded yet", 503)
         if BINARY_HEADER in request.headers:
             return reject(runtime.metrics, "binary tensor data is not accepted: send JSON tensors "
-                                   "(tritonclient: binary_data=False)", 400)
+                                           "(tritonclient: binary_data=False)", 400)
         # OIP clients need not say what they send (tritonclient sends no Content-Type): the body decides
         body = read_body(runtime, json_type=False)
         if isinstance(body, Response):
             return body
-        shape = loaded.oip
-        if loaded.upstream is not None and loaded.upstream.shape.name == OIP_V2:
-            return forward_answer(runtime, loaded, loaded.upstream.shape, body)
-        try:
-            parsed = shape.parse(body)
-        except BadRequest as exc:
-            return reject(runtime.metrics, str(exc), exc.status)
-        rid = request_id()
-        rows, tickets = [], []
-        for row in parsed.rows:
-            prediction = loaded.service.predict(row, rid)
-            rows.append(RowAnswer(prediction.items, prediction.scores, prediction.source, prediction.anomalies))
-            if prediction.ticket is not None:
-                tickets.append(prediction.ticket)
-        answer = shape.render(parsed, rows, loaded.model_version)
-        if tickets:
-            answer["parameters"]["ticket"] = ";".join(tickets)
-        return Response(json.dumps(answer, allow_nan=False), mimetype="application/json",
-                        headers=recguard_headers(rid, [row.source for row in rows],
-                                                 [anomaly_list(row.anomalies) for row in rows], tickets))
+        # in front of an oip-v2 upstream the body goes to it as it came; before another, row by row in its shape
+        return answer_in(runtime, loaded, loaded.oip, body)
 
     return blueprint

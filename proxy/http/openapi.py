@@ -35,6 +35,9 @@ def _predict(summary: str) -> dict[str, Any]:
                     "headers": {"X-Recguard-Source": {"schema": {"type": "string", "enum": list(SOURCES)}},
                                 "X-Request-Id": {"schema": {"type": "string"},
                                                  "description": "The caller's X-Request-Id, else a new one"},
+                                "X-Recguard-Anomalies": {"schema": {"type": "string"},
+                                                         "description": "The anomalies as field:kind, comma-separated "
+                                                                        "(when there are any)"},
                                 "X-Recguard-Ticket": {"schema": {"type": "string"},
                                                       "description": "The signed feedback ticket (when feedback is on)"}}},
             "400": _error("Empty, not UTF-8, not JSON, nested too deeply, not an object, bad k or bad history"),

@@ -1,13 +1,14 @@
-"""POST /predict (and /invocations, SageMaker's path): parse the body, ask the service, answer.
+"""POST /predict (and /invocations, SageMaker's path): parse the body in its shape, ask the service, answer.
 
-In upstream mode (`--upstream`) the same paths, and KServe v1's `/v1/models/<name>:predict`,
-take bodies in the upstream's shape: what the guard lets through is forwarded unchanged and the
-upstream's status, body and content type come back unchanged; the fallback answers in that shape.
+With the bundle's model the body is recguard's own JSON. In upstream mode (`--upstream`) the same
+paths, and KServe v1's `/v1/models/<name>:predict`, take bodies in the upstream's shape: what the
+guard lets through is forwarded unchanged and the upstream's status, body and content type come
+back unchanged; the fallback answers in that shape. Every route, /v2's infer included, answers
+through `answer_in`.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import uuid
@@ -16,11 +17,9 @@ from flask import Blueprint, Response, request
 from werkzeug.exceptions import HTTPException
 
 from proxy.http.responses import error_response, json_response, reject
-from proxy.models.upstream import forwarded_headers
-from proxy.pipeline import Forwarding
 from proxy.runtime import Loaded, Runtime
 from proxy.shapes.base import Shape, anomaly_list
-from proxy.shapes.request import BadRequest, parse_predict_body
+from proxy.shapes.request import BadRequest
 from proxy.words import KSERVE_V1
 
 JSON_TYPES = ("application/json",)
@@ -80,29 +79,28 @@ def recguard_headers(rid: str, sources: list[str], anomalies: list[str], tickets
     return headers
 
 
-def forward_answer(runtime: Runtime, loaded: Loaded, shape: Shape, body: bytes) -> Response:
-    """A body in the upstream's shape: forwarded, or answered by the fallback in that shape."""
+def answer_in(runtime: Runtime, loaded: Loaded, shape: Shape, body: bytes) -> Response:
+    """The one way every inference route answers: shape.parse, the service, then the upstream's own reply
+    (it answered the whole request) or the rows rendered in the shape; recguard's headers on either."""
     try:
         parsed = shape.parse(body)
     except BadRequest as exc:
-        return reject(runtime.metrics, str(exc), exc.status)
+        return reject(loaded.metrics, str(exc), exc.status)
     rid = request_id()
-    # the upstream sees the request id the answer carries, the caller's or a new one
-    sent_headers = {**forwarded_headers(request.headers.items()), REQUEST_ID_HEADER: rid}
-    outcome: Forwarding = loaded.service.forward(parsed, body, sent_headers, shape, rid)
-    headers = recguard_headers(rid, [row.source for row in outcome.rows],
-                               [anomaly_list(row.anomalies) for row in outcome.rows], outcome.tickets)
-    reply = outcome.reply
+    answer = loaded.service.answer(parsed, rid, request.headers.items())
+    rows = answer.rows
+    headers = recguard_headers(rid, [row.source for row in rows], [anomaly_list(row.anomalies) for row in rows],
+                               [row.ticket for row in rows if row.ticket is not None])
+    reply = answer.reply
     if reply is not None:
         return Response(reply.body, status=reply.status, content_type=reply.content_type, headers=headers)
-    rendered = shape.render(parsed, outcome.rows, loaded.model_version)
-    return Response(json.dumps(rendered, allow_nan=False), mimetype="application/json", headers=headers)
+    return json_response(shape.render(parsed, rows, loaded.model_version), headers=headers)
 
 
 def predict_blueprint(runtime: Runtime) -> Blueprint:
-    """The prediction endpoints of `runtime`."""
+    """The prediction endpoints of `runtime`: /predict and /invocations in recguard's JSON (the upstream's
+    shape in upstream mode), and KServe v1's path in front of a kserve-v1 upstream."""
     blueprint = Blueprint("predict", __name__)
-    limits = runtime.settings.limits
 
     @blueprint.post("/predict")
     @blueprint.post("/invocations")
@@ -114,24 +112,7 @@ def predict_blueprint(runtime: Runtime) -> Blueprint:
         body = read_body(runtime)
         if isinstance(body, Response):
             return body
-        if loaded.upstream is not None:
-            response = forward_answer(runtime, loaded, loaded.upstream.shape, body)
-            loaded.metrics.latency.observe(time.perf_counter() - started)
-            return response
-        try:
-            parsed = parse_predict_body(body, default_k=limits.default_k, max_k=limits.max_k,
-                                        max_history=limits.max_history)
-        except BadRequest as exc:
-            return reject(runtime.metrics, str(exc), exc.status)
-        rid = request_id()
-        prediction = loaded.service.predict(parsed, rid)
-        answer = {"items": prediction.items, "scores": prediction.scores, "source": prediction.source,
-                  "model_version": loaded.model_version,
-                  "anomalies": [anomaly.to_json() for anomaly in prediction.anomalies]}
-        headers = {SOURCE_HEADER: prediction.source, REQUEST_ID_HEADER: rid}
-        if prediction.ticket is not None:
-            answer["ticket"] = headers[TICKET_HEADER] = prediction.ticket
-        response = json_response(answer, headers=headers)
+        response = answer_in(runtime, loaded, loaded.shape, body)
         loaded.metrics.latency.observe(time.perf_counter() - started)
         return response
 

@@ -22,8 +22,8 @@ def active_alarms(runtime: Runtime) -> list[dict]:
     loaded = runtime.loaded
     if loaded is None:
         return []
-    drift = [alarm.to_json() for alarm in loaded.alarms.active] if loaded.alarms is not None else []
-    quality = [alarm.to_json() for alarm in loaded.quality.active] if loaded.quality is not None else []
+    drift = [alarm.to_json() for alarm in loaded.drift_monitor.active] if loaded.drift_monitor is not None else []
+    quality = [alarm.to_json() for alarm in loaded.quality_monitor.active] if loaded.quality_monitor is not None else []
     return drift + quality
 
 
@@ -55,17 +55,17 @@ def queries_blueprint(runtime: Runtime) -> Blueprint:
 
     @blueprint.get("/alarms")
     def alarms() -> Response:
-        monitor = runtime.loaded.alarms if runtime.loaded is not None else None
+        monitor = runtime.loaded.drift_monitor if runtime.loaded is not None else None
         if monitor is None:
             return error_response("drift alarms are off (--no-guard, or the bundle is not loaded yet)", 404)
-        quality = runtime.loaded.quality
+        quality = runtime.loaded.quality_monitor
         return json_response({"alarms": active_alarms(runtime),
                               "last_error": monitor.last_error or (quality.last_error if quality else None)})
 
     @blueprint.get("/quality")
     def quality() -> Response:
         loaded = runtime.loaded
-        if loaded is None or loaded.quality is None:
+        if loaded is None or loaded.quality_monitor is None:
             return error_response("live quality is off: no RECGUARD_FEEDBACK_SECRET is configured "
                                   "(or the bundle is not loaded yet)", 404)
         now = datetime.now(timezone.utc)
@@ -82,7 +82,7 @@ def queries_blueprint(runtime: Runtime) -> Blueprint:
         except redis.RedisError:
             return error_response("redis unavailable: quality counts cannot be read right now", 503)
         report.offline = offline_figures(loaded.bundle)
-        report.alarms = [alarm.to_json() for alarm in loaded.quality.active]
+        report.alarms = [alarm.to_json() for alarm in loaded.quality_monitor.active]
         return json_response(report.to_json())
 
     return blueprint

@@ -24,32 +24,45 @@ class ShapeError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Parsed:
-    """A request body read by a shape: the decoded document and one request per row."""
+    """A request body read by a shape: the body as it came, the decoded document and one request per row."""
 
+    shape: str
+    """The name of the shape that read it: the body can go to an upstream of that shape unchanged."""
+    body: bytes
     payload: Any
     rows: list[PredictRequest]
-    request_id: str | None = None
-    """The OIP request `id`, echoed in the answer."""
+    document_id: str | None = None
+    """The request document's own id (OIP's `id`), echoed in the answer."""
 
 
 @dataclass(frozen=True, slots=True)
 class RowAnswer:
-    """What one row of a request got, from the model or the fallback."""
+    """What one row of a request got, from the model or the fallback: the one answer type every shape renders."""
 
     items: list[str]
     scores: list[float]
     source: str
     anomalies: list[Anomaly] = field(default_factory=list)
+    ticket: str | None = None
+    """The signed feedback ticket of this answer (None while feedback is off)."""
 
 
 class Shape(Protocol):
-    """One protocol's bodies, both ways."""
+    """How an endpoint reads its requests and writes its answers."""
 
     name: str
 
     def parse(self, body: bytes) -> Parsed:
         """The rows of a request body; BadRequest when it is not of this shape."""
         ...
+
+    def render(self, parsed: Parsed, answers: Sequence[RowAnswer], model_version: str) -> Any:
+        """An answer in this shape (a JSON document)."""
+        ...
+
+
+class UpstreamShape(Shape, Protocol):
+    """A shape a model endpoint speaks too: recguard writes requests in it and reads the model's answers."""
 
     def request_body(self, rows: Sequence[PredictRequest]) -> bytes:
         """A request body in this shape for these rows."""
@@ -61,10 +74,6 @@ class Shape(Protocol):
 
     def read_answer(self, payload: Any, count: int) -> list[Recommendation]:
         """The items (and scores, when the answer has them) of each of `count` rows; ShapeError if absent."""
-        ...
-
-    def render(self, parsed: Parsed, answers: Sequence[RowAnswer], model_version: str) -> dict[str, Any]:
-        """An answer in this shape."""
         ...
 
 

@@ -24,7 +24,8 @@ class KServeV1Shape:
 
     def parse(self, body: bytes) -> Parsed:
         payload, instances = object_with_list(body, "instances", "objects")
-        return Parsed(payload, [self.plain.read_row(instance, f"instance {i}") for i, instance in enumerate(instances)])
+        return Parsed(self.name, body, payload,
+                      [self.plain.read_row(instance, f"instance {i}") for i, instance in enumerate(instances)])
 
     def request_body(self, rows: Sequence[PredictRequest]) -> bytes:
         return json.dumps({"instances": [self.plain.write_row(row) for row in rows]}).encode()

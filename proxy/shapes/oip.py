@@ -73,8 +73,8 @@ class OipV2Shape:
         k = self._k(tensors.get(K_FIELD))
         rows = [PredictRequest({name: data[row] for name, data in fields.items()}, histories[row], k)
                 for row in range(batch)]
-        request_id = payload.get("id")
-        return Parsed(payload, rows, request_id if isinstance(request_id, str) else None)
+        document_id = payload.get("id")
+        return Parsed(self.name, body, payload, rows, document_id if isinstance(document_id, str) else None)
 
     @staticmethod
     def _batch(fields: Mapping[str, list[Any]], shapes: Mapping[str, list[int]]) -> int:
@@ -179,6 +179,9 @@ class OipV2Shape:
                 {"name": SCORES_OUTPUT, "datatype": "FP32", "shape": [len(answers), width], "data": scores},
             ],
         }
-        if parsed is not None and parsed.request_id is not None:
-            body["id"] = parsed.request_id
+        tickets = [answer.ticket for answer in answers if answer.ticket is not None]
+        if tickets:
+            body["parameters"]["ticket"] = ";".join(tickets)
+        if parsed is not None and parsed.document_id is not None:
+            body["id"] = parsed.document_id
         return body

@@ -36,21 +36,24 @@ class PlainShape:
         prefix = tokens(self.fields)
         self._envelope = {path[-1] for path in (tokens(self.history), tokens(self.k))
                           if path[:-1] == prefix}
+        # read on every request: the pointers split into their tokens once
+        self._paths = prefix, tokens(self.history), tokens(self.k)
 
     def parse(self, body: bytes) -> Parsed:
         payload = decode_json(body)
-        return Parsed(payload, [self.read_row(payload)])
+        return Parsed(self.name, body, payload, [self.read_row(payload)])
 
     def read_row(self, document: Any, where: str = "body") -> PredictRequest:
         """One request from one JSON object (the body, or one instance of a batch)."""
         if not isinstance(document, dict):
             raise BadRequest(f"{where} must be a JSON object, got {json_type_name(document)}")
-        fields = resolve(document, self.fields, None)
+        fields_path, history_path, k_path = self._paths
+        fields = _at(document, fields_path)
         if not isinstance(fields, dict):
             raise BadRequest(f"{where} has no object of signup fields at {self.fields!r}")
         limits = self.limits
-        k = check_k(resolve(document, self.k, None), default_k=limits.default_k, max_k=limits.max_k)
-        history = check_history(resolve(document, self.history, None), max_history=limits.max_history)
+        k = check_k(_at(document, k_path), default_k=limits.default_k, max_k=limits.max_k)
+        history = check_history(_at(document, history_path), max_history=limits.max_history)
         if self._envelope:
             fields = {key: value for key, value in fields.items() if key not in self._envelope}
         return PredictRequest(fields=fields, history=history, k=k)
@@ -95,3 +98,13 @@ class PlainShape:
     def render(self, parsed: Parsed, answers: Sequence[RowAnswer], model_version: str) -> Any:
         (answer,) = answers
         return self.write_answer(answer)
+
+
+def _at(document: dict, path: list[str]) -> Any:
+    """The value at a tokenized pointer, None where it names nothing; a top-level key read directly
+    (recguard's own body and most plain ones: it is on every request)."""
+    if not path:
+        return document
+    if len(path) == 1:
+        return document.get(path[0])
+    return resolve(document, path, None)

@@ -16,7 +16,6 @@ from proxy import json_codec
 
 HISTORY_FIELD = "history"
 K_FIELD = "k"
-ENVELOPE_FIELDS = frozenset({HISTORY_FIELD, K_FIELD})
 
 
 class BadRequest(Exception):
@@ -105,14 +104,3 @@ def check_history(history: Any, *, max_history: int) -> list[str]:
     if not all(isinstance(item, str) for item in history):
         raise BadRequest("history must be a list of item ids (strings), most recent last")
     return history
-
-
-def parse_predict_body(body: bytes, *, default_k: int, max_k: int, max_history: int) -> PredictRequest:
-    """Parse and check the envelope of a /predict body."""
-    payload = decode_json(body)
-    if not isinstance(payload, dict):
-        raise BadRequest(f"body must be a JSON object, got {json_type_name(payload)}")
-    k = check_k(payload.get(K_FIELD), default_k=default_k, max_k=max_k)
-    history = check_history(payload.get(HISTORY_FIELD), max_history=max_history)
-    fields = {key: value for key, value in payload.items() if key not in ENVELOPE_FIELDS}
-    return PredictRequest(fields=fields, history=history, k=k)

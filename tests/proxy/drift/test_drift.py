@@ -323,7 +323,7 @@ def settle(app) -> None:
     """Write this worker's counts and refresh its alarms now (the flush thread does it every interval)."""
     runtime = app.extensions["recguard"]
     runtime.counters.flush()
-    runtime.loaded.alarms.refresh()
+    runtime.loaded.drift_monitor.refresh()
 
 
 def next_slot() -> None:

@@ -12,8 +12,9 @@ from model.errors import RecguardError
 from proxy.cli import contract as contract_commands
 from proxy.guard.checks import Guard
 from proxy.guard.contract import request_schema
-from proxy.settings import Settings
-from proxy.shapes.request import BadRequest, parse_predict_body
+from proxy.settings import LimitSettings, Settings
+from proxy.shapes.recguard import RecguardShape
+from proxy.shapes.request import BadRequest
 from proxy.words import UNKNOWN_ITEM
 from tests.harness.proxy import merged_names, renamed_email
 
@@ -110,7 +111,7 @@ def test_schema_and_guard_agree(validator, loaded_bundle, contract_settings, tin
                 {**base, "k": True}, {**base, "k": "5"}, {**base, "history": None}]
     for body in variants:
         try:
-            request = parse_predict_body(json.dumps(body).encode(), default_k=10, max_k=100, max_history=500)
+            (request,) = RecguardShape(LimitSettings()).parse(json.dumps(body).encode()).rows
         except BadRequest as refused:
             reported = [str(refused)]
         else:

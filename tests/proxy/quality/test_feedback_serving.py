@@ -249,13 +249,13 @@ def test_the_quality_alarm_fires_on_a_model_that_stops_helping(tiny_bundle, redi
         runtime = application.extensions["recguard"]
         targets = next_items(tiny_data)
         served = 0
-        while not runtime.loaded.quality.active:
+        while not runtime.loaded.quality_monitor.active:
             for body, target in zip(tiny_holdout, targets):
                 answer = client.post("/predict", json=body).get_json()
                 served += 1
                 client.post("/feedback", json={"ticket": answer["ticket"], "item": target})
             flushed(application)
-            runtime.loaded.quality.refresh()
+            runtime.loaded.quality_monitor.refresh()
             assert served <= 600, "no alarm after 600 answers that never help"
         # CUSUM gains ln(0.8/0.75) a miss against 0.25: h = 12 needs about 186 answers
         assert served >= 186

@@ -4,12 +4,15 @@ import math
 
 import pytest
 
-from proxy.shapes.request import BadRequest, parse_predict_body
+from proxy.settings import LimitSettings
+from proxy.shapes.recguard import RecguardShape
+from proxy.shapes.request import BadRequest
 
 
 def parse(body: bytes, **limits):
     options = {"default_k": 10, "max_k": 100, "max_history": 5, **limits}
-    return parse_predict_body(body, **options)
+    (request,) = RecguardShape(LimitSettings(**options)).parse(body).rows
+    return request
 
 
 def test_clean_body_splits_fields_history_and_k():
