@@ -1,15 +1,20 @@
 """The composition root: settings in, the parts of one worker out, wired; and their start and close.
 
-`Runtime` builds the Redis client and the counters at once, and the guard, the drift watch, the
-alarms, the model and the prediction service from the bundle once it is loaded (now or in the
-background). /readyz answers 503 until then; `Runtime.settled` is set once loading ended, loaded or
-failed, so early requests can wait for it instead of failing. Nothing else in proxy/ builds a part.
+`Runtime` builds the Redis client, the counters and the flusher at once, and the screens (guard,
+drift watch, quality quarantine, holdback), the model side and the prediction service from the
+bundle once it is loaded (now or in the background). /readyz answers 503 until then;
+`Runtime.settled` is set once loading ended, loaded or failed, so early requests can wait for it
+instead of failing. Nothing else in proxy/ builds a part.
+
+The flusher, the worker's one background thread, runs in this order every flush interval: the
+feedback ledger (de-duplicated feedback becomes counts), the counters (every count and drift
+window to Redis), the drift alarms (judged on what every worker wrote), the quality alarms. At
+shutdown it writes the feedback and then the counts a last time.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -20,8 +25,9 @@ from model.bundle import Bundle
 from model.fallback import PopularityFallback
 from model.recommender import Recommender
 from model.scorer import Scorer
-from proxy.drift.alarms import AlarmMonitor, user_hash_key
-from proxy.drift.watch import DriftWatch, Thresholds, cells_from_profile
+from proxy.drift.alarms import AlarmMonitor
+from proxy.drift.build import build_drift
+from proxy.drift.watch import DriftWatch
 from proxy.guard.checks import Guard
 from proxy.metrics import Metrics
 from proxy.models.breaker import CircuitBreaker
@@ -47,10 +53,14 @@ from proxy.shapes.oip import OipV2Shape
 from proxy.shapes.protocols import make_shape
 from proxy.shapes.recguard import RecguardShape
 from proxy.store.client import make_redis_client
-from proxy.store.counters import Counters, Series
+from proxy.store.counters import Counters
+from proxy.store.flusher import Flusher, Step
 from proxy.words import QUALITY_QUARANTINE, Anomaly
 
 log = logging.getLogger("recguard.runtime")
+
+FEEDBACK_STEP, COUNTERS_STEP, DRIFT_STEP, QUALITY_STEP = "feedback", "counters", "drift alarms", "quality alarms"
+"""The flusher's steps, in the order it runs them."""
 
 
 def offline_figures(bundle: Bundle) -> dict[str, Any]:
@@ -107,13 +117,14 @@ class Runtime:
         self.model = model
         self.redis_client: redis.Redis | None = None
         self.counters: Counters | None = None
+        self.flusher: Flusher | None = None
         if settings.guard.enabled:
             store = settings.redis
             self.redis_client = redis_client or make_redis_client(store.url, store.timeout)
             self.counters = Counters(self.redis_client, prefix=store.prefix, ttl_seconds=store.counter_ttl_seconds,
-                                     flush_interval=store.flush_interval, max_pending=store.max_pending_counts,
-                                     replica_wait_ms=store.wait_ms)
-            self.counters.start()
+                                     max_pending=store.max_pending_counts, replica_wait_ms=store.wait_ms)
+            self.flusher = Flusher(store.flush_interval, [Step(COUNTERS_STEP, self.counters.flush, on_close=True)])
+            self.flusher.start()
         self.loaded: Loaded | None = None
         self.error: str | None = None
         self.settled = threading.Event()
@@ -171,33 +182,18 @@ class Runtime:
                               pool_size=settings.worker_threads, breaker=breaker, observe=metrics.upstream_call)
 
     def _drift(self, profile: Mapping[str, Any], metrics: Metrics) -> tuple[DriftWatch, AlarmMonitor]:
-        """The drift windows (fed by requests, written by the counters' flush) and this worker's
-        alarm monitor, refreshed on the flush thread right after each flush."""
-        settings = self.settings
-        series = Series("d", settings.drift.slot_seconds, settings.drift.window_seconds + 60)
-        cells = cells_from_profile(profile)
-        drift = settings.drift
-        thresholds = Thresholds(drift.alarm_z_score, drift.alarm_effect_size, drift.alarm_min_count, drift.alarm_min_users)
-        key = user_hash_key(self.redis_client, settings.redis.prefix, drift.user_hash_key)
-        watch = DriftWatch(profile, cells, series, self.counters.add_many, thresholds=thresholds,
-                           wake=self.counters.flush_soon, user_key=key, user_window=drift.window_seconds)
-        monitor = AlarmMonitor(
-            self.redis_client, settings.redis.prefix, cells, series,
-            window_slots=math.ceil(settings.drift.window_seconds / settings.drift.slot_seconds),
-            thresholds=thresholds,
-            # a slot stays open to late writes for one flush interval of every worker
-            open_slots=math.ceil(settings.redis.flush_interval / settings.drift.slot_seconds) + 1,
-            listeners=[watch.quarantine, lambda active: metrics.alarms.set(len(active))],
-            recent=watch.take_recent, cleared=watch.forget_before,
-        )
+        """The drift windows (fed by requests, written with the counters) and this worker's
+        alarm monitor, refreshed by the flusher right after the counters are written."""
+        parts = build_drift(profile, self.settings, self.counters, self.redis_client, wake=self.flusher.wake,
+                            listeners=[lambda active: metrics.alarms.set(len(active))])
         # alarms other workers raised apply from this worker's first request on
-        monitor.refresh()
-        self.counters.on_flush(monitor.refresh)
-        return watch, monitor
+        parts.monitor.refresh()
+        self.flusher.add(Step(DRIFT_STEP, parts.monitor.refresh))
+        return parts.watch, parts.monitor
 
     def _quality(self, bundle: Bundle, metrics: Metrics) -> tuple[TicketDesk, QualityMonitor]:
         """The ticket desk (impressions and tickets on the request path, feedback de-duplicated on the
-        flush thread) and this worker's quality monitor, refreshed after flushes."""
+        flusher, just before the counters) and this worker's quality monitor, refreshed after them."""
         feedback, store = self.settings.feedback, self.settings.redis
         ledger = FeedbackLedger(self.counters, self.redis_client, prefix=store.prefix,
                                 window_seconds=feedback.window, ttl_seconds=store.counter_ttl_seconds,
@@ -213,8 +209,9 @@ class Runtime:
         monitor = QualityMonitor(self.redis_client, store.prefix, bundle.model_version, offline_hit_rate(bundle),
                                  thresholds, use_offline=feedback.quality_offline,
                                  listeners=[lambda active: metrics.quality_alarms.set(len(active))])
-        self.counters.on_flush(ledger.flush)
-        self.counters.on_flush(monitor.maybe_refresh)
+        # feedback counted first: the counters' write in the same round carries it
+        self.flusher.add(Step(FEEDBACK_STEP, ledger.flush, on_close=True), before=COUNTERS_STEP)
+        self.flusher.add(Step(QUALITY_STEP, monitor.maybe_refresh))
         monitor.refresh()
         return desk, monitor
 
@@ -255,14 +252,14 @@ class Runtime:
         return thread
 
     def close(self) -> None:
-        """Stop the model pool and flush pending counts and feedback (graceful shutdown)."""
+        """Stop the model side, then the flusher, which writes pending feedback and counts a last time
+        in its order (graceful shutdown)."""
         if self.loaded is not None:
             self.loaded.service.close()
-        if self.counters is not None:
-            self.counters.close()
-            desk = self.loaded.desk if self.loaded is not None else None
-            if desk is not None:
-                # feedback accepted since the flusher's last pass (or in its pass cut short by the
-                # close): de-duplicated now, then written with the counts it adds
-                if not desk.ledger.flush() or not self.counters.flush():
-                    log.warning("feedback not counted at shutdown", extra={"pending": desk.ledger.pending})
+        if self.flusher is not None:
+            unwritten = self.flusher.close()
+            if unwritten:
+                desk = self.loaded.desk if self.loaded is not None else None
+                log.warning("not written at shutdown", extra={
+                    "steps": unwritten, "pending_counts": self.counters.status().pending,
+                    "pending_feedback": desk.ledger.pending if desk is not None else 0})

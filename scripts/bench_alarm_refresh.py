@@ -33,10 +33,10 @@ from tests.harness.servers import start_redis  # noqa: E402  (the harness the te
 def main(argv: list[str] | None = None) -> int:
     """Time the refreshes and print the figures."""
     from model.bundle import load_bundle
-    from proxy.drift.alarms import AlarmMonitor
-    from proxy.drift.watch import DriftWatch, Thresholds, cells_from_profile
+    from proxy.drift.build import build_drift
+    from proxy.drift.watch import cells_from_profile
     from proxy.settings import Settings
-    from proxy.store.counters import Counters, Series
+    from proxy.store.counters import Counters
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", type=Path, default=ROOT / "bundles/default")
@@ -50,16 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         client = redis.Redis.from_url(server.url, decode_responses=True)
         bundle = load_bundle(args.bundle)
-        settings = Settings()
-        cells = cells_from_profile(bundle.profile)
-        series = Series("d", settings.drift.slot_seconds, settings.drift.window_seconds + 60)
+        settings = Settings.from_env({}, redis_prefix="bench")
         counters = Counters(client, prefix="bench")
-        thresholds = Thresholds(settings.drift.alarm_z_score, settings.drift.alarm_effect_size, settings.drift.alarm_min_count)
-        watch = DriftWatch(bundle.profile, cells, series, counters.add_many, thresholds=thresholds, wake=lambda: None)
-        monitor = AlarmMonitor(client, "bench", cells, series,
-                               window_slots=settings.drift.window_seconds // settings.drift.slot_seconds,
-                               thresholds=thresholds, open_slots=2, listeners=[watch.quarantine],
-                               recent=watch.take_recent)
+        # wired as the runtime wires it
+        parts = build_drift(bundle.profile, settings, counters, client, wake=lambda: None)
+        watch, monitor, cells = parts.watch, parts.monitor, cells_from_profile(bundle.profile)
         with open(args.data / "holdout.jsonl") as lines:
             requests = [json.loads(line)["request"] for line in lines]
         for request in requests:

@@ -42,11 +42,11 @@ import numpy as np
 
 from model.bundle import load_bundle
 from model.evaluate import CORRUPTIONS, read_holdout
-from proxy.drift.alarms import AlarmMonitor, read_alarms
+from proxy.drift.alarms import read_alarms
+from proxy.drift.build import drift_thresholds
 from proxy.drift.watch import (
     Cell,
     DriftWatch,
-    Thresholds,
     assess,
     cells_from_profile,
     nested_windows,
@@ -57,54 +57,29 @@ from proxy.shapes.request import PredictRequest
 from proxy.store.counters import Counters, Series, make_redis_client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root
-from tests.harness.servers import start_redis  # noqa: E402  (the harness the tests use too)
+from tests.harness.clock import Clock  # noqa: E402  (the harness the tests use too)
+from tests.harness.drift import DriftWorker  # noqa: E402
+from tests.harness.servers import start_redis  # noqa: E402
 
 POUNDS_PER_KG = CORRUPTIONS["lbs"]
-SETTINGS = Settings()
-THRESHOLDS = Thresholds(SETTINGS.drift.alarm_z_score, SETTINGS.drift.alarm_effect_size, SETTINGS.drift.alarm_min_count,
-                        SETTINGS.drift.alarm_min_users)
+PREFIX = "bench"
+SETTINGS = Settings.from_env({}, redis_prefix=PREFIX)
+THRESHOLDS = drift_thresholds(SETTINGS)
 USER_KEY = b"bench-drift-user-hash-key"
 STEP = SETTINGS.redis.flush_interval
-PREFIX = "bench"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_795_000_000.0
+class Worker(DriftWorker):
+    """One simulated gunicorn worker's drift parts, wired by build_drift as the runtime wires them
+    (default settings, this benchmark's key prefix and user hash key)."""
 
-    def __call__(self) -> float:
-        return self.now
-
-
-class Worker:
-    """One simulated gunicorn worker: counters, the drift watch and the alarm monitor, default settings."""
-
-    def __init__(self, client, profile: dict, cells: list[Cell], series: Series, clock: Clock):
-        self.counters = Counters(client, prefix=PREFIX, clock=clock)
-        # as Runtime wires it: recent values that look shifted wake the flusher (flush and refresh now)
-        self.woken = False
+    def __init__(self, client, profile: dict, clock: Clock):
+        super().__init__(client, profile, clock, settings=SETTINGS, user_key=USER_KEY)
         self.woken_at = float("-inf")
-        self.early_ticks = 0
-        self.watch = DriftWatch(profile, cells, series, self.counters.add_many, thresholds=THRESHOLDS,
-                                wake=self._wake, user_key=USER_KEY, user_window=SETTINGS.drift.window_seconds,
-                                clock=clock)
-        self.alarms_seen = 0
-        self.monitor = AlarmMonitor(client, PREFIX, cells, series,
-                                    SETTINGS.drift.window_seconds // SETTINGS.drift.slot_seconds, THRESHOLDS,
-                                    listeners=[self.watch.quarantine, self._count], recent=self.watch.take_recent,
-                                    cleared=self.watch.forget_before, clock=clock)
 
-    def _wake(self) -> None:
-        self.woken = True
-
-    def tick(self) -> None:
-        """What the flush thread does: flush, then refresh the alarms."""
-        self.woken = False
-        self.counters.flush()
-        self.monitor.refresh()
-
-    def _count(self, alarms: list) -> None:
-        self.alarms_seen = max(self.alarms_seen, len(alarms))
+    @property
+    def alarms_seen(self) -> int:
+        return max((len(alarms) for alarms in self.published), default=0)
 
 
 class Closeness:
@@ -169,7 +144,7 @@ def clean_run(client, profile: dict, cells: list[Cell], series: Series, holdout:
               rate: int) -> dict:
     client.flushall()
     clock = Clock()
-    workers = [Worker(client, profile, cells, series, clock) for _ in range(2)]
+    workers = [Worker(client, profile, clock) for _ in range(2)]
     closeness = Closeness(cells, series)
     rng = random.Random(1)
     quarantined = 0
@@ -196,7 +171,7 @@ def switch_run(client, profile: dict, cells: list[Cell], series: Series, holdout
     request a new shopper (or, without `newcomers_only`, the held-out shoppers with their ids)."""
     client.flushall()
     clock = Clock()
-    workers = [Worker(client, profile, cells, series, clock) for _ in range(2)]
+    workers = [Worker(client, profile, clock) for _ in range(2)]
     heaviest = profile["fields"]["weight_kg"]["max"] / POUNDS_PER_KG
     shoppers = [body for body in holdout if body[profile["segment_field"]] == market
                 and (body["weight_kg"] <= heaviest or not inside_range)]

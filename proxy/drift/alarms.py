@@ -1,6 +1,6 @@
 """Drift alarms, shared by every worker and replica through one Redis hash.
 
-Each worker runs `AlarmMonitor.refresh` on its counters' flush thread, right after its own
+Each worker runs `AlarmMonitor.refresh` on its flusher thread, right after its own
 counts are written: one pipelined read of the open drift slots and of the alarm hash, a
 `judge` per cell, then the raises, updates and clears it decided (a second round trip, only
 when something changed). A slot older than a flush interval no longer changes (every worker

@@ -9,7 +9,7 @@ gunicorn's --worker-class flag: threads are given to gthread only. In upstream m
 are gthread: a request there waits on the network, and threads overlap the waits
 (docs/benchmarks.md, "The cost of the hop").
 The bundle is loaded in each worker after the fork (no preload): nothing torch-like runs in
-the master, and each worker's counter-flush thread is started where it will live.
+the master, and each worker's flusher thread is started where it will live.
 """
 
 import logging

@@ -156,8 +156,8 @@ class FeedbackLedger:
 
     def flush(self) -> bool:
         """De-duplicate the queued events in Redis and count the new ones; True when the queue is empty.
-        Runs on the counters' flusher thread, after each counter flush; a call while another flush is
-        under way waits for it."""
+        Runs on the worker's flusher thread just before the counters are written (that write carries
+        the counts it adds); a call while another flush is under way waits for it."""
         with self._flush_lock:
             return self._flush()
 

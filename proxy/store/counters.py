@@ -1,4 +1,4 @@
-"""Anomaly counters: gathered in memory on the request path, written to Redis by a background thread.
+"""Anomaly counters: gathered in memory on the request path, written to Redis by the worker's flusher.
 
 Layout: one Redis hash per minute, `<prefix>:m:<epoch minute>`, with the fields `requests`,
 `source:<source>`, `anomalous`, `anomaly:<field>:<kind>` and whatever `Counters.add` is given,
@@ -139,10 +139,6 @@ _TRANSIENT_PREFIXES = ("BUSY", "NOREPLICAS")
 
 Number = int | float
 
-EARLY_FLUSHES_PER_INTERVAL = 10
-"""`flush_soon` flushes at once, but at most this many times per flush interval."""
-
-
 def bucket_key(prefix: str, minute: int) -> str:
     """The Redis key of the bucket of one epoch minute."""
     return f"{prefix}:m:{minute}"
@@ -196,8 +192,9 @@ class _Batch:
 class Counters:
     """Per-minute counters of requests and anomalies, shared through Redis by all workers.
 
-    Create and `start()` it inside the worker process (after gunicorn forks): the writer id must
-    differ between workers and the flusher thread does not survive a fork.
+    Create it inside the worker process (after gunicorn forks): the writer id must differ between
+    workers. `flush` writes what is pending; the worker's Flusher (proxy/store/flusher.py) calls it
+    every flush interval and once more at shutdown.
     """
 
     def __init__(
@@ -206,7 +203,6 @@ class Counters:
         *,
         prefix: str = "recguard",
         ttl_seconds: int = 7 * 86400,
-        flush_interval: float = 0.5,
         max_pending: int = 200_000,
         replica_wait_ms: int = 0,
         clock: Callable[[], float] = time.time,
@@ -214,13 +210,11 @@ class Counters:
         self._client = client
         self._wait_ms = replica_wait_ms
         self._prefix = prefix
-        self._interval = flush_interval
         self._max_pending = max_pending
         self._clock = clock
         self._script = LuaScript(_APPLY_BATCH)
         self._writer = uuid.uuid4().hex
         self._minutes = Series("m", 60, ttl_seconds)
-        self._after_flush: list[Callable[[], None]] = []
         # field names of the profile: any other name in an anomaly field was chosen by a client
         self._known: frozenset[str] | None = None
 
@@ -237,10 +231,6 @@ class Counters:
         self._drop_logged = False
         self._last_error: str | None = None
         self._last_flush_at: float | None = None
-
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def record_request(self, source: str, anomalies: Iterable[tuple[str, str]]) -> None:
         """Count one request: `requests`, `source:<source>`, and when it had anomalies, `anomalous`
@@ -298,16 +288,6 @@ class Counters:
             bucket = self._current[slot] = defaultdict(int)
         return bucket
 
-    def flush_soon(self) -> None:
-        """Have the flusher flush (and run its after-flush callbacks) now instead of at the end of its
-        interval; cheap and callable from any thread (the drift watch, when a market looks shifted)."""
-        self._wake.set()
-
-    def on_flush(self, callback: Callable[[], None]) -> None:
-        """Have the flusher thread call `callback` after every flush attempt: whatever reads the
-        counters back (the drift alarms) then sees this worker's counts just written."""
-        self._after_flush.append(callback)
-
     def flush(self) -> bool:
         """Write everything pending to Redis; True when Redis took it all.
 
@@ -327,25 +307,6 @@ class Counters:
             self._next_number += 1
             return self._write_unsent()
 
-    def start(self) -> None:
-        """Start the background flusher (a daemon thread), one flush per flush_interval.
-
-        Call it in the worker process, after the fork."""
-        if self._thread is not None:
-            raise RuntimeError("counters already started")
-        self._thread = threading.Thread(target=self._run, name="recguard-counters", daemon=True)
-        self._thread.start()
-
-    def close(self, timeout: float = 5.0) -> None:
-        """Stop the flusher (waiting up to `timeout` for a flush in progress) and make a final flush
-        attempt, itself bounded by the client's timeouts (graceful shutdown, SIGTERM)."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-        if not self.flush():
-            log.warning("counts not written at shutdown", extra={"pending": self.status().pending})
-
     def status(self) -> CounterStatus:
         """Redis reachability as the flusher last saw it, and what waits in memory."""
         with self._lock:
@@ -354,21 +315,6 @@ class Counters:
             redis_up=self._redis_up, pending=current + self._unsent_size, dropped=self._dropped,
             last_error=self._last_error, last_flush_at=self._last_flush_at,
         )
-
-    def _run(self) -> None:
-        while True:
-            woken = self._wake.wait(self._interval)
-            if self._stop.is_set():
-                return
-            self._wake.clear()
-            for step in (self.flush, *self._after_flush):
-                try:
-                    step()
-                except Exception:  # the flusher must outlive any bug; the next interval tries again
-                    log.exception("counter flush step raised", extra={"step": getattr(step, "__qualname__", "?")})
-            if woken and self._stop.wait(self._interval / EARLY_FLUSHES_PER_INTERVAL):
-                # early flushes come at most EARLY_FLUSHES_PER_INTERVAL times an interval, whatever keeps asking
-                return
 
     def _write_unsent(self) -> bool:
         """Send the unsent batch, one script call per bucket; forget each bucket Redis applied (and, on a

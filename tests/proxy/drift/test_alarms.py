@@ -17,60 +17,19 @@ import pytest
 from model.dataset import load_dataset
 from model.profile import build_profile
 from model.synthetic import generate
-from proxy.drift.alarms import AlarmMonitor, read_alarms
-from proxy.drift.watch import DriftWatch, Thresholds, cells_from_profile
+from proxy.drift.alarms import read_alarms
 from proxy.settings import Settings
-from proxy.store.counters import (
-    EARLY_FLUSHES_PER_INTERVAL,
-    Counters,
-    Series,
-    make_redis_client,
-)
+from proxy.store.counters import make_redis_client
+from proxy.store.flusher import EARLY_FLUSHES_PER_INTERVAL
+from tests.harness.clock import Clock
+from tests.harness.drift import DriftWorker as Worker
 from tests.harness.proxy import holdout_requests
 from tests.harness.servers import RedisServer
 
 PREFIX = "recguard"
 POUNDS_PER_KG = 2.20462
 DEFAULTS = Settings()
-THRESHOLDS = Thresholds(DEFAULTS.drift.alarm_z_score, DEFAULTS.drift.alarm_effect_size, DEFAULTS.drift.alarm_min_count)
-T0 = 1_795_000_000.0
-INTERVAL = 0.5
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Worker:
-    """What one gunicorn worker runs for drift, with the default settings: counters, the watch and its
-    alarm monitor; with `early`, the watch's recent values that look shifted wake it, as Runtime wires it."""
-
-    def __init__(self, client, profile: dict, clock: Clock, early: bool = False):
-        cells = cells_from_profile(profile)
-        series = Series("d", DEFAULTS.drift.slot_seconds, DEFAULTS.drift.window_seconds + 60)
-        self.counters = Counters(client, prefix=PREFIX, clock=clock)
-        self.woken = False
-        self.early_ticks = 0
-        wiring = {"thresholds": THRESHOLDS, "wake": self._wake} if early else {}
-        self.watch = DriftWatch(profile, cells, series, self.counters.add_many, clock=clock, **wiring)
-        self.published: list[list] = []
-        self.monitor = AlarmMonitor(client, PREFIX, cells, series,
-                                    DEFAULTS.drift.window_seconds // DEFAULTS.drift.slot_seconds, THRESHOLDS,
-                                    listeners=[self.watch.quarantine, self.published.append],
-                                    recent=self.watch.take_recent if early else None,
-                                    cleared=self.watch.forget_before, clock=clock)
-
-    def _wake(self) -> None:
-        self.woken = True
-
-    def tick(self) -> None:
-        self.woken = False
-        assert self.counters.flush()
-        self.monitor.refresh()
+INTERVAL = DEFAULTS.redis.flush_interval
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +100,7 @@ def test_a_market_switching_to_pounds_is_quarantined_within_twice_the_documented
         else:
             assert anomalies == ()
     # docs/drift.md: 26-41 of the market's requests; held to twice that (simulated clock, seeded: no
-    # timing noise). Without the watch's early evidence, as here, it takes 73-76.
+    # timing noise). Wired as the runtime wires it (build_drift), it takes 54 (light shoppers only) and 40.
     assert detected_after is not None and detected_after <= 2 * 41, detected_after
     # light Germans only are also shorter Germans: height_cm:DE may rightly alarm too
     alarms = {alarm.id: alarm for alarm in read_alarms(redis_client, PREFIX)}
@@ -175,7 +134,7 @@ def test_half_of_a_market_switching_to_pounds_is_named_with_its_share_within_200
     assert any(body["weight_kg"] > heaviest for body in after[:2_000] if body["country"] == "DE")
     traffic = resample(clean, 20 * rate, 3) + after
     clock = Clock()
-    workers = [Worker(redis_client, profile, clock, early=True) for _ in range(2)]
+    workers = [Worker(redis_client, profile, clock) for _ in range(2)]
 
     german_requests, detected_after = 0, None
     for number, (body, anomalies) in enumerate(run(workers, clock, traffic, rate)):

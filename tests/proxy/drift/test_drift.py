@@ -515,43 +515,24 @@ def test_a_busy_market_switching_to_pounds_is_quarantined_within_twice_the_docum
     flush interval, and at once (at most every tenth of an interval) when its watch wakes it. US, the
     largest market (about a quarter of the traffic), switches to pounds, light shoppers only: every
     value inside the training range."""
-    from proxy.drift.alarms import AlarmMonitor, read_alarms
+    from proxy.drift.alarms import read_alarms
     from proxy.settings import Settings
-    from proxy.store.counters import EARLY_FLUSHES_PER_INTERVAL, Counters
+    from proxy.store.flusher import EARLY_FLUSHES_PER_INTERVAL
+    from tests.harness.clock import Clock
+    from tests.harness.drift import DriftWorker
 
     profile, holdout = clean_world
     defaults = Settings()
-    thresholds = Thresholds(defaults.drift.alarm_z_score, defaults.drift.alarm_effect_size, defaults.drift.alarm_min_count)
-    cells = cells_from_profile(profile)
-    series = Series("d", defaults.drift.slot_seconds, defaults.drift.window_seconds + 60)
-    now = [1_795_000_000.0]
-    clock = lambda: now[0]  # noqa: E731
-
-    class Worker:
-        def __init__(self) -> None:
-            self.counters = Counters(redis_client, prefix="recguard", clock=clock)
-            self.woken = False
-            self.watch = DriftWatch(profile, cells, series, self.counters.add_many, thresholds=thresholds,
-                                    wake=lambda: setattr(self, "woken", True))
-            self.monitor = AlarmMonitor(redis_client, "recguard", cells, series,
-                                        defaults.drift.window_seconds // defaults.drift.slot_seconds, thresholds,
-                                        listeners=[self.watch.quarantine], recent=self.watch.take_recent,
-                                        clock=clock)
-            self.early_at = -1.0
-
-        def tick(self) -> None:
-            self.counters.flush()
-            self.monitor.refresh()
-            self.woken = False
-
-    workers = [Worker(), Worker()]
+    clock = Clock()
+    workers = [DriftWorker(redis_client, profile, clock) for _ in range(2)]
+    early_at = [-1.0, -1.0]
     heaviest = profile["fields"]["weight_kg"]["max"] / POUNDS_PER_KG
     americans = [body for body in holdout if body["country"] == "US"]
     light = [{**body, "weight_kg": round(body["weight_kg"] * POUNDS_PER_KG, 1)}
              for body in americans if body["weight_kg"] <= heaviest]
     assert all(body["weight_kg"] <= profile["fields"]["weight_kg"]["max"] for body in light)
     rng = np.random.default_rng(21)
-    step, next_tick = 1.0 / rate, now[0] + defaults.redis.flush_interval
+    step, next_tick = 1.0 / rate, clock.now + defaults.redis.flush_interval
     detected_after = us_requests = 0
     for number in range(30 * rate // 10 + 4_000):
         switched = number >= 30 * rate // 10  # 3 s of clean traffic first
@@ -568,13 +549,13 @@ def test_a_busy_market_switching_to_pounds_is_quarantined_within_twice_the_docum
             if anomalies:
                 detected_after = us_requests
                 break
-        now[0] += step
+        clock.advance(step)
         # the flusher's throttle on the simulated clock (the real one, a thread on real time, is
-        # tested in test_counters.py::test_flush_soon_flushes_at_once_but_at_most_ten_times_an_interval)
-        if worker.woken and now[0] - worker.early_at >= defaults.redis.flush_interval / EARLY_FLUSHES_PER_INTERVAL:
-            worker.early_at = now[0]
+        # tested in test_counters.py::test_a_woken_flusher_flushes_at_once_but_at_most_ten_times_an_interval)
+        if worker.woken and clock.now - early_at[number % 2] >= defaults.redis.flush_interval / EARLY_FLUSHES_PER_INTERVAL:
+            early_at[number % 2] = clock.now
             worker.tick()
-        if now[0] >= next_tick:
+        if clock.now >= next_tick:
             next_tick += defaults.redis.flush_interval
             for each in workers:
                 each.tick()

@@ -17,10 +17,11 @@ import pytest
 from model.dataset import load_dataset
 from model.profile import build_profile
 from model.synthetic import generate
-from proxy.drift.alarms import AlarmMonitor, read_alarms, user_hash_key
-from proxy.drift.watch import DriftWatch, Thresholds, cells_from_profile
+from proxy.drift.alarms import read_alarms, user_hash_key
 from proxy.settings import Settings, SettingsError
-from proxy.store.counters import Counters, Series, make_redis_client
+from proxy.store.counters import make_redis_client
+from tests.harness.clock import Clock
+from tests.harness.drift import DriftWorker as Worker
 from tests.harness.proxy import ProxyProcess, holdout_requests
 from tests.harness.servers import RedisServer
 
@@ -28,34 +29,7 @@ PREFIX = "recguard"
 POUNDS_PER_KG = 2.20462
 DEFAULTS = Settings()
 DRIFT = DEFAULTS.drift
-THRESHOLDS = Thresholds(DRIFT.alarm_z_score, DRIFT.alarm_effect_size, DRIFT.alarm_min_count, DRIFT.alarm_min_users)
 INTERVAL = DEFAULTS.redis.flush_interval
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_795_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Worker:
-    """One gunicorn worker's drift parts, wired as Runtime wires them (default settings, shared key)."""
-
-    def __init__(self, client, profile: dict, clock: Clock, key: bytes):
-        cells = cells_from_profile(profile)
-        series = Series("d", DRIFT.slot_seconds, DRIFT.window_seconds + 60)
-        self.counters = Counters(client, prefix=PREFIX, clock=clock)
-        self.watch = DriftWatch(profile, cells, series, self.counters.add_many, thresholds=THRESHOLDS,
-                                wake=lambda: None, user_key=key, user_window=DRIFT.window_seconds, clock=clock)
-        self.monitor = AlarmMonitor(client, PREFIX, cells, series, DRIFT.window_seconds // DRIFT.slot_seconds,
-                                    THRESHOLDS, listeners=[self.watch.quarantine], recent=self.watch.take_recent,
-                                    cleared=self.watch.forget_before, clock=clock)
-
-    def tick(self) -> None:
-        self.counters.flush()
-        self.monitor.refresh()
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +55,7 @@ def drive(workers: list[Worker], clock: Clock, bodies, rate: int = 400) -> list[
 def two_workers(redis_client, profile) -> tuple[list[Worker], Clock]:
     clock = Clock()
     key = user_hash_key(redis_client, PREFIX)
-    return [Worker(redis_client, profile, clock, key) for _ in range(2)], clock
+    return [Worker(redis_client, profile, clock, user_key=key) for _ in range(2)], clock
 
 
 def clean(holdout: list[dict], count: int, seed: int) -> list[dict]:
@@ -159,7 +133,7 @@ def test_redis_down_while_counting_users_crashes_nothing_and_raises_nothing_from
         client = make_redis_client(server.url)
         key = user_hash_key(client, PREFIX)
         clock = Clock()
-        workers = [Worker(client, profile, clock, key) for _ in range(2)]
+        workers = [Worker(client, profile, clock, user_key=key) for _ in range(2)]
         drive(workers, clock, clean(holdout, 2_000, 7))
         server.stop()
         germans = [body for body in holdout if body["country"] == "DE"]

@@ -14,14 +14,7 @@ from proxy.shapes.kserve import KServeV1Shape
 from proxy.shapes.oip import OipV2Shape
 from proxy.shapes.plain import PlainShape
 from proxy.shapes.request import BadRequest
-
-
-class Clock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.harness.clock import Clock
 
 
 def breaker(clock: Clock) -> CircuitBreaker:
@@ -29,7 +22,7 @@ def breaker(clock: Clock) -> CircuitBreaker:
 
 
 def test_breaker_ejects_after_consecutive_failures_only():
-    clock = Clock()
+    clock = Clock(100.0)
     b = breaker(clock)
     for _ in range(5):  # a success in between starts the count again
         b.failure(), b.failure(), b.success()
@@ -40,7 +33,7 @@ def test_breaker_ejects_after_consecutive_failures_only():
 
 
 def test_breaker_lets_one_probe_through_and_grows_the_ejection():
-    clock = Clock()
+    clock = Clock(100.0)
     b = breaker(clock)
     for _ in range(3):
         b.failure()
@@ -60,7 +53,7 @@ def test_breaker_lets_one_probe_through_and_grows_the_ejection():
 
 
 def test_breaker_multiplier_comes_down_while_healthy():
-    clock = Clock()
+    clock = Clock(100.0)
     b = breaker(clock)
     for _ in range(2):
         for _ in range(3):

@@ -12,17 +12,10 @@ from proxy.quality.feedback import Event, FeedbackLedger
 from proxy.quality.report import parse_group_keys, query_quality
 from proxy.quality.tickets import Ticket
 from proxy.store.counters import Counters, make_redis_client
+from tests.harness.clock import Clock
 from tests.harness.servers import RedisRelay, RedisServer, free_port
 
 T0 = 1_790_000_000.0
-
-
-class Clock:
-    def __init__(self, now: float = T0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def ledger_on(client: redis.Redis, clock: Clock) -> tuple[Counters, FeedbackLedger]:
@@ -52,7 +45,7 @@ def report_at(client, at: float) -> dict:
 
 
 def test_hits_ranks_and_duplicates(redis_server, redis_client):
-    clock = Clock()
+    clock = Clock(T0)
     counters, ledger = ledger_on(make_redis_client(redis_server.url), clock)
     for _ in range(4):
         ledger.impression("v1", "model", "JP")
@@ -72,7 +65,7 @@ def test_hits_ranks_and_duplicates(redis_server, redis_client):
 
 
 def test_many_answers_an_hour_apart_count_exactly_in_few_keys_that_expire(redis_server, redis_client):
-    clock = Clock()
+    clock = Clock(T0)
     counters, ledger = ledger_on(make_redis_client(redis_server.url), clock)
     for hour in (0, 3600):
         clock.now = T0 + hour
@@ -103,7 +96,7 @@ def test_many_answers_an_hour_apart_count_exactly_in_few_keys_that_expire(redis_
 
 
 def test_item_ids_with_separators_are_events_of_their_own(redis_server, redis_client):
-    counters, ledger = ledger_on(make_redis_client(redis_server.url), Clock())
+    counters, ledger = ledger_on(make_redis_client(redis_server.url), Clock(T0))
     answer = ticket("a", items=(4,))
     ledger.accept([Event(answer, "ka", "x\x1fclick\x1fy", None, "click"), Event(answer, "ka", "x", None, "click"),
                    Event(answer, "ka", "x\x1fclick", None, "click"), Event(answer, "ka", "line\nbreak", None, "click")])
@@ -115,7 +108,7 @@ def test_events_being_sent_still_count_as_pending(redis_server, redis_client):
     relay = RedisRelay(redis_server.port)
     relay.delay = 0.1  # every exchange with Redis takes a while: the flush is seen in flight
     try:
-        counters, ledger = ledger_on(make_redis_client(relay.url, timeout=5.0), Clock())
+        counters, ledger = ledger_on(make_redis_client(relay.url, timeout=5.0), Clock(T0))
         ledger.accept([Event(ticket("a"), "ka", "item_3", 3, "click")])
         flusher = threading.Thread(target=ledger.flush)
         flusher.start()
@@ -136,7 +129,7 @@ def test_a_flush_called_while_another_is_sending_returns_once_that_one_counted(r
     relay = RedisRelay(redis_server.port)
     relay.delay = 0.1
     try:
-        counters, ledger = ledger_on(make_redis_client(relay.url, timeout=5.0), Clock())
+        counters, ledger = ledger_on(make_redis_client(relay.url, timeout=5.0), Clock(T0))
         ledger.accept([Event(ticket("a"), "ka", "item_3", 3, "click")])
         flusher = threading.Thread(target=ledger.flush)  # the flusher thread's own flush
         flusher.start()
@@ -157,7 +150,7 @@ def test_a_flush_called_while_another_is_sending_returns_once_that_one_counted(r
 def test_feedback_waits_while_redis_is_down_and_counts_once_back(tmp_path):
     server = RedisServer(tmp_path, port=free_port()).start()
     client = make_redis_client(server.url)
-    counters, ledger = ledger_on(client, Clock())
+    counters, ledger = ledger_on(client, Clock(T0))
     ledger.impression("v1", "model", "JP")
     server.stop()
     ledger.accept([Event(ticket("a"), "ka", "item_3", 3, "click")])
@@ -174,7 +167,7 @@ def test_feedback_waits_while_redis_is_down_and_counts_once_back(tmp_path):
 
 
 def test_grouping_keys(redis_server, redis_client):
-    counters, ledger = ledger_on(make_redis_client(redis_server.url), Clock())
+    counters, ledger = ledger_on(make_redis_client(redis_server.url), Clock(T0))
     for source, segment in [("model", "JP"), ("model", "DE"), ("holdback", "JP"), ("fallback", "DE")]:
         ledger.impression("v1", source, segment)
     flush(counters, ledger)
@@ -184,7 +177,7 @@ def test_grouping_keys(redis_server, redis_client):
 
 
 def test_the_monitor_alarms_when_the_model_falls_below_its_offline_figure(redis_server, redis_client):
-    clock = Clock()
+    clock = Clock(T0)
     counters, ledger = ledger_on(make_redis_client(redis_server.url), clock)
     monitor = QualityMonitor(make_redis_client(redis_server.url), "recguard", "v1", 0.22,
                              QualityThresholds(min_impressions=200), clock=clock)

@@ -20,6 +20,7 @@ from proxy.store import client as store_client
 from proxy.store.anomaly_query import query_anomalies
 from proxy.store.client import ClusterClient, make_redis_client
 from proxy.store.counters import Counters, Series, bucket_key
+from tests.harness.clock import Clock
 from tests.harness.cluster import CommandAudit
 from tests.harness.servers import free_port
 
@@ -27,14 +28,6 @@ from tests.harness.servers import free_port
 pytestmark = pytest.mark.system
 
 BASE = 29_000_000 * 60  # an epoch minute far from now: buckets of the test's own clock
-
-
-class Clock:
-    def __init__(self, now: float = BASE + 1.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def requests_in(client, key: str) -> int:
@@ -52,7 +45,7 @@ def flush_until_written(counters: Counters, timeout: float = 20.0) -> None:
 def one_request_flushed(cluster) -> tuple[Counters, str, str]:
     """Counters waiting for replicas (100 ms), one request counted and written: the counters, the
     minute's key and the primary that holds it."""
-    counters = Counters(make_redis_client(cluster.url), clock=Clock(), replica_wait_ms=100)
+    counters = Counters(make_redis_client(cluster.url), clock=Clock(BASE + 1.0), replica_wait_ms=100)
     key = bucket_key("recguard", BASE // 60)
     counters.record_request("model", [])
     assert counters.flush()
@@ -80,7 +73,7 @@ def test_the_url_alone_picks_a_cluster_and_names_its_seeds():
 
 
 def test_two_workers_counts_spread_over_every_node_add_up_exactly(cluster):
-    clock = Clock()
+    clock = Clock(BASE + 1.0)
     workers = [Counters(make_redis_client(cluster.url), clock=clock, replica_wait_ms=100) for _ in range(2)]
     drift = Series("d", 2, 600)
     expected: dict[int, int] = {}
@@ -110,7 +103,7 @@ def test_two_workers_counts_spread_over_every_node_add_up_exactly(cluster):
 
 
 def test_a_moved_slot_and_a_migrating_slot_are_followed(cluster):
-    clock = Clock()
+    clock = Clock(BASE + 1.0)
     counters = Counters(make_redis_client(cluster.url), clock=clock)
     counters.record_request("model", [])
     assert counters.flush()  # the client knows the topology as it was

@@ -1,4 +1,5 @@
-"""Counters against a real redis-server: exact counts, TTL, retries applied once, outages survived."""
+"""Counters against a real redis-server: exact counts, TTL, retries applied once, outages survived; the
+flusher thread that writes them."""
 
 from __future__ import annotations
 
@@ -10,25 +11,24 @@ from datetime import datetime, timezone
 import pytest
 
 from proxy.store.anomaly_query import AnomalyReport, query_anomalies
-from proxy.store.counters import EARLY_FLUSHES_PER_INTERVAL, Counters, make_redis_client
+from proxy.store.counters import Counters, make_redis_client
+from proxy.store.flusher import EARLY_FLUSHES_PER_INTERVAL, Flusher, Step
+from tests.harness.clock import Clock
 from tests.harness.servers import RedisRelay, RedisServer, free_port
 from tests.harness.waiting import holds_within
 
 pytestmark = pytest.mark.integration  # every test here writes to a real redis-server
 
 PREFIX = "recguard"
+
+
+def flushing(counters: Counters, interval: float, *after: Step) -> Flusher:
+    """A started flusher that writes `counters` every `interval` (then runs `after`), as a worker's does."""
+    flusher = Flusher(interval, [Step("counters", counters.flush, on_close=True), *after])
+    flusher.start()
+    return flusher
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc).timestamp()
 MINUTE0 = int(T0 // 60)
-
-
-class FakeClock:
-    """Time that moves only when the test says so."""
-
-    def __init__(self, now: float = T0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def report_around(client, moment: float) -> AnomalyReport:
@@ -55,16 +55,15 @@ def hammer(counters: Counters, threads: int, per_thread: int) -> None:
 
 
 def test_burst_from_threads_and_two_workers_is_counted_exactly(redis_server, redis_client):
-    workers = [Counters(make_redis_client(redis_server.url), flush_interval=0.01) for _ in range(2)]
-    for counters in workers:
-        counters.start()
+    workers = [Counters(make_redis_client(redis_server.url)) for _ in range(2)]
+    flushers = [flushing(counters, 0.01) for counters in workers]
     bursts = [threading.Thread(target=hammer, args=(counters, 4, 5_000)) for counters in workers]
     for burst in bursts:
         burst.start()
     for burst in bursts:
         burst.join()
-    for counters in workers:
-        counters.close()
+    for flusher in flushers:
+        assert flusher.close() == []
 
     report = report_around(redis_client, time.time())
     anomalous = 2 * 4 * len(range(0, 5_000, 3))
@@ -75,7 +74,7 @@ def test_burst_from_threads_and_two_workers_is_counted_exactly(redis_server, red
 
 
 def test_bucket_layout_ttl_number_types_and_script_reload(redis_server, redis_client):
-    clock = FakeClock(T0 + 30)
+    clock = Clock(T0 + 30)
     counters = Counters(make_redis_client(redis_server.url), ttl_seconds=3600, clock=clock)
     counters.record_request("model", [("email", "missing_field"), ("user_email", "unexpected_field")])
     counters.record_request("fallback", [("weight_kg", "out_of_range")])
@@ -111,7 +110,7 @@ def test_add_refuses_what_redis_could_not_store(redis_server):
 
 def test_flush_retried_after_a_lost_reply_is_applied_once(redis_server, redis_client):
     relay = RedisRelay(redis_server.port)
-    counters = Counters(make_redis_client(relay.url), clock=FakeClock())
+    counters = Counters(make_redis_client(relay.url), clock=Clock(T0))
     try:
         counters.record_request("model", [])
         assert counters.flush()
@@ -135,7 +134,7 @@ def test_flush_retried_after_a_lost_reply_is_applied_once(redis_server, redis_cl
 def test_redis_restart_loses_and_doubles_nothing(tmp_path, caplog, monkeypatch):
     server = RedisServer(tmp_path, appendonly=True).start()
     client = make_redis_client(server.url)
-    counters = Counters(client, clock=FakeClock())
+    counters = Counters(client, clock=Clock(T0))
     try:
         for _ in range(50):
             counters.record_request("model", [])
@@ -171,7 +170,7 @@ def test_redis_restart_loses_and_doubles_nothing(tmp_path, caplog, monkeypatch):
 
 def test_buffer_bound_drops_the_oldest_and_counts_them(tmp_path):
     port = free_port()
-    clock = FakeClock()
+    clock = Clock(T0)
     counters = Counters(make_redis_client(f"redis://127.0.0.1:{port}/0"), max_pending=10, clock=clock)
     for minute in range(20):
         clock.now = T0 + 60 * minute
@@ -194,8 +193,8 @@ def test_buffer_bound_drops_the_oldest_and_counts_them(tmp_path):
 
 def test_flusher_catches_up_when_redis_appears_after_start(tmp_path):
     port = free_port()
-    counters = Counters(make_redis_client(f"redis://127.0.0.1:{port}/0"), flush_interval=0.05, clock=FakeClock())
-    counters.start()
+    counters = Counters(make_redis_client(f"redis://127.0.0.1:{port}/0"), clock=Clock(T0))
+    flusher = flushing(counters, 0.05)
     server = RedisServer(tmp_path, port=port)
     try:
         for _ in range(100):
@@ -207,23 +206,22 @@ def test_flusher_catches_up_when_redis_appears_after_start(tmp_path):
         assert holds_within(lambda: report_around(client, T0).requests == 100), report_around(client, T0).requests
         assert counters.status().redis_up
     finally:
-        counters.close()
+        flusher.close()
         server.stop()
 
 
-def test_flush_soon_flushes_at_once_but_at_most_ten_times_an_interval(redis_server, redis_client):
-    """The drift watch's wake-up (Counters.flush_soon) through the real flusher thread."""
+def test_a_woken_flusher_flushes_at_once_but_at_most_ten_times_an_interval(redis_server, redis_client):
+    """The drift watch's wake-up (Flusher.wake) through the real flusher thread."""
     interval = 0.5
-    counters = Counters(make_redis_client(redis_server.url), flush_interval=interval)
+    counters = Counters(make_redis_client(redis_server.url))
     flushed_at: list[float] = []
-    counters.on_flush(lambda: flushed_at.append(time.monotonic()))
-    counters.start()
+    flusher = flushing(counters, interval, Step("after", lambda: flushed_at.append(time.monotonic())))
     try:
         time.sleep(0.05)  # the flusher is waiting out its first interval
         asked = time.monotonic()
         counters.record_request("model", [])
-        counters.flush_soon()
-        assert holds_within(lambda: flushed_at, timeout=interval), "flush_soon did not flush within an interval"
+        flusher.wake()
+        assert holds_within(lambda: flushed_at, timeout=interval), "a woken flusher did not flush within an interval"
         # at once: well before the interval would have ended (a tenth of it for a loaded machine)
         assert flushed_at[0] - asked < interval / 10, flushed_at[0] - asked
         assert report_around(redis_client, time.time()).requests == 1
@@ -232,7 +230,7 @@ def test_flush_soon_flushes_at_once_but_at_most_ten_times_an_interval(redis_serv
         hammering = time.monotonic()
         while time.monotonic() - hammering < 4 * interval:
             counters.record_request("model", [])
-            counters.flush_soon()
+            flusher.wake()
             time.sleep(0.001)
         gaps = [later - earlier for earlier, later in zip(flushed_at, flushed_at[1:])]
         # EARLY_FLUSHES_PER_INTERVAL (10): never two flushes closer than a tenth of the interval,
@@ -240,4 +238,4 @@ def test_flush_soon_flushes_at_once_but_at_most_ten_times_an_interval(redis_serv
         assert min(gaps) >= interval / EARLY_FLUSHES_PER_INTERVAL - 0.002, min(gaps)
         assert 8 < len(flushed_at) <= 4 * EARLY_FLUSHES_PER_INTERVAL + 1, len(flushed_at)
     finally:
-        counters.close()
+        flusher.close()
