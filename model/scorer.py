@@ -62,7 +62,8 @@ class Scorer:
     def __init__(self, scoring: Mapping[str, Any], arrays: Mapping[str, np.ndarray], item_index: ItemIndex | None = None):
         self.item_ids: list[str] = [str(item) for item in arrays["item_ids"]]
         self.catalogue = self.item_ids
-        self.item_index = {item: i for i, item in enumerate(self.item_ids)}
+        self.position_of = {item: i for i, item in enumerate(self.item_ids)}
+        """Each item id's row in the catalogue's arrays."""
         weights = [np.asarray(arrays[f"{name}_weight"], dtype=np.float32).T for name in scoring["layers"]]
         biases = [np.asarray(arrays[f"{name}_bias"], dtype=np.float32) for name in scoring["layers"]]
         first = _with_unit(weights[0], biases[0])
@@ -89,7 +90,8 @@ class Scorer:
         self._history[:, :-1] = history
         self._mean_weights = [np.full(n, 1.0 / n, dtype=np.float32) for n in range(1, MEAN_WEIGHTS_UP_TO + 1)]
         vectors = scoring_vectors(arrays["item_embeddings"], arrays["item_bias"])
-        self.ann = item_index
+        self.item_index = item_index
+        """The approximate item index of a large catalogue (None: every item is scored)."""
         if item_index is None:
             self._negated_items = np.ascontiguousarray(-vectors.T)
         else:
@@ -105,7 +107,7 @@ class Scorer:
 
     def history_indices(self, history: Sequence[str]) -> list[int]:
         """Catalogue positions of the known history items; unknown ids are ignored."""
-        index = self.item_index
+        index = self.position_of
         return [index[item] for item in history if item in index]
 
     def user_vector(self, fields: Mapping[str, Any], seen: list[int]) -> np.ndarray:
@@ -141,7 +143,7 @@ class Scorer:
         k = min(k, len(self.item_ids) - (len(set(seen)) if seen else 0))
         if k <= 0:
             return Recommendation([], [])
-        if self.ann is None:
+        if self.item_index is None:
             # A non-finite user vector needs no check of its own here: it makes a best score
             # non-finite (NaN spreads to every score, an infinity to the items it meets).
             negated = query @ self._negated_items
@@ -165,7 +167,7 @@ class Scorer:
         # Over-fetch by the history so that k remain once it is taken out (the index returns a
         # multiple of what it is asked for, its `rerank`); the candidates are scored exactly, so
         # an answer's scores and order are the exact ones of the items found.
-        found = self.ann.candidates(query, k + len(seen))
+        found = self.item_index.candidates(query, k + len(seen))
         if seen:
             found = found[~(found[:, None] == np.asarray(seen)[None, :]).any(axis=1)]
         negated = self._vectors[found] @ -query

@@ -1,1 +1,1 @@
-"""Rules compiled from the training profile, the checks, rename/merge diagnosis, the contract."""
+"""Rules compiled from the training profile, the checks, rename/merge diagnosis, the contract, `recguard check`."""

@@ -1,1 +1,1 @@
-"""The HTTP layer: the app factory, its routes, health, metrics, the gunicorn entry points."""
+"""The HTTP layer: the app factory, its routes (every inference route through one pipeline), health, metrics, the gunicorn entry points."""

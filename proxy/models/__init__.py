@@ -1,1 +1,1 @@
-"""What answers a request: the bundle's scorer, the popularity fallback, the routing service."""
+"""The model side of the pipeline: the bundle's scorer row by row within the budget, the team's endpoint (its client, breaker and forwarding), one call for both."""

@@ -1,1 +1,1 @@
-"""Redis: the client, the counters and their key layout, queries over them."""
+"""Redis: the client, the counters and their key layout, the worker's flusher, queries over them."""

@@ -96,7 +96,7 @@ def test_export_builds_the_index_and_serving_scores_with_it(indexed_bundle, tiny
     bundle = load_bundle(indexed_bundle)
     assert INDEX_FILE in bundle.manifest["files"] and bundle.scoring["index"]["file"] == INDEX_FILE
     scorer = Scorer.from_bundle(bundle)
-    assert scorer.ann is not None
+    assert scorer.item_index is not None
     reference = NumpyScorer(bundle.scoring, bundle.arrays)
     # 200 items make one cell: the index scans everything, so the answers are the exact ones
     assert _answers(scorer, tiny_holdout) == _reference_answers(reference, tiny_holdout)
