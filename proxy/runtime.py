@@ -171,7 +171,7 @@ class Runtime:
                                          "upstream": redact_url(settings.upstream.url) or None})
 
     def _upstream(self, bundle: Bundle, metrics: Metrics) -> UpstreamClient:
-        """The client of the team's endpoint: one pool per worker, as many connections as it has threads."""
+        """The client of the team's endpoint: a kept-alive connection per worker thread, behind a breaker."""
         settings = self.settings
         up = settings.upstream
         breaker = CircuitBreaker(up.breaker_failures, up.breaker_base_ejection_ms / 1000, up.breaker_max_ejection_ms / 1000,
@@ -179,7 +179,7 @@ class Runtime:
         metrics.breaker_changed("closed")
         shape: Shape = make_shape(up, settings.limits, settings.server.model_name)
         return UpstreamClient(up.url, shape, bundle.catalogue, timeout=settings.limits.model_timeout_ms / 1000,
-                              pool_size=settings.worker_threads, breaker=breaker, observe=metrics.upstream_call)
+                              breaker=breaker, observe=metrics.upstream_call, ca_file=up.ca_file)
 
     def _drift(self, profile: Mapping[str, Any], metrics: Metrics) -> tuple[DriftWatch, AlarmMonitor]:
         """The drift windows (fed by requests, written with the counters) and this worker's

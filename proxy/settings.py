@@ -239,6 +239,9 @@ class UpstreamSettings:
     """Pointer to the history list in a request body."""
     request_k: str = setting("request_k", "/k")
     """Pointer to k in a request body."""
+    ca_file: str = setting("upstream_ca", "")
+    """A PEM file of the certificate authorities an https upstream's certificate is checked against
+    (a private CA); empty: the system's."""
     breaker_failures: int = setting("breaker_failures", 5)
     """Consecutive failed upstream calls that eject the upstream (Envoy's consecutive_5xx)."""
     breaker_base_ejection_ms: float = setting("breaker_base_ejection_ms", 30_000.0)
@@ -255,6 +258,7 @@ class UpstreamSettings:
             (not self.url or (self.url.startswith(("http://", "https://")) and bool(urlsplit(self.url).hostname)),
              "upstream_url", "empty or an http:// or https:// URL"),
             (self.protocol in PROTOCOLS, "upstream_protocol", " or ".join(PROTOCOLS)),
+            (not self.ca_file or Path(self.ca_file).is_file(), "upstream_ca", "empty or a readable PEM file"),
             (valid_pointer(self.items), "upstream_items", "a JSON pointer (RFC 6901): empty or starting with /"),
             (valid_pointer(self.scores), "upstream_scores", "a JSON pointer (RFC 6901): empty or starting with /"),
             (valid_pointer(self.request_fields), "request_fields", "a JSON pointer (RFC 6901): empty or starting with /"),

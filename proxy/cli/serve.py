@@ -34,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                           help="forward what the guard lets through to this endpoint (RECGUARD_UPSTREAM_URL)")
     upstream.add_argument("--upstream-protocol", choices=PROTOCOLS,
                           help="the body shape it speaks (RECGUARD_UPSTREAM_PROTOCOL, default plain)")
+    upstream.add_argument("--upstream-ca", metavar="PEM",
+                          help="CA bundle an https upstream's certificate is checked against (RECGUARD_UPSTREAM_CA)")
     upstream.add_argument("--upstream-items", metavar="POINTER",
                           help="JSON pointer to the item ids in its answer (RECGUARD_UPSTREAM_ITEMS, default /items)")
     upstream.add_argument("--upstream-scores", metavar="POINTER",
@@ -82,7 +84,7 @@ def serve_command(args: argparse.Namespace) -> int:
 
     settings = _settings(args, ("bundle", "bind", "workers", "worker_class", "threads", "redis_url", "redis_prefix",
                                 "model_timeout_ms", "flush_interval", "guard", "model_name", "upstream_url",
-                                "upstream_protocol", "upstream_items", "upstream_scores", "request_fields",
+                                "upstream_protocol", "upstream_ca", "upstream_items", "upstream_scores", "request_fields",
                                 "request_history", "request_k"))
     bundle = load_bundle(settings.server.bundle)
     if not bundle.has_model and not settings.upstream.enabled:

@@ -1,32 +1,30 @@
-"""The team's own model endpoint, over one keep-alive connection pool per worker (http: the lean
-client of `proxy.models.http1`; https: urllib3, for its certificate handling).
+"""The team's own model endpoint, over libcurl (proxy/models/transport.py), http and https alike.
 
 `UpstreamClient.call` forwards a request body unchanged and reads the answer's items in the
 upstream's shape; `recommend` (the Recommender protocol) asks it for one request that came in
 another shape (the OIP endpoints in front of a plain upstream). Every way a call can go wrong
 raises a ModelError whose `kind` the fallback's answer reports: `upstream_error` (refused, reset,
 5xx, not JSON, no items where the pointer says, items outside the catalogue), `model_timeout`
-(past the budget, connect and read together) and `upstream_unavailable` (the breaker is open:
+(past the budget: connect, send and every read under one deadline) and `upstream_unavailable` (the breaker is open:
 nothing was sent). A 4xx is the caller's own error: returned as it came, with no rows.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
-from urllib.parse import urlsplit
-
-import urllib3
-from urllib3.exceptions import NewConnectionError, ProtocolError
-from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 from model.recommender import ModelError, Recommendation
 from proxy import json_codec
 from proxy.models.breaker import CircuitBreaker
-from proxy.models.http1 import Answer, ConnectionClosed, Http1Pool, MalformedAnswer
+from proxy.models.transport import (
+    Answer,
+    CurlTransport,
+    TransportError,
+    TransportTimeout,
+)
 from proxy.shapes.base import Shape, ShapeError
 from proxy.shapes.request import PredictRequest
 from proxy.words import MODEL_TIMEOUT, UPSTREAM_ERROR, UPSTREAM_UNAVAILABLE
@@ -46,7 +44,7 @@ class UpstreamError(ModelError):
 
 
 class UpstreamTimeout(ModelError):
-    """Connect and read together ran past the model budget."""
+    """The call (connect, send, every read) ran past the model budget."""
 
     kind = MODEL_TIMEOUT
 
@@ -74,48 +72,22 @@ def forwarded_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
             if name.lower() in wanted or name.lower().startswith(FORWARDED_PREFIX)}
 
 
-class _ReuseAware:
-    """Notes on each thread whether the connection it took from the pool had carried a request before."""
-
-    _local = threading.local()
-
-    def _get_conn(self, timeout: float | None = None):
-        conn = super()._get_conn(timeout)  # type: ignore[misc]
-        # the pool already dropped a connection it saw closed; one with a socket still was used before
-        _ReuseAware._local.reused = getattr(conn, "sock", None) is not None
-        return conn
-
-    @staticmethod
-    def last_reused() -> bool:
-        return getattr(_ReuseAware._local, "reused", False)
-
-
-class _HTTPSPool(_ReuseAware, urllib3.HTTPSConnectionPool):
-    pass
-
-
 class UpstreamClient:
     """Forwards bodies to one upstream URL on pooled keep-alive connections, behind a circuit breaker."""
 
     bounded = True
-    """Connect and read are bounded by socket timeouts set from the model budget, so a call runs on
-    the request thread; a call that trickles past the budget is still answered by the fallback."""
+    """The whole call runs under one deadline set from the model budget (libcurl's total timeout),
+    so it runs on the request thread: an upstream that trickles its answer is cut at the budget."""
 
-    def __init__(self, url: str, shape: Shape, catalogue: Iterable[str], *, timeout: float, pool_size: int,
-                 breaker: CircuitBreaker, observe: Callable[[str, float], None] | None = None):
-        parts = urlsplit(url)
+    def __init__(self, url: str, shape: Shape, catalogue: Iterable[str], *, timeout: float,
+                 breaker: CircuitBreaker, observe: Callable[[str, float], None] | None = None, ca_file: str = ""):
         self.shape = shape
         self.catalogue = list(catalogue)
         self._known = frozenset(self.catalogue)
         self.timeout = timeout
         self.breaker = breaker
         self.observe = observe
-        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        if parts.scheme == "https":
-            self.pool: Http1Pool | _HTTPSPool = _HTTPSPool(parts.hostname, parts.port, maxsize=pool_size, block=False,
-                                                           retries=False, timeout=urllib3.Timeout(total=timeout))
-        else:
-            self.pool = Http1Pool(parts.hostname or "localhost", parts.port or 80, pool_size)
+        self.transport = CurlTransport(url, ca_file=ca_file)
 
     def call(self, body: bytes, headers: Mapping[str, str], rows: int) -> Reply:
         """Forward one body; the answer and its rows' items, or a ModelError saying what went wrong."""
@@ -149,42 +121,15 @@ class UpstreamClient:
         return reply.rows[0]
 
     def _send(self, body: bytes, headers: Mapping[str, str], started: float) -> Answer:
-        for attempt in (1, 2):
-            remaining = self.timeout - (time.perf_counter() - started)
-            if remaining <= 0:
-                raise self._past_budget()
-            if isinstance(self.pool, Http1Pool):
-                try:
-                    # the retry goes out on a new connection: the other idle ones may have been closed too
-                    return self.pool.post(self.path, body, headers, remaining, fresh=attempt == 2)
-                except ConnectionRefusedError:
-                    raise UpstreamError("upstream refused the connection: ConnectionRefusedError") from None
-                except TimeoutError:
-                    raise self._past_budget() from None
-                except MalformedAnswer as exc:
-                    raise UpstreamError(f"upstream answer is not HTTP: {exc}") from None
-                except ConnectionClosed as exc:
-                    # a kept-alive connection the upstream closed while it sat idle: the one retry
-                    if attempt == 1 and exc.reused:
-                        continue
-                    raise UpstreamError(f"upstream closed the connection: {exc}") from None
-                except OSError as exc:
-                    raise UpstreamError(f"upstream connection failed: {type(exc).__name__}") from None
-            try:
-                response = self.pool.urlopen("POST", self.path, body=body, headers=dict(headers), retries=False,
-                                             timeout=urllib3.Timeout(total=remaining), assert_same_host=False,
-                                             redirect=False, preload_content=True)
-                return Answer(response.status, {name.lower(): value for name, value in response.headers.items()},
-                              response.data)
-            except NewConnectionError as exc:
-                raise UpstreamError(f"upstream refused the connection: {_reason(exc)}") from None
-            except Urllib3Timeout:
-                raise self._past_budget() from None
-            except (ProtocolError, OSError) as exc:
-                if attempt == 1 and _ReuseAware.last_reused():
-                    continue
-                raise UpstreamError(f"upstream closed the connection: {_reason(exc)}") from None
-        raise AssertionError("unreachable")
+        remaining = self.timeout - (time.perf_counter() - started)
+        if remaining <= 0:
+            raise self._past_budget()
+        try:
+            return self.transport.post(body, headers, remaining)
+        except TransportTimeout:
+            raise self._past_budget() from None
+        except TransportError as exc:
+            raise UpstreamError(f"upstream {exc.reason}") from None
 
     def _past_budget(self) -> UpstreamTimeout:
         return UpstreamTimeout(f"upstream past the budget of {self.timeout * 1000:g} ms")
@@ -214,14 +159,6 @@ class UpstreamClient:
             self.observe(outcome, seconds)
 
     def close(self) -> None:
-        """Close the pooled connections."""
-        self.pool.close()
+        """Close the kept-alive connections."""
+        self.transport.close()
 
-
-def _reason(exc: BaseException) -> str:
-    """The socket error's class under urllib3's wrapping (ConnectionRefusedError, RemoteDisconnected)."""
-    for arg in exc.args:
-        if isinstance(arg, BaseException):
-            return type(arg).__name__
-    cause = exc.__cause__ or exc.__context__
-    return type(cause if cause is not None else exc).__name__

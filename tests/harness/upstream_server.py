@@ -6,6 +6,8 @@ was sent. `mode` (settable while it runs) turns it into each fault recguard must
 
     ok        the answer
     slow      the answer, `delay` seconds late
+    trickle   the answer's head at once, then its body one byte every TRICKLE_GAP seconds (a model under
+              load, a congested link: every read is quick, the whole is not)
     error     500
     bad       400 with a body of its own (the caller's fault: recguard passes it through)
     garbage   200 with a body that is not JSON
@@ -19,15 +21,23 @@ was sent. `mode` (settable while it runs) turns it into each fault recguard must
 from __future__ import annotations
 
 import json
+import ssl
+import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+TRICKLE_GAP = 0.02
+TEAM_HEADER = "X-Team-Model-Host"
+"""A header of the upstream's own on every answer: recguard must not pass it on."""
 
 
 class UpstreamServer:
     """A threaded HTTP/1.1 server on a free loopback port; `start()`, `stop()`, `url`."""
 
-    def __init__(self, catalogue: list[str], shape: str = "plain"):
+    def __init__(self, catalogue: list[str], shape: str = "plain", tls: tuple[Path, Path] | None = None):
         self.catalogue = catalogue
         self.shape = shape
         self.mode = "ok"
@@ -40,7 +50,13 @@ class UpstreamServer:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}/invocations"
+        scheme = "http"
+        if tls is not None:  # (certificate, key): an https upstream
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.port}/invocations"
 
     def answer_for(self, body: bytes) -> bytes:
         """What the server answers a body with in mode ok: the first catalogue items, best first."""
@@ -92,7 +108,18 @@ class UpstreamServer:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json; charset=utf-8")
                 self.send_header("Content-Length", str(len(payload)))
+                self.send_header(TEAM_HEADER, "gpu-node-7")
                 self.end_headers()
+                if mode == "trickle":
+                    self.wfile.flush()
+                    try:
+                        for byte in payload:
+                            time.sleep(TRICKLE_GAP)
+                            self.wfile.write(bytes([byte]))
+                            self.wfile.flush()
+                    except OSError:  # recguard gave up at its budget, as it should
+                        self.close_connection = True
+                    return
                 self.wfile.write(payload)
 
         return Handler
@@ -104,3 +131,12 @@ class UpstreamServer:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by itself, and its key, made with the openssl command."""
+    cert, key = directory / "upstream.pem", directory / "upstream.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key

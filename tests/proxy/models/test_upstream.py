@@ -18,7 +18,8 @@ import requests
 from model.bundle import load_bundle
 from tests.harness.proxy import ProxyProcess, renamed_email
 from tests.harness.servers import free_port
-from tests.harness.upstream_server import UpstreamServer
+from tests.harness.upstream_server import TEAM_HEADER, UpstreamServer, self_signed
+from tests.harness.waiting import wait_until
 
 # the clean-path proxies: a budget that a loaded shared machine cannot exceed, as these tests are about
 # what comes back, not about the budget (the fault tests have their own)
@@ -154,6 +155,19 @@ def test_headers_pass_through_and_hop_by_hop_ones_do_not(guarded_faulty, faulty,
     assert faulty.bodies[-1] == json.dumps(tiny_holdout[0]).encode()
 
 
+def test_a_request_without_an_id_gets_one_sent_upstream_and_returned_and_the_upstreams_headers_stay_behind(
+        guarded_faulty, faulty, tiny_holdout):
+    answer = post_raw(guarded_faulty.url + "/invocations", json.dumps(tiny_holdout[0]).encode())
+    generated = answer.headers["X-Request-Id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", generated)
+    assert {name.lower(): value for name, value in faulty.headers[-1].items()}["x-request-id"] == generated
+    # the upstream's body and Content-Type come back; its own other headers do not
+    assert answer.headers["Content-Type"] == "application/json; charset=utf-8"
+    assert TEAM_HEADER not in answer.headers
+    again = post_raw(guarded_faulty.url + "/invocations", json.dumps(tiny_holdout[0]).encode())
+    assert again.headers["X-Request-Id"] != generated
+
+
 FAULTS = [
     ("error", "upstream_error", "answered 500"),
     ("garbage", "upstream_error", "not JSON"),
@@ -161,7 +175,11 @@ FAULTS = [
     ("outside", "upstream_error", "outside the catalogue"),
     ("close", "upstream_error", "closed the connection"),
     ("slow", "model_timeout", "budget of 300 ms"),
+    ("trickle", "model_timeout", "budget of 300 ms"),
 ]
+BUDGET = float(FAST_BREAKER["RECGUARD_MODEL_TIMEOUT_MS"]) / 1000
+MARGIN = 0.5
+"""What an answer may take past the budget: the fallback, recording, HTTP both ways on a loaded machine."""
 
 
 @pytest.mark.parametrize("mode,kind,detail", FAULTS, ids=[fault[0] for fault in FAULTS])
@@ -169,7 +187,8 @@ def test_each_fault_is_answered_by_the_fallback(guarded_faulty, faulty, tiny_hol
     faulty.mode, faulty.delay = mode, 1.0
     started = time.monotonic()
     answer = guarded_faulty.predict(tiny_holdout[0])
-    assert time.monotonic() - started < 0.9  # the budget, not the upstream, decides how long it takes
+    # the budget, not the upstream, decides how long it takes (a trickled answer would take seconds)
+    assert time.monotonic() - started < BUDGET + MARGIN
     assert answer.status_code == 200
     assert answer.headers["X-Recguard-Source"] == "fallback"
     assert answer.headers["X-Recguard-Anomalies"] == f"model:{kind}"
@@ -177,6 +196,29 @@ def test_each_fault_is_answered_by_the_fallback(guarded_faulty, faulty, tiny_hol
     assert metric(guarded_faulty, "recguard_anomalies_total", field="model", kind=kind) == 1
     assert metric(guarded_faulty, "recguard_upstream_calls_total", outcome=kind) == 1
     assert faulty.requests == 1  # no retry on a fresh connection
+
+
+def test_an_https_upstream_is_trusted_through_its_ca_and_refused_without_it(tiny_bundle, redis_server, catalogue,
+                                                                           tiny_holdout, tmp_path):
+    cert, key = self_signed(tmp_path)
+    upstream = UpstreamServer(catalogue, tls=(cert, key)).start()
+    trusting = ProxyProcess(tiny_bundle, redis_server.url, *own_prefix(), "--upstream", upstream.url,
+                            "--upstream-ca", str(cert), workers=1, env=ROOMY).start()
+    doubting = ProxyProcess(tiny_bundle, redis_server.url, *own_prefix(), "--upstream", upstream.url,
+                            workers=1, env=ROOMY).start()
+    try:
+        answer = trusting.predict(tiny_holdout[0])
+        assert answer.status_code == 200 and answer.headers["X-Recguard-Source"] == "model"
+        assert answer.json()["items"] == catalogue[:5] and upstream.requests == 1
+        # a certificate nobody vouches for: no model answer, the fallback's instead
+        refused = doubting.predict(tiny_holdout[0])
+        assert refused.status_code == 200 and refused.headers["X-Recguard-Source"] == "fallback"
+        assert refused.headers["X-Recguard-Anomalies"] == "model:upstream_error"
+        assert upstream.requests == 1
+    finally:
+        trusting.stop()
+        doubting.stop()
+        upstream.stop()
 
 
 def test_refused_connection_is_answered_by_the_fallback(tiny_bundle, redis_server, tiny_holdout):
@@ -206,9 +248,16 @@ def test_a_dropped_idle_connection_gets_one_retry(guarded_faulty, faulty, tiny_h
     for body in tiny_holdout[:5]:
         answer = guarded_faulty.predict(body)
         assert answer.headers["X-Recguard-Source"] == "model"
-    # the first request opened the connection; each later one met it closed and retried once on a new one
-    assert faulty.requests == 1 + 2 * 4
+    # the first request opened the connection; each later one met it closed and went again, once, on a
+    # new one (libcurl finds some of them closed before it sends: those reach the upstream only once)
+    assert 1 + 4 <= faulty.requests <= 1 + 2 * 4
     assert metric(guarded_faulty, "recguard_upstream_calls_total", outcome="ok") == 5
+
+
+def ejection_over(proxy: ProxyProcess, timeout: float = 10.0) -> None:
+    """Until the (one) worker's breaker lets a probe through: no fixed sleep that must fit the ejection."""
+    wait_until(lambda: proxy.get("/healthz").json()["upstream"]["breaker"]["retry_in_seconds"] == 0, timeout,
+               "the breaker's ejection to end")
 
 
 def test_breaker_ejects_probes_and_closes(guarded_faulty, faulty, tiny_holdout):
@@ -221,27 +270,26 @@ def test_breaker_ejects_probes_and_closes(guarded_faulty, faulty, tiny_holdout):
     assert any("circuit breaker" in reason for reason in health["reasons"])
     assert metric(guarded_faulty, "recguard_upstream_breaker_open") == 1
 
-    # while open nothing reaches the upstream and nobody waits for it
+    # while open nothing reaches the upstream and nobody waits for it (it would take a second)
     faulty.mode, faulty.delay = "slow", 1.0
     for _ in range(5):
         started = time.monotonic()
         answer = guarded_faulty.predict(tiny_holdout[0])
-        assert time.monotonic() - started < 0.2
+        assert time.monotonic() - started < BUDGET
         assert answer.status_code == 200 and answer.headers["X-Recguard-Anomalies"] == "model:upstream_unavailable"
     assert faulty.requests == 3
 
     # the ejection ends: one probe, which fails (too slow), ejects again for twice as long
-    time.sleep(0.7)
+    ejection_over(guarded_faulty)
     assert guarded_faulty.predict(tiny_holdout[0]).headers["X-Recguard-Anomalies"] == "model:model_timeout"
     assert faulty.requests == 4
     breaker = guarded_faulty.get("/healthz").json()["upstream"]["breaker"]
     assert breaker["state"] == "open" and breaker["multiplier"] == 2 and breaker["retry_in_seconds"] > 0.7
-    time.sleep(0.7)
     assert guarded_faulty.predict(tiny_holdout[0]).headers["X-Recguard-Anomalies"] == "model:upstream_unavailable"
 
     # the upstream recovers: the next probe succeeds and the breaker closes
     faulty.mode = "ok"
-    time.sleep(0.6)
+    ejection_over(guarded_faulty)
     answer = guarded_faulty.predict(tiny_holdout[0])
     assert answer.headers["X-Recguard-Source"] == "model"
     health = guarded_faulty.get("/healthz").json()
