@@ -28,7 +28,6 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-
 TRICKLE_GAP = 0.02
 TEAM_HEADER = "X-Team-Model-Host"
 """A header of the upstream's own on every answer: recguard must not pass it on."""

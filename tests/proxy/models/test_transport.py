@@ -10,7 +10,14 @@ import time
 
 import pytest
 
-from proxy.models.transport import CLOSED, NOT_HTTP, REFUSED, CurlTransport, TransportError, TransportTimeout
+from proxy.models.transport import (
+    CLOSED,
+    NOT_HTTP,
+    REFUSED,
+    CurlTransport,
+    TransportError,
+    TransportTimeout,
+)
 
 
 class ScriptedPeer:
