@@ -201,8 +201,8 @@ def measure(server: Server, mix: Path, script: Path, connections: int, seconds: 
 def hop_cpu(args: argparse.Namespace, redis_url: str, upstream_url: str, count: int = 300) -> dict[str, float]:
     """In-process CPU milliseconds per request (getrusage), median of three passes over `count` held-out
     requests through Flask's test client: a guarded /predict of the embedded model, the same request
-    forwarded to the upstream, the upstream client's call alone, and the same call over urllib3. No
-    scheduler queue in these: what the hop itself costs."""
+    forwarded to the upstream, the upstream client's call alone (libcurl through pycurl), and the same
+    call over urllib3 (the https path before pycurl). No scheduler queue in these: what the hop itself costs."""
     import resource
 
     from model.bundle import load_bundle
@@ -224,7 +224,7 @@ def hop_cpu(args: argparse.Namespace, redis_url: str, upstream_url: str, count: 
     steps = {name: (lambda body, client=client: client.post("/predict", data=body, content_type="application/json"))
              for name, client in clients.items()}
     steps["client call alone"] = lambda body: upstream.call(body, {"Content-Type": "application/json"}, 1)
-    # the same call over urllib3, which the client used for http before proxy.models.http1
+    # the same call over urllib3 (a test dependency through requests), which served https before pycurl
     import urllib3
 
     pool = urllib3.connection_from_url(upstream_url, maxsize=1, retries=False)
