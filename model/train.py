@@ -21,9 +21,10 @@ import io
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,7 +37,13 @@ from model.errors import RecguardError
 from model.evaluate import evaluate_parts, ranking_metrics
 from model.fallback import PopularityFallback
 from model.features import encode, fit_inputs, item_features
-from model.gcn import NO_ITEM, GraphRecommender, ItemEncoder, UserTower
+from model.gcn import (
+    NO_ITEM,
+    GraphRecommender,
+    ItemEncoder,
+    UserTower,
+    propagation_matrix,
+)
 from model.item_index import (
     ANN_MIN_ITEMS,
     ItemIndex,
@@ -93,7 +100,10 @@ class Prepared:
 
     user_x: Tensor
     train_users: Tensor
-    edge_index: Tensor
+    graph: Tensor
+    """The user-item graph of the training users, normalised for propagation (gcn.propagation_matrix)."""
+    edges: int
+    """Its user-item edges (each is in `graph` in both directions)."""
     item_features: Tensor
     item_cardinalities: list[int]
     train: Examples
@@ -154,11 +164,13 @@ def prepare(data: Dataset, inputs: list[dict[str, Any]], config: TrainConfig,
     graph_items = np.concatenate([data.sequences[u] for u in train_users]) + len(train_users)
     edge_index = torch.from_numpy(np.stack([np.concatenate([graph_users, graph_items]),
                                             np.concatenate([graph_items, graph_users])]))
+    nodes = len(train_users) + len(data.item_ids)
     codes, cardinalities = item_features(data.schema.items, data.items)
     return Prepared(
         user_x=torch.from_numpy(encode(inputs, data.users)),
         train_users=torch.from_numpy(train_users),
-        edge_index=edge_index,
+        graph=propagation_matrix(edge_index, nodes),
+        edges=len(graph_users),
         item_features=torch.from_numpy(codes),
         item_cardinalities=cardinalities,
         train=_sliding_examples(train_users, data.sequences, history_window(config, history_lengths)),
@@ -183,10 +195,14 @@ def build_model(prepared: Prepared, config: TrainConfig) -> GraphRecommender:
 
 def bpr_loss(model: GraphRecommender, prepared: Prepared, batch: Examples, negatives: Tensor) -> Tensor:
     """BPR: each target should outscore each of its sampled negatives for the same user vector."""
-    items = model.item_embeddings(prepared.user_x[prepared.train_users], prepared.edge_index)
+    items = model.item_embeddings(prepared.user_x[prepared.train_users], prepared.graph)
     users = model.user_vectors(prepared.user_x[batch.users], batch.history, model.history_embeddings(items))
     positive = (users * items[batch.target]).sum(-1) + model.item_bias[batch.target]
-    negative = torch.einsum("bd,bkd->bk", users, items[negatives]) + model.item_bias[negatives]
+    # One column of negatives at a time: a batch x dim product stays under glibc's mmap threshold
+    # (32 MB) and reuses freed memory, where the batch x negatives x dim tensor of one gather (67 MB
+    # at the default batch) is mapped afresh and page-faulted in at every step (three times slower,
+    # forward and backward; einsum's batched matmul was slower still).
+    negative = torch.stack([(users * items[column]).sum(-1) for column in negatives.T], dim=1) + model.item_bias[negatives]
     return -F.logsigmoid(positive.unsqueeze(1) - negative).mean()
 
 
@@ -194,7 +210,7 @@ def bpr_loss(model: GraphRecommender, prepared: Prepared, batch: Examples, negat
 def validate(model: GraphRecommender, prepared: Prepared, k: int = 10) -> dict[str, float]:
     """hit_rate@k and ndcg@k on the validation users, history items excluded from the answer."""
     model.eval()
-    items = model.item_embeddings(prepared.user_x[prepared.train_users], prepared.edge_index)
+    items = model.item_embeddings(prepared.user_x[prepared.train_users], prepared.graph)
     v = prepared.validation
     users = model.user_vectors(prepared.user_x[v.users], v.history, model.history_embeddings(items))
     scores = model.scores(users, items)
@@ -249,7 +265,7 @@ def fit(prepared: Prepared, config: TrainConfig, progress: Callable[[str], None]
 def export_arrays(model: GraphRecommender, prepared: Prepared, item_ids: list[str]) -> dict[str, np.ndarray]:
     """The scoring.npz arrays: precomputed item vectors and the tower's weights, float32."""
     model.eval()
-    items = model.item_embeddings(prepared.user_x[prepared.train_users], prepared.edge_index)
+    items = model.item_embeddings(prepared.user_x[prepared.train_users], prepared.graph)
     arrays = {
         "item_ids": np.array(item_ids),
         "item_embeddings": items.numpy().astype(np.float32),
@@ -277,7 +293,7 @@ def train(
     lengths = [len(request.get("history") or []) for request in holdout[0]] if holdout else []
     prepared = prepare(data, inputs, config, lengths)
     progress(
-        f"graph: {len(prepared.train_users)} users, {prepared.edge_index.size(1) // 2} edges; "
+        f"graph: {len(prepared.train_users)} users, {prepared.edges} edges; "
         f"{len(prepared.train.target)} training examples, {len(prepared.validation.target)} validation users"
     )
     model = fit(prepared, config, progress)
