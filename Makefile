@@ -31,12 +31,14 @@ redis-server:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
 
 $(DATA)/holdout.jsonl: | $(VENV)/.installed
+	@echo "generating the synthetic shop in $(DATA) (a few seconds)"
 	$(BIN)/recguard generate --out $(DATA)
 
 # A data directory generated before the logs were declared in dataset.toml is generated again.
 $(BUNDLE)/manifest.json: $(DATA)/holdout.jsonl
 	@test -f $(DATA)/dataset.toml || { echo "$(DATA) has no dataset.toml: generating it again"; \
 		$(BIN)/recguard generate --out $(DATA); }
+	@echo "training $(BUNDLE) (the default shop: about 35 s on 2 idle cores; $(if $(filter-out 0,$(TRAIN_BUDGET)),at most $(TRAIN_BUDGET) s of epochs on a busy machine,every epoch however long))"
 	$(BIN)/recguard train --data $(DATA) --out $(BUNDLE) $(if $(filter-out 0,$(TRAIN_BUDGET)),--time-budget $(TRAIN_BUDGET))
 
 run: install $(BUNDLE)/manifest.json

@@ -14,8 +14,9 @@ its gunicorn. The trees take turns, round by round, the order alternating, so a 
 machine's load meets both. Also reads the bundle's manifest: the model's and popularity's held-out
 hit_rate@10 and how many epochs ran.
 
---epochs-sweep trains the first tree's default data again with `recguard train --epochs N` for each
-N and reports the held-out hit rate: what a time budget costs when it stops the epochs after N.
+--epochs-sweep trains the last tree's default data (from its first run) again with its `recguard
+train --epochs N` for each N and reports the held-out hit rate: what a time budget costs when it
+stops the epochs after N.
 
 Prints one JSON object; docs/benchmarks.md ("The first answer") records the figures.
 """
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--venv", type=Path, default=ROOT / ".venv", help="an installed venv (make is told not to reinstall it)")
     parser.add_argument("--rounds", type=int, default=1, help="make runs per tree, taking turns")
     parser.add_argument("--train-budget", type=float, help="TRAIN_BUDGET for make (default: the Makefile's)")
-    parser.add_argument("--epochs-sweep", default="", help="comma-separated epoch counts to train the first tree's data for")
+    parser.add_argument("--epochs-sweep", default="", help="comma-separated epoch counts to train the last tree's data for")
     parser.add_argument("--timeout", type=float, default=1200, help="seconds to wait for the first 200 of one run")
     parser.add_argument("--work", type=Path, help="where the runs write (default: a temporary directory)")
     parser.add_argument("--json", type=Path, help="also write the report here")
@@ -190,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                 for tree in (first, second)}
         report["first_200_ratio"] = {f"{second}/{first}": round(mean[second] / mean[first], 3)}
     if args.epochs_sweep:
-        report["epochs_sweep"] = epochs_sweep(trees[0], args.venv, work / "0-0" / "data", work,
+        last = len(trees) - 1
+        report["epochs_sweep"] = epochs_sweep(trees[last], args.venv, work / f"{last}-0" / "data", work,
                                               [int(n) for n in args.epochs_sweep.split(",")])
     text = json.dumps(report, indent=2)
     print(text)
