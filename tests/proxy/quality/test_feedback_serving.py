@@ -69,6 +69,10 @@ def test_every_answer_carries_a_request_id_and_a_ticket(client, tiny_holdout):
     assert ticket.request_id == "req-42" and ticket.source == "model"
     assert ticket.segment == tiny_holdout[0]["country"] and len(ticket.items) == 10
     assert "@" not in json.dumps(ticket._asdict()), "nothing personal in a ticket"
+    # docs/quality.md: a ticket of ten items with a generated request id is about 170 characters
+    # (a 25-character model version, a two-letter segment)
+    assert len(fresh.get_json()["items"]) == 10 and len(fresh.get_json()["model_version"]) == 25
+    assert 160 <= len(fresh.headers["X-Recguard-Ticket"]) <= 175, len(fresh.headers["X-Recguard-Ticket"])
 
 
 def test_a_click_on_a_served_item_is_a_hit_once(app, client, tiny_holdout):
