@@ -23,6 +23,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds like 90, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
 def _share(text: str) -> float:
     try:
         value = float(text)
@@ -76,7 +86,10 @@ def require_training_extra() -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import time
+
     require_training_extra()
+    started = time.monotonic()
     # Bad data fails here, before the seconds it takes to import torch.
     data = _load(args)
     from model.evaluate import read_holdout
@@ -87,11 +100,13 @@ def _train(args: argparse.Namespace) -> int:
         _say(f"no holdout.jsonl beside {data.schema.path.name}: no offline figures in the manifest "
              f"(`recguard split` makes one)")
     from model.train import TrainConfig, train
+    from proxy.cli.progress import Progress, duration
 
-    overrides = {"epochs": args.epochs, "seed": args.seed, "threads": args.threads}
+    overrides = {"epochs": args.epochs, "seed": args.seed, "threads": args.threads, "time_budget": args.time_budget}
     config = TrainConfig(**{name: value for name, value in overrides.items() if value is not None})
-    path = train(data, args.out, config, progress=_say, holdout=holdout)
-    _say(f"bundle written to {path}")
+    progress = Progress()
+    path = train(data, args.out, config, progress=progress, holdout=holdout, meter=progress.bar)
+    progress(f"bundle written to {path} ({duration(time.monotonic() - started)})")
     return 0
 
 
@@ -143,6 +158,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--epochs", type=_positive, help="at most this many epochs (default: chosen from the data)")
     train.add_argument("--seed", type=int, help="random seed (default 0)")
     train.add_argument("--threads", type=_positive, help="torch CPU threads (default 1)")
+    train.add_argument("--time-budget", type=_seconds, metavar="SECONDS",
+                       help="stop the epochs when the next would end after SECONDS of training (`make run`: 90); "
+                            "default: every epoch of the schedule, until early stopping")
     train.set_defaults(handler=_train)
 
     profile = sub.add_parser("profile", help="write a guard-only bundle (no model) for a model of your own")

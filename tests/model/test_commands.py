@@ -133,3 +133,21 @@ def test_train_without_a_holdout_says_so_and_records_no_figures(capsys, broken_d
     assert code == 0 and "no holdout.jsonl beside dataset.toml: no offline figures in the manifest" in err
     assert "epoch 1/1  loss" in err
     assert "evaluation" not in json.loads((tmp_path / "b" / "manifest.json").read_text())
+
+
+def test_a_time_budget_ends_training_early_says_so_and_still_writes_a_scored_bundle(capsys, tiny_data, tmp_path):
+    code, _, err = run(capsys, "train", "--data", str(tiny_data), "--out", str(tmp_path / "b"), "--time-budget", "0.001")
+    assert code == 0
+    assert "epoch 1/23  loss" in err and "epoch 2/" not in err
+    assert "stopped: the time budget (0.001 s) has no room for epoch 2 of 23" in err
+    assert "bundle written to" in err and "\r" not in err       # not a terminal: lines only, no bar
+    assert set(json.loads((tmp_path / "b" / "manifest.json").read_text())["evaluation"]) == {
+        "model", "popularity", "holdout_users"}
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "soon", "inf"])
+def test_a_time_budget_must_be_a_positive_number_of_seconds(capsys, tiny_data, tmp_path, value):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--data", str(tiny_data), "--out", str(tmp_path / "b"), "--time-budget", value])
+    assert exit_.value.code == 2 and "argument --time-budget: must be a" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()

@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
+import model.item_index
 import model.train
 from model.bundle import INDEX_FILE, BundleError, load_bundle, write_bundle
 from model.dataset import load_dataset
@@ -100,6 +101,16 @@ def test_export_builds_the_index_and_serving_scores_with_it(indexed_bundle, tiny
     reference = NumpyScorer(bundle.scoring, bundle.arrays)
     # 200 items make one cell: the index scans everything, so the answers are the exact ones
     assert _answers(scorer, tiny_holdout) == _reference_answers(reference, tiny_holdout)
+
+
+def test_the_index_coded_in_chunks_is_the_index_coded_at_once_and_reports_each_chunk(loaded_bundle, monkeypatch):
+    vectors = scoring_vectors(loaded_bundle.arrays["item_embeddings"], loaded_bundle.arrays["item_bias"])
+    settings = index_settings(len(vectors)) | {"nlist": 4}
+    whole = build_index(vectors, settings)
+    monkeypatch.setattr(model.item_index, "ADD_CHUNK", 64)
+    reports = []
+    assert build_index(vectors, settings, added=lambda done, total: reports.append((done, total))) == whole
+    assert reports == [(0, 200), (64, 200), (128, 200), (192, 200), (200, 200)]
 
 
 @pytest.mark.system  # real gunicorn: faiss loaded in each forked worker, as in production

@@ -52,7 +52,7 @@ def test_numpy_scores_from_the_loaded_bundle_equal_the_torch_model(tiny_data, qu
         known = scorer.history_indices(request)
         history[row, : len(known)] = torch.tensor(known, dtype=torch.long)
     with torch.no_grad():
-        items = model.item_embeddings(prepared.user_x[prepared.train_users], prepared.edge_index)
+        items = model.item_embeddings(prepared.user_x[prepared.train_users], prepared.graph)
         users = model.user_vectors(torch.from_numpy(encode(bundle.scoring["inputs"], requests)), history,
                                    model.history_embeddings(items))
         expected = model.scores(users, items).numpy()
