@@ -1,29 +1,58 @@
 # recguard: the guarded proxy in a container, serving a bundle mounted at /bundle (or baked into
 # a derived image; docs/operations.md shows both).
 #
-#   docker build -t recguard .
+#   docker build -t recguard .                          # the serving image (the last stage): no torch
 #   docker run -p 8000:8000 -v "$PWD/bundles/default:/bundle:ro" \
 #       -e RECGUARD_REDIS_URL=redis://my-redis:6379/0 recguard
+#   docker build --target train -t recguard-train .     # `recguard train` with torch and torch-geometric
 #
 # Every setting is a RECGUARD_* variable (docs/operations.md); the CMD passes no flags.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
-FROM ${PYTHON_IMAGE} AS build
+FROM ${PYTHON_IMAGE} AS venv
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/recguard
 ENV PATH=/opt/recguard/bin:$PATH
-# Same pin as the Makefile. TORCH_INDEX_URL may name PyTorch's CPU-only wheel index: the
-# default wheel drags in CUDA libraries the proxy never uses (it scores with numpy).
-ARG TORCH_INDEX_URL=
-RUN pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} torch==2.13.0
 WORKDIR /src
+
+# The serving install: the project without its train extra (numpy scores; torch is never imported).
+FROM venv AS build
 COPY pyproject.toml README.md MANIFEST.in ./
 COPY model ./model
 COPY proxy ./proxy
 # A regular (not editable) install: the final stage copies the venv and nothing of /src.
 RUN pip install .
+
+# The training install: torch first (same pin as the Makefile), so a change of the sources does not
+# fetch it again. The default torch wheel drags in CUDA libraries; for CPU pass TORCH_INDEX_URL
+# (PyTorch's CPU-only wheel index) or TORCH_FIND_LINKS (a directory or page holding a CPU wheel).
+FROM venv AS train-build
+ARG TORCH_INDEX_URL=
+ARG TORCH_FIND_LINKS=
+RUN pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} \
+        ${TORCH_FIND_LINKS:+--find-links "$TORCH_FIND_LINKS"} torch==2.13.0
+COPY pyproject.toml README.md MANIFEST.in ./
+COPY model ./model
+COPY proxy ./proxy
+RUN pip install ".[train]"
+
+# `docker run -v "$PWD/data:/data:ro" -v "$PWD/bundles:/bundles" recguard-train
+#      train --data /data --out /bundles/new`: the arguments are recguard's.
+FROM ${PYTHON_IMAGE} AS train
+RUN groupadd --system --gid 10001 recguard \
+ && useradd --system --uid 10001 --gid recguard --home-dir /app --shell /usr/sbin/nologin recguard \
+ && mkdir -p /app \
+ && chown recguard:recguard /app
+COPY --from=train-build /opt/recguard /opt/recguard
+ENV PATH=/opt/recguard/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /app
+USER 10001:10001
+ENTRYPOINT ["recguard"]
+CMD ["train", "--help"]
 
 FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 recguard \

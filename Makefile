@@ -1,5 +1,6 @@
 # Everything from nothing: a venv, CPU torch first (pip takes the local CPU build
-# instead of a multi-GB CUDA one), then the project; redis-server from apt if absent.
+# instead of a multi-GB CUDA one), then the project with its train and dev extras (so
+# `make run` can train and `make test` runs everything); redis-server from apt if absent.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -20,7 +21,7 @@ $(BIN)/activate:
 $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[train,dev]"
 	touch $@
 
 install: $(VENV)/.installed redis-server

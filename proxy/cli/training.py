@@ -1,7 +1,8 @@
 """Training-side subcommands of `recguard`: generate, train, profile, evaluate, split.
 
 Only argparse is imported here; each handler imports what it needs, so `recguard serve`
-never pays for (or depends on) torch, and `recguard profile` never imports it.
+never pays for (or depends on) torch, and `recguard profile` never imports it. torch and
+torch-geometric come with the `train` extra only; `recguard train` without them says so in one line.
 """
 
 from __future__ import annotations
@@ -61,9 +62,33 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+TRAINING_MODULES = ("torch", "torch_geometric")
+"""What only `recguard train` imports: the `train` extra (pyproject.toml), not in the serving install."""
+
+
+def require_training_extra() -> None:
+    """Raise a one-line RecguardError naming the install command when torch or torch-geometric is missing."""
+    import importlib.util
+
+    from model.errors import RecguardError
+
+    missing = []
+    for name in TRAINING_MODULES:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # a broken or blocked install counts as missing
+            found = False
+        if not found:
+            missing.append(name)
+    if missing:
+        raise RecguardError(f"training needs {' and '.join(missing)}, not installed here (the serving install "
+                            f"leaves them out): pip install 'recguard[train]'")
+
+
 def _train(args: argparse.Namespace) -> int:
     import time
 
+    require_training_extra()
     started = time.monotonic()
     # Bad data fails here, before the seconds it takes to import torch.
     data = _load(args)
