@@ -198,3 +198,30 @@ def test_the_monitor_alarms_when_the_model_falls_below_its_offline_figure(redis_
             break
     assert alarms and alarms[0].baseline == "offline" and minute <= 20
     assert monitor.clear(alarms[0].id) and monitor.active == []
+
+
+@pytest.mark.integration  # starts a redis-server of its own
+def test_a_full_queue_keeps_the_newest_100000_events_and_says_how_many_it_dropped(tmp_path, caplog):
+    """docs/quality.md: while Redis is down, events wait in a bounded queue in memory (100,000 per
+    worker). Past it the oldest go, counted and logged; the rest are counted once Redis is back."""
+    server = RedisServer(tmp_path, port=free_port()).start()
+    client = make_redis_client(server.url)
+    counters, ledger = ledger_on(client, Clock(T0))  # the ledger's default bound, as the runtime builds it
+    server.stop()
+    events = [Event(ticket(f"r{i}"), f"k{i}", "item_3", 3, "click") for i in range(100_250)]
+    for start in range(0, len(events), 1_000):  # as /feedback posts them: up to 1,000 a body
+        ledger.accept(events[start:start + 1_000])
+    assert ledger.pending == 100_000 and ledger.dropped == 250
+    assert "feedback queue full: dropping the oldest events" in caplog.text
+    assert not ledger.flush() and ledger.pending == 100_000  # nothing lost by a failed flush either
+    server.start()
+    try:
+        flush(counters, ledger)
+        group = report(server.client())[("v1", "model", "JP")]
+        assert group["feedback"] == 100_000 and ledger.pending == 0
+        # the oldest were dropped: the first 250 tickets' clicks, sent again now, are new
+        ledger.accept(events[:250] + events[-10:])
+        flush(counters, ledger)
+        assert report(server.client())[("v1", "model", "JP")]["feedback"] == 100_250
+    finally:
+        server.stop()
