@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import random
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ from tests.harness.clock import Clock
 from tests.harness.drift import DriftWorker as Worker
 from tests.harness.proxy import ProxyProcess, holdout_requests
 from tests.harness.servers import RedisServer
+from tests.harness.waiting import wait_until
 
 PREFIX = "recguard"
 POUNDS_PER_KG = 2.20462
@@ -188,10 +188,16 @@ def test_over_http_one_shopper_repeating_a_heavy_weight_quarantines_nobody(tiny_
     server = ProxyProcess(tiny_bundle, redis_server.url, workers=2, log_path=tmp_path / "proxy.log").start()
     try:
         germans = [body for body in tiny_holdout if body["country"] == "DE"]
-        heavy = {**germans[0], "weight_kg": 120.0}
-        for _ in range(440):
+        # one user id, heavy weights that vary (identical values would be stopped by the no-spread rule
+        # already: it is the per-user rule this shows)
+        for i in range(440):
+            heavy = {**germans[0], "weight_kg": 110.0 + (i % 40) * 0.5}
             assert server.predict(heavy).status_code == 200
-        time.sleep(0.5)  # several flush intervals of both workers (0.1 s in the tests)
+        # every one counted, then one request more counted: its flush round came after theirs, and each
+        # round judges the alarms right after writing its counts
+        wait_until(lambda: server.get("/anomalies?since=10m").json()["requests"] == 440, 10, "440 requests counted")
+        assert server.predict(germans[1]).status_code == 200
+        wait_until(lambda: server.get("/anomalies?since=10m").json()["requests"] == 441, 10, "the 441st counted")
         assert server.get("/alarms").json()["alarms"] == []
         for body in germans[1:6]:
             answer = server.predict(body).json()
