@@ -85,7 +85,8 @@ def test_a_thousand_identical_requests_of_one_user_raise_nothing_and_a_real_swit
             market_requests += 1
             if anomalies:
                 break
-    assert 0 < market_requests <= 200
+    # docs/drift.md: 26-37 of a switching market's requests, which the tests hold to within twice (60 here)
+    assert 0 < market_requests <= 2 * 37, market_requests
     assert "weight_kg:JP" in {alarm.id for alarm in read_alarms(redis_client, PREFIX)}
 
 

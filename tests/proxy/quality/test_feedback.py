@@ -1,5 +1,6 @@
 """Feedback against tickets, counted in a real Redis: once per (ticket, item, event), nothing lost while Redis is away."""
 
+import math
 import threading
 import time
 from datetime import datetime, timezone
@@ -181,6 +182,15 @@ def test_the_monitor_alarms_when_the_model_falls_below_its_offline_figure(redis_
     counters, ledger = ledger_on(make_redis_client(redis_server.url), clock)
     monitor = QualityMonitor(make_redis_client(redis_server.url), "recguard", "v1", 0.22,
                              QualityThresholds(min_impressions=200), clock=clock)
+    # the minute the alarm must come, from the counts alone: Page's CUSUM of "rate 0.22 x 0.8" against
+    # "rate 0.22" (ln 0.8 a hit, ln(0.824/0.78) a miss) reaching h = 12 with at least 200 answers
+    statistic, expected = 0.0, None
+    for minute in range(30):
+        hits = 22 - (12 if minute >= 10 else 0)
+        statistic = max(0.0, statistic + hits * math.log(0.8) + (100 - hits) * math.log((1 - 0.176) / (1 - 0.22)))
+        if statistic >= 12:
+            expected = minute
+            break
     served = 0
     for minute in range(30):
         for i in range(100):
@@ -196,7 +206,7 @@ def test_the_monitor_alarms_when_the_model_falls_below_its_offline_figure(redis_
             assert alarms == [], f"clean minute {minute}"
         elif alarms:
             break
-    assert alarms and alarms[0].baseline == "offline" and minute <= 20
+    assert alarms and alarms[0].baseline == "offline" and minute == expected, (minute, expected)  # minute 14
     assert monitor.clear(alarms[0].id) and monitor.active == []
 
 

@@ -203,7 +203,9 @@ def test_a_primary_sigkilled_under_traffic_fails_no_request_and_loses_no_count(t
         sent = len(traffic.results)
         assert traffic.failed() == []
         assert settle(client, sent) == sent >= flushed_before
-        assert promoted > 0 and promoted_after < 20
+        # docs/reliability.md: promoted in 2-4 s with the 1.5 s node timeout (3.5 s measured on a loaded
+        # machine); held to twice that
+        assert promoted > 0 and promoted_after < 2 * 4, promoted_after
         health = proxy.get("/healthz").json()
         assert health["redis"] == "up" and health["counters"]["pending"] == 0 and health["counters"]["dropped"] == 0
         assert proxy.get("/anomalies?since=10m").json()["requests"] == sent
