@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 from proxy.guard.checks import FieldRule, compile_rules
 from proxy.http.oip import OPENAPI_PATHS as OIP_PATHS
+from proxy.quality.desk import MAX_ITEM_ID
 from proxy.settings import Settings
 from proxy.words import HOLDBACK, KINDS, SOURCES
 
@@ -22,16 +23,27 @@ def _error(description: str) -> dict[str, Any]:
     return _json("Error", description)
 
 
-def _predict(summary: str) -> dict[str, Any]:
+def _predict(summary: str, upstream: bool) -> dict[str, Any]:
+    answer = _json("Prediction", "Recommended items")
+    body = {"$ref": "#/components/schemas/PredictRequest"}
+    extra: dict[str, Any] = {}
+    if upstream:
+        # the upstream's shape, not recguard's: its body as it came, its answer as it came
+        body = {"type": "object", "description": "A body in the upstream's shape (RECGUARD_UPSTREAM_PROTOCOL and "
+                                                 "the request pointers)"}
+        answer = {"description": "The upstream's answer as it came, or the fallback's in the upstream's shape",
+                  "content": {"application/json": {"schema": {}}}}
+        extra = {"4XX": {"description": "The upstream's own refusal of the caller's request, passed back as it came",
+                         "content": {"application/json": {"schema": {}}}}}
     return {
         "summary": summary,
         "description": "Checks the request against the training profile; answers from the model, or from the "
                        "popularity fallback when the model cannot be trusted with it. Signup fields of any JSON type "
                        "are accepted and answered (200): a value the model cannot take is an anomaly, not an error.",
-        "requestBody": {"required": True, "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}}},
+        "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
         "responses": {
-            "200": {**_json("Prediction", "Recommended items"),
+            **extra,
+            "200": {**answer,
                     "headers": {"X-Recguard-Source": {"schema": {"type": "string", "enum": list(SOURCES)}},
                                 "X-Request-Id": {"schema": {"type": "string"},
                                                  "description": "The caller's X-Request-Id, else a new one"},
@@ -98,8 +110,10 @@ def openapi_document(profile: Mapping[str, Any] | None, settings: Settings) -> d
         "openapi": "3.1.0",
         "info": {"title": "recguard", "version": "1", "description": "A guarded drop-in endpoint for a recommender."},
         "paths": {
-            "/predict": {"post": {**_predict("Recommend items for a signup request"), "operationId": "predict"}},
-            "/invocations": {"post": {**_predict("SageMaker alias of /predict"), "operationId": "invocations"}},
+            "/predict": {"post": {**_predict("Recommend items for a signup request", settings.upstream.enabled),
+                                  "operationId": "predict"}},
+            "/invocations": {"post": {**_predict("SageMaker alias of /predict", settings.upstream.enabled),
+                                      "operationId": "invocations"}},
             "/livez": _get("Process alive (never depends on Redis)", _json("Status", "Alive")),
             "/readyz": {"get": {"summary": "Ready once the bundle is loaded", "responses": ready}},
             "/ping": {"get": {"summary": "SageMaker alias of /readyz", "responses": ready}},
@@ -167,8 +181,9 @@ def openapi_document(profile: Mapping[str, Any] | None, settings: Settings) -> d
                 "Live hit rates per model version, source and segment, with 95 % Wilson intervals",
                 _json("QualityReport", "Live quality"),
                 parameters=[
-                    {"name": "since", "in": "query", "schema": {"type": "string", "default": "1h"}},
-                    {"name": "until", "in": "query", "schema": {"type": "string"}},
+                    {"name": "since", "in": "query", "schema": {**_TIME, "default": "1h"}},
+                    {"name": "until", "in": "query", "schema": _TIME,
+                     "description": "Like since, not before it; default now; empty is a 400"},
                     {"name": "by", "in": "query", "schema": {"type": "string", "default": "version,source,segment"},
                      "description": "Comma-separated subset of version, source, segment"},
                 ],
@@ -223,7 +238,8 @@ def openapi_document(profile: Mapping[str, Any] | None, settings: Settings) -> d
                                  "expected": {"type": ["number", "null"]}}},
             "AnyAlarm": {"oneOf": [{"$ref": "#/components/schemas/Alarm"}, {"$ref": "#/components/schemas/QualityAlarm"}]},
             "FeedbackEvent": {"type": "object", "required": ["ticket", "item"], "additionalProperties": False,
-                              "properties": {"ticket": {"type": "string"}, "item": {"type": "string"},
+                              "properties": {"ticket": {"type": "string", "minLength": 1},
+                                             "item": {"type": "string", "minLength": 1, "maxLength": MAX_ITEM_ID},
                                              "event": {"type": "string", "enum": ["click", "purchase"],
                                                        "default": "click"}}},
             "FeedbackRequest": {"oneOf": [

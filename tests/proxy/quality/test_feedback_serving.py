@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 import json
+import math
 import time
 
 import pytest
