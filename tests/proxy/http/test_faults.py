@@ -8,24 +8,20 @@ notice: failed requests, slow requests, and the counts in Redis once the fault i
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import socket
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import redis
-import requests
 
 from model.bundle import load_bundle, write_bundle
 from proxy.store.counters import make_redis_client
 from tests.harness.proxy import ProxyProcess
 from tests.harness.servers import RedisRelay, RedisServer, free_port
+from tests.harness.traffic import ConnectionTimedTraffic, Outcome, Traffic
 
 pytestmark = pytest.mark.system  # real gunicorn or child processes (tests/conftest.py)
 
@@ -39,68 +35,6 @@ def p99(seconds: list[float]) -> float:
     (or on the model past its budget) would put every request of the fault window past it."""
     assert seconds, "no request was sent during the fault"
     return float(np.percentile(seconds, 99))
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """One request as the client saw it."""
-
-    started: float
-    seconds: float
-    status: int | None
-    """None when the connection failed (no HTTP answer)."""
-    source: str | None
-    error: str | None = None
-    """Why there was no answer: the requests exception's class name."""
-    connected: float | None = None
-    """When connect() returned (the connection was in the server's listen backlog), where timed."""
-
-
-class Traffic:
-    """Client threads posting held-out bodies back to back (each on its own keep-alive connection)
-    until stopped; every outcome is recorded with its start time (time.monotonic)."""
-
-    def __init__(self, url: str, bodies: list[dict], threads: int = 4, pause: float = 0.002):
-        self.url = url + "/predict"
-        self.bodies = bodies
-        self.pause = pause
-        self.outcomes: list[Outcome] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
-
-    def __enter__(self) -> "Traffic":
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def stop(self) -> list[Outcome]:
-        """Stop the clients, wait for their last requests, return every outcome."""
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(15)
-        return self.outcomes
-
-    def _run(self, index: int) -> None:
-        session = requests.Session()
-        i = index
-        while not self._stop.is_set():
-            body = self.bodies[i % len(self.bodies)]
-            i += len(self._threads)
-            started = time.monotonic()
-            try:
-                answer = session.post(self.url, json=body, timeout=10)
-                outcome = Outcome(started, time.monotonic() - started, answer.status_code,
-                                  answer.headers.get("X-Recguard-Source"))
-            except requests.RequestException as exc:
-                outcome = Outcome(started, time.monotonic() - started, None, None, type(exc).__name__)
-                session = requests.Session()
-            with self._lock:
-                self.outcomes.append(outcome)
-            time.sleep(self.pause)
 
 
 def counted(client: redis.Redis, prefix: str = "recguard") -> int:
@@ -289,41 +223,6 @@ def test_worker_killed_under_traffic_is_replaced_and_loses_at_most_one_flush_int
         assert -len(failed) <= lost <= len(window), (lost, len(window), answered)
     finally:
         proxy.stop()
-
-
-class ConnectionTimedTraffic(Traffic):
-    """Traffic over raw sockets, a new connection per request (the sync worker closes each after its
-    answer), timed from when connect() returned: from then on the kernel holds the connection in the
-    listen backlog, and the request is the server's to answer."""
-
-    def __init__(self, url: str, bodies: list[dict], threads: int = 4, pause: float = 0.002):
-        super().__init__(url, bodies, threads, pause)
-        host, _, port = url.removeprefix("http://").partition(":")
-        self.address = (host, int(port))
-
-    def _run(self, index: int) -> None:
-        i = index
-        while not self._stop.is_set():
-            body = json.dumps(self.bodies[i % len(self.bodies)]).encode()
-            i += len(self._threads)
-            started = time.monotonic()
-            connected = status = error = None
-            try:
-                with socket.create_connection(self.address, timeout=10) as conn:
-                    connected = time.monotonic()
-                    conn.sendall(b"POST /predict HTTP/1.1\r\nHost: proxy\r\nContent-Type: application/json\r\n"
-                                 b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-                    answer = b""
-                    while chunk := conn.recv(65536):
-                        answer += chunk
-                status = int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.") else None
-                error = None if status is not None else "no answer"
-            except OSError as exc:
-                error = type(exc).__name__
-            outcome = Outcome(started, time.monotonic() - started, status, None, error, connected)
-            with self._lock:
-                self.outcomes.append(outcome)
-            time.sleep(self.pause)
 
 
 def test_sigterm_under_traffic_answers_every_connection_made_before_it_and_refuses_the_rest(

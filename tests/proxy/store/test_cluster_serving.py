@@ -9,7 +9,6 @@ import random
 import statistics
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -19,6 +18,7 @@ from redis.crc import key_slot
 from proxy.store.counters import bucket_key
 from tests.harness.cluster import CommandAudit
 from tests.harness.proxy import ProxyProcess
+from tests.harness.traffic import Traffic
 from tests.proxy.http.test_faults import counted, settle
 
 # the cluster is made by redis-cli (and the CLI and gunicorn run as child processes)
@@ -27,51 +27,6 @@ pytestmark = pytest.mark.system
 POUNDS_PER_KG = 2.20462
 TOKEN = "cluster-admin-token"
 ALARM = "weight_kg:DE"
-
-
-class Traffic:
-    """Requests from a few threads, round robin over the proxies, until stopped (or `limit` seconds)."""
-
-    def __init__(self, proxies: list[ProxyProcess], bodies: list[dict], threads: int = 4, limit: float = 60.0):
-        self.proxies, self.bodies, self.limit = proxies, bodies, limit
-        self.results: list[tuple[float, int | str, float]] = []
-        """(start, HTTP status or the exception's name, seconds taken) per request."""
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(index,), daemon=True) for index in range(threads)]
-
-    def __enter__(self) -> "Traffic":
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(30)
-
-    def _run(self, index: int) -> None:
-        session = requests.Session()
-        deadline = time.monotonic() + self.limit
-        sent = index
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            proxy = self.proxies[sent % len(self.proxies)]
-            started = time.monotonic()
-            try:
-                status: int | str = session.post(proxy.url + "/predict", json=self.bodies[sent % len(self.bodies)],
-                                                 timeout=10).status_code
-            except requests.RequestException as exc:
-                status = type(exc).__name__
-            self.results.append((started, status, time.monotonic() - started))
-            sent += 1
-
-    def wait_for(self, count: int, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.results) < count:
-            assert time.monotonic() < deadline, f"only {len(self.results)} requests in {timeout} s"
-            time.sleep(0.05)
-
-    def failed(self) -> list:
-        return [result for result in self.results if result[1] != 200]
 
 
 def served(tiny_bundle, cluster, tmp_path, name: str = "proxy", workers: int = 2, **env: str) -> ProxyProcess:
@@ -187,7 +142,7 @@ def test_a_primary_sigkilled_under_traffic_fails_no_request_and_loses_no_count(t
     proxy = served(tiny_bundle, cluster, tmp_path).start()
     client = cluster.client()
     try:
-        with Traffic([proxy], tiny_holdout) as traffic:
+        with Traffic(proxy.url, tiny_holdout, pause=0.0, limit=60.0) as traffic:
             traffic.wait_for(300)
             hot = cluster.owner(bucket_key("recguard", int(time.time() // 60)))
             # its replica falls behind (cut off), then the primary dies with writes no replica has:
@@ -199,8 +154,8 @@ def test_a_primary_sigkilled_under_traffic_fails_no_request_and_loses_no_count(t
             killed_at = time.monotonic()
             promoted = cluster.wait_failover(hot)
             promoted_after = time.monotonic() - killed_at
-            traffic.wait_for(len(traffic.results) + 300)
-        sent = len(traffic.results)
+            traffic.wait_for(len(traffic.outcomes) + 300)
+        sent = len(traffic.outcomes)
         assert traffic.failed() == []
         assert settle(client, sent) == sent >= flushed_before
         # docs/reliability.md: promoted in 2-4 s with the 1.5 s node timeout (3.5 s measured on a loaded
@@ -217,7 +172,7 @@ def test_a_primary_sigkilled_under_traffic_fails_no_request_and_loses_no_count(t
 def every_request_answered_and_counted(proxy, client, traffic) -> int:
     """After traffic: no request failed, every one is counted in the cluster, nothing waits to be
     written, the log is clean. How many were sent."""
-    sent = len(traffic.results)
+    sent = len(traffic.outcomes)
     assert traffic.failed() == []
     assert settle(client, sent) == sent
     assert proxy.get("/healthz").json()["counters"]["pending"] == 0
@@ -229,7 +184,7 @@ def test_slots_migrated_while_serving_lose_and_double_no_count(tiny_bundle, tiny
     proxy = served(tiny_bundle, cluster, tmp_path).start()
     client = cluster.client()
     try:
-        with Traffic([proxy], tiny_holdout) as traffic:
+        with Traffic(proxy.url, tiny_holdout, pause=0.0, limit=60.0) as traffic:
             traffic.wait_for(200)
             minute = int(time.time() // 60)
             hot = [bucket_key("recguard", minute + step) for step in range(2)] + ["recguard:alarms"]
@@ -245,7 +200,7 @@ def test_slots_migrated_while_serving_lose_and_double_no_count(tiny_bundle, tiny
                  "--cluster-to", cluster.node_id(target), "--cluster-slots", "300", "--cluster-yes"],
                 capture_output=True, text=True, timeout=120)
             assert reshard.returncode == 0, reshard.stdout[-2000:]
-            traffic.wait_for(len(traffic.results) + 200)
+            traffic.wait_for(len(traffic.outcomes) + 200)
         sent = every_request_answered_and_counted(proxy, client, traffic)
         assert proxy.get("/anomalies?since=10m").json()["requests"] == sent
     finally:
@@ -256,7 +211,7 @@ def test_a_slow_node_slows_no_request_and_its_late_writes_count_once(tiny_bundle
     proxy = served(tiny_bundle, cluster, tmp_path).start()
     client = cluster.client()
     try:
-        with Traffic([proxy], tiny_holdout) as traffic:
+        with Traffic(proxy.url, tiny_holdout, pause=0.0, limit=60.0) as traffic:
             traffic.wait_for(200)
             hot = cluster.owner(bucket_key("recguard", int(time.time() // 60)))
             slow = cluster.node(hot)
@@ -267,9 +222,9 @@ def test_a_slow_node_slows_no_request_and_its_late_writes_count_once(tiny_bundle
                 slow.execute_command("DEBUG", "SLEEP", "0.4")
                 time.sleep(0.03)
             ended = time.monotonic()
-            traffic.wait_for(len(traffic.results) + 200)
+            traffic.wait_for(len(traffic.outcomes) + 200)
         every_request_answered_and_counted(proxy, client, traffic)
-        during = [seconds for started, _, seconds in traffic.results if began <= started <= ended]
+        during = [outcome.seconds for outcome in traffic.outcomes if began <= outcome.started <= ended]
         assert len(during) > 50 and statistics.median(during) < 0.1, "requests waited on the slow node"
         assert "TimeoutError" in proxy.log_path.read_text()  # the flush did time out, and nothing was doubled
     finally:
