@@ -14,6 +14,8 @@ closed before any answer came (the peer dropped it while idle); nothing else is 
 
 from __future__ import annotations
 
+import os
+import ssl
 import threading
 from dataclasses import dataclass
 from typing import Mapping
@@ -70,7 +72,9 @@ class CurlTransport:
 
     def __init__(self, url: str, *, ca_file: str = ""):
         self.url = url
-        self.ca_file = ca_file
+        # The system's certificate store when none is given, as Python's ssl finds it (SSL_CERT_FILE
+        # honoured): the libcurl inside pycurl's wheel was built to look where Red Hat keeps it.
+        self.ca_file = ca_file or _system_ca_file()
         self._local = threading.local()
         self._handles: list[pycurl.Curl] = []
         self._lock = threading.Lock()
@@ -146,3 +150,9 @@ class CurlTransport:
 
 def _ignore(data: bytes) -> None:
     return None
+
+
+def _system_ca_file() -> str:
+    """The system's CA bundle, as Python's ssl module finds it ("" when there is none)."""
+    cafile = ssl.get_default_verify_paths().cafile
+    return cafile if cafile and os.path.isfile(cafile) else ""

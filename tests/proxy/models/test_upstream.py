@@ -206,7 +206,12 @@ def test_an_https_upstream_is_trusted_through_its_ca_and_refused_without_it(tiny
                             "--upstream-ca", str(cert), workers=1, env=ROOMY).start()
     doubting = ProxyProcess(tiny_bundle, redis_server.url, *own_prefix(), "--upstream", upstream.url,
                             workers=1, env=ROOMY).start()
+    # no --upstream-ca: the system's store decides, here made to hold the certificate (SSL_CERT_FILE)
+    system = ProxyProcess(tiny_bundle, redis_server.url, *own_prefix(), "--upstream", upstream.url,
+                          workers=1, env={**ROOMY, "SSL_CERT_FILE": str(cert)}).start()
     try:
+        assert system.predict(tiny_holdout[0]).headers["X-Recguard-Source"] == "model"
+        upstream.requests = 0
         answer = trusting.predict(tiny_holdout[0])
         assert answer.status_code == 200 and answer.headers["X-Recguard-Source"] == "model"
         assert answer.json()["items"] == catalogue[:5] and upstream.requests == 1
@@ -218,6 +223,7 @@ def test_an_https_upstream_is_trusted_through_its_ca_and_refused_without_it(tiny
     finally:
         trusting.stop()
         doubting.stop()
+        system.stop()
         upstream.stop()
 
 
