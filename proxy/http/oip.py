@@ -14,7 +14,7 @@ from importlib.metadata import version as package_version
 
 from flask import Blueprint, Response, request
 
-from proxy.http.predict import answer_in, loaded_or_wait, read_body
+from proxy.http.predict import answer_in, read_body
 from proxy.http.responses import error_response, json_response, reject
 from proxy.runtime import Runtime
 from proxy.shapes.oip import ITEMS_OUTPUT, OIP_TYPES, SCORES_OUTPUT
@@ -104,7 +104,7 @@ def oip_blueprint(runtime: Runtime) -> Blueprint:
     def metadata(name: str) -> Response:
         if (refused := unknown(name)) is not None:
             return refused
-        loaded = loaded_or_wait(runtime)
+        loaded = runtime.wait_loaded()
         if loaded is None:
             return error_response("model not loaded yet", 503)
         return json_response(model_metadata(loaded.bundle.profile, name, loaded.model_version))
@@ -120,7 +120,7 @@ def oip_blueprint(runtime: Runtime) -> Blueprint:
         return response
 
     def _infer() -> Response:
-        loaded = loaded_or_wait(runtime)
+        loaded = runtime.wait_loaded()
         if loaded is None:
             return error_response("model not loaded yet", 503)
         if BINARY_HEADER in request.headers:

@@ -17,6 +17,7 @@ from flask import Blueprint, Response, request
 from werkzeug.exceptions import HTTPException
 
 from proxy.http.responses import error_response, json_response, reject
+from proxy.models.forwarding import REQUEST_ID_HEADER
 from proxy.runtime import Loaded, Runtime
 from proxy.shapes.base import Shape, anomaly_list
 from proxy.shapes.request import BadRequest
@@ -24,12 +25,10 @@ from proxy.words import KSERVE_V1
 
 JSON_TYPES = ("application/json",)
 SOURCE_HEADER = "X-Recguard-Source"
-REQUEST_ID_HEADER = "X-Request-Id"
 TICKET_HEADER = "X-Recguard-Ticket"
 # a caller's request id is echoed and signed into the ticket: printable ASCII, bounded
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,200}")
 ANOMALIES_HEADER = "X-Recguard-Anomalies"
-STARTUP_WAIT_SECONDS = 5.0
 
 
 def request_id() -> str:
@@ -40,15 +39,6 @@ def request_id() -> str:
 
 def _is_json(mimetype: str) -> bool:
     return mimetype in JSON_TYPES or (mimetype.startswith("application/") and mimetype.endswith("+json"))
-
-
-def loaded_or_wait(runtime: Runtime) -> Loaded | None:
-    """The loaded parts; a worker that just booted takes connections while its bundle loads (a
-    fraction of a second): waiting briefly beats failing a request another worker would have answered."""
-    loaded = runtime.loaded
-    if loaded is None and runtime.settled.wait(STARTUP_WAIT_SECONDS):
-        loaded = runtime.loaded
-    return loaded
 
 
 def read_body(runtime: Runtime, *, json_type: bool = True) -> bytes | Response:
@@ -106,7 +96,7 @@ def predict_blueprint(runtime: Runtime) -> Blueprint:
     @blueprint.post("/invocations")
     def predict() -> Response:
         started = time.perf_counter()
-        loaded = loaded_or_wait(runtime)
+        loaded = runtime.wait_loaded()
         if loaded is None:
             return error_response("model not loaded yet", 503)
         body = read_body(runtime)

@@ -18,6 +18,7 @@ from proxy.shapes.base import Parsed
 from proxy.words import MODEL, Anomaly
 
 REQUEST_ID_HEADER = "X-Request-Id"
+"""The request id every answer carries (the caller's or a new one), sent upstream under the same name."""
 
 
 class Forwarder:

@@ -152,15 +152,20 @@ def test_the_serving_image_is_under_500_mb(image):
     assert size < MAX_BYTES
 
 
+def started_within_limit(server, what: str) -> None:
+    """Start the containerised server and hold it to START_SECONDS until /readyz answers."""
+    started = time.monotonic()
+    server.start(timeout=30)
+    ready = time.monotonic() - started
+    print(f"{what} ready in {ready:.2f} s")
+    assert ready < START_SECONDS, f"ready after {ready:.1f} s"
+
+
 def test_the_image_serves_a_full_bundle_and_is_ready_within_5_s(image, tiny_bundle, tiny_holdout, redis_server,
                                                                   tmp_path):
     server = serve(image, tiny_bundle, redis_server.url, tmp_path)
-    started = time.monotonic()
     try:
-        server.start(timeout=30)
-        ready = time.monotonic() - started
-        print(f"ready in {ready:.2f} s (both workers loaded the bundle)")
-        assert ready < START_SECONDS, f"ready after {ready:.1f} s"
+        started_within_limit(server, "full bundle (both workers loaded it)")
         answer = server.predict(tiny_holdout[0])
         assert answer.status_code == 200 and answer.headers["X-Recguard-Source"] == "model"
         assert server.get("/livez").status_code == 200
@@ -173,12 +178,8 @@ def test_the_image_serves_a_guard_only_bundle_in_front_of_an_upstream(image, tin
     guard = write_guard_bundle(load_dataset(tiny_data), tmp_path / "guard")
     upstream = UpstreamServer(list(load_bundle(guard).catalogue)).start()
     server = serve(image, guard, redis_server.url, tmp_path, env={"RECGUARD_UPSTREAM_URL": upstream.url})
-    started = time.monotonic()
     try:
-        server.start(timeout=30)
-        ready = time.monotonic() - started
-        print(f"guard-only ready in {ready:.2f} s")
-        assert ready < START_SECONDS, f"ready after {ready:.1f} s"
+        started_within_limit(server, "guard-only bundle")
         answer = server.post("/invocations", json=tiny_holdout[0])
         assert answer.status_code == 200 and answer.headers["X-Recguard-Source"] == "model"
         assert upstream.requests == 1
