@@ -55,7 +55,7 @@ from proxy.shapes.recguard import RecguardShape
 from proxy.store.client import make_redis_client
 from proxy.store.counters import Counters
 from proxy.store.flusher import Flusher, Step
-from proxy.words import QUALITY_QUARANTINE, Anomaly
+from proxy.words import MODEL, QUALITY_QUARANTINE, Anomaly
 
 log = logging.getLogger("recguard.runtime")
 
@@ -221,7 +221,7 @@ class Runtime:
             alarm = monitor.quarantined(desk.segment_of(fields))
             if alarm is None:
                 return None
-            return Anomaly("model", QUALITY_QUARANTINE, f"quality alarm {alarm.id}: {alarm.detail}", True)
+            return Anomaly(MODEL, QUALITY_QUARANTINE, f"quality alarm {alarm.id}: {alarm.detail}", True)
         return quarantine
 
     @property

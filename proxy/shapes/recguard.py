@@ -12,9 +12,9 @@ from proxy.shapes.plain import PlainShape
 from proxy.shapes.request import HISTORY_FIELD, K_FIELD, decode_json
 from proxy.words import RECGUARD_JSON
 
-POINTERS = UpstreamSettings(request_fields="", request_history=f"/{HISTORY_FIELD}", request_k=f"/{K_FIELD}",
-                            items="/items", scores="/scores")
-"""Where a recguard body holds its parts: a plain body with these pointers."""
+POINTERS = UpstreamSettings(request_fields="", request_history=f"/{HISTORY_FIELD}", request_k=f"/{K_FIELD}")
+"""Where a recguard body holds its parts: a plain body with these request pointers (the answer is
+recguard's own, written by `render`)."""
 
 
 class RecguardShape:
