@@ -7,7 +7,9 @@ A screen looks at one row and says what it finds: the guard's anomalies, the dri
 also feeds the drift windows), a quality quarantine, the holdback (a clean row of the control
 group is answered by the fallback and counted apart). A row any anomaly routes goes to the
 fallback; the others go to the model side in one call, which answers each or says why it could
-not (the fallback then answers that row too). Every row is recorded (metrics, counters) and
+not (the fallback then answers that row too). Items of a model's answer that the bundle's catalogue
+does not know (a team's model that already serves the products added since) are served as the
+model's and noted with an `unknown_item` anomaly that routes nothing. Every row is recorded (metrics, counters) and
 stamped with its feedback ticket. The HTTP layer turns the `Answer` into a response: the
 upstream's own reply when it answered the whole request, else the rows rendered in the shape.
 """
@@ -15,14 +17,14 @@ upstream's own reply when it answered the whole request, else the rows rendered 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Protocol, Sequence
+from typing import Callable, Collection, Iterable, Mapping, Protocol, Sequence
 
 from model.recommender import Recommendation, Recommender
 from proxy.models.side import ModelSide
 from proxy.models.upstream import Reply
 from proxy.shapes.base import Parsed, RowAnswer
 from proxy.shapes.request import PredictRequest
-from proxy.words import FALLBACK, HOLDBACK, MODEL, Anomaly
+from proxy.words import FALLBACK, HOLDBACK, MODEL, UNKNOWN_ITEM, Anomaly
 
 
 @dataclass(slots=True)
@@ -95,8 +97,11 @@ class PredictionService:
     """Runs the screens, the model side and the fallback for every request, and records what happened."""
 
     def __init__(self, model: ModelSide, fallback: Recommender, *, screens: Sequence[Screen] = (),
-                 recorders: Sequence[RequestRecorder] = (), stamp: AnswerStamp | None = None):
+                 recorders: Sequence[RequestRecorder] = (), stamp: AnswerStamp | None = None,
+                 catalogue: Collection[str] | None = None):
         self.model = model
+        self.catalogue = catalogue
+        """The items the bundle knows, to note the others a remote model answers; None: not checked."""
         self.fallback = fallback
         self.screens = list(screens)
         self.recorders = list(recorders)
@@ -125,6 +130,12 @@ class PredictionService:
             request = screening.row
             if isinstance(result, Recommendation):
                 source = MODEL
+                if self.catalogue is not None:
+                    unknown = sum(1 for item in result.items if item not in self.catalogue)
+                    if unknown:
+                        screening.anomalies.append(Anomaly(
+                            MODEL, UNKNOWN_ITEM, f"{unknown} of {len(result.items)} items the model answered are "
+                            "not in the bundle's catalogue: served as they are", False))
             else:
                 if result is not None:
                     screening.anomalies.append(result)

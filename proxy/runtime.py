@@ -175,7 +175,8 @@ class Runtime:
         if upstream is not None:
             model_side = Forwarder(upstream, model_side)
         service = PredictionService(model_side, PopularityFallback(bundle.popularity), screens=screens,
-                                    recorders=recorders, stamp=desk)
+                                    recorders=recorders, stamp=desk,
+                                    catalogue=frozenset(bundle.catalogue) if upstream is not None else None)
         shape = upstream.shape if upstream is not None else RecguardShape(settings.limits)
         oip = OipV2Shape(settings.limits, settings.server.model_name)
         self.loaded = Loaded(bundle, service, metrics, shape, oip, drift_monitor, desk, quality_monitor, upstream,
@@ -192,7 +193,7 @@ class Runtime:
                                  on_change=metrics.breaker_changed)
         metrics.breaker_changed("closed")
         shape: Shape = make_shape(up, settings.limits, settings.server.model_name)
-        return UpstreamClient(up.url, shape, bundle.catalogue, timeout=settings.limits.model_timeout_ms / 1000,
+        return UpstreamClient(up.url, shape, timeout=settings.limits.model_timeout_ms / 1000,
                               breaker=breaker, observe=metrics.upstream_call, ca_file=up.ca_file)
 
     def _drift(self, profile: Mapping[str, Any], metrics: Metrics) -> tuple[DriftWatch, AlarmMonitor]:

@@ -2,9 +2,10 @@
 
 `UpstreamClient.call` forwards a request body unchanged and reads the answer's items in the
 upstream's shape; `recommend` (the Recommender protocol) asks it for one request that came in
-another shape (the OIP endpoints in front of a plain upstream). Every way a call can go wrong
+another shape (the OIP endpoints in front of a plain upstream). Items the bundle's catalogue does
+not know are no error: the team's model may know products added since (the pipeline notes them). Every way a call can go wrong
 raises a ModelError whose `kind` the fallback's answer reports: `upstream_error` (refused, reset,
-5xx, not JSON, no items where the pointer says, items outside the catalogue), `model_timeout`
+5xx, not JSON, no items where the pointer says), `model_timeout`
 (past the budget: connect, send and every read under one deadline) and `upstream_unavailable` (the breaker is open:
 nothing was sent). A 4xx is the caller's own error: returned as it came, with no rows.
 """
@@ -79,11 +80,9 @@ class UpstreamClient:
     """The whole call runs under one deadline set from the model budget (libcurl's total timeout),
     so it runs on the request thread: an upstream that trickles its answer is cut at the budget."""
 
-    def __init__(self, url: str, shape: Shape, catalogue: Iterable[str], *, timeout: float,
+    def __init__(self, url: str, shape: Shape, *, timeout: float,
                  breaker: CircuitBreaker, observe: Callable[[str, float], None] | None = None, ca_file: str = ""):
         self.shape = shape
-        self.catalogue = list(catalogue)
-        self._known = frozenset(self.catalogue)
         self.timeout = timeout
         self.breaker = breaker
         self.observe = observe
@@ -149,9 +148,6 @@ class UpstreamClient:
             answers = self.shape.read_answer(payload, rows)
         except ShapeError as exc:
             raise UpstreamError(f"upstream {exc}") from None
-        outside = sum(1 for answer in answers for item in answer.items if item not in self._known)
-        if outside:
-            raise UpstreamError(f"upstream answered {outside} items outside the catalogue")
         return Reply(status, response.body, content_type, answers)
 
     def _observe(self, outcome: str, seconds: float) -> None:

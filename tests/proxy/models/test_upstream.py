@@ -172,7 +172,6 @@ FAULTS = [
     ("error", "upstream_error", "answered 500"),
     ("garbage", "upstream_error", "not JSON"),
     ("no_items", "upstream_error", "nothing at '/items'"),
-    ("outside", "upstream_error", "outside the catalogue"),
     ("close", "upstream_error", "closed the connection"),
     ("slow", "model_timeout", "budget of 300 ms"),
     ("trickle", "model_timeout", "budget of 300 ms"),
@@ -196,6 +195,24 @@ def test_each_fault_is_answered_by_the_fallback(guarded_faulty, faulty, tiny_hol
     assert metric(guarded_faulty, "recguard_anomalies_total", field="model", kind=kind) == 1
     assert metric(guarded_faulty, "recguard_upstream_calls_total", outcome=kind) == 1
     assert faulty.requests == 1  # no retry on a fresh connection
+
+
+def test_items_the_bundle_does_not_know_are_served_as_the_models_and_counted(guarded_faulty, faulty, tiny_holdout):
+    # the day the team adds products its model knows and the bundle's catalogue does not
+    faulty.mode = "outside"
+    answers = [guarded_faulty.predict(body) for body in tiny_holdout[:6]]  # twice the breaker's 3 failures
+    for answer in answers:
+        assert answer.status_code == 200
+        assert answer.headers["X-Recguard-Source"] == "model"
+        assert answer.headers["X-Recguard-Anomalies"] == "model:unknown_item"
+        assert answer.json() == {"items": ["no_such_item_1", "no_such_item_2"]}  # the upstream's answer, as it came
+    assert faulty.requests == 6, "the breaker stayed closed"
+    assert metric(guarded_faulty, "recguard_upstream_calls_total", outcome="upstream_error") == 0
+    assert metric(guarded_faulty, "recguard_anomalies_total", field="model", kind="unknown_item") == 6
+    deadline = time.monotonic() + 10
+    while guarded_faulty.get("/anomalies?since=1d&kind=unknown_item").json()["by_kind"].get("unknown_item") != 6:
+        assert time.monotonic() < deadline, guarded_faulty.get("/anomalies?since=1d").json()
+        time.sleep(0.1)
 
 
 def test_an_https_upstream_is_trusted_through_its_ca_and_refused_without_it(tiny_bundle, redis_server, catalogue,
