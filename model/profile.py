@@ -17,6 +17,7 @@ import numpy as np
 
 from model.char_classes import CHAR_CLASSES, char_classes
 from model.dataset import Dataset, Table
+from model.errors import RecguardError
 
 SCHEMA_VERSION = 1
 HISTORY_FIELD = "history"
@@ -149,3 +150,23 @@ def write_guard_bundle(data: Dataset, out: str | os.PathLike) -> Path:
     from model.popularity import build_popularity
 
     return write_bundle(out, profile=build_profile(data), popularity=build_popularity(data), catalogue=data.item_ids)
+
+
+def refresh_catalogue(data: Dataset, bundle_path: str | os.PathLike) -> tuple[Path, int]:
+    """Rewrite the guard-only bundle at `bundle_path` with the catalogue and popularity of `data`,
+    keeping its profile (what the team's model was trained on stays the guard's baseline): the
+    products added since are known, and ranked by the fallback, without profiling new logs. Returns
+    the path and the number of items added. RecguardError for a bundle with the built-in model,
+    which scores only the items it was trained on."""
+    from model.bundle import load_bundle, write_bundle
+    from model.popularity import build_popularity
+
+    bundle = load_bundle(bundle_path)
+    if bundle.has_model:
+        raise RecguardError(f"{bundle_path}: a bundle with the built-in model scores only the items it was "
+                            "trained on: retrain it (recguard train) for a new catalogue")
+    profile = dict(bundle.profile)
+    profile["catalogue"] = {"item_id_pattern": item_id_pattern(data.item_ids), "count": len(data.item_ids)}
+    added = len(set(data.item_ids) - set(bundle.catalogue))
+    path = write_bundle(bundle_path, profile=profile, popularity=build_popularity(data), catalogue=data.item_ids)
+    return path, added

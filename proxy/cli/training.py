@@ -111,8 +111,13 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _profile(args: argparse.Namespace) -> int:
-    from model.profile import write_guard_bundle
+    from model.profile import refresh_catalogue, write_guard_bundle
 
+    if args.catalogue_only:
+        path, added = refresh_catalogue(_load(args), args.out)
+        _say(f"catalogue of {path} refreshed, profile kept ({added} items added); "
+             "POST /admin/reload (or SIGHUP to recguard serve) serves it without a restart")
+        return 0
     path = write_guard_bundle(_load(args), args.out)
     _say(f"guard-only bundle written to {path} (serve it with --upstream URL in front of your model)")
     return 0
@@ -166,6 +171,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     profile = sub.add_parser("profile", help="write a guard-only bundle (no model) for a model of your own")
     _data_arguments(profile)
     profile.add_argument("--out", required=True, help="bundle directory to write")
+    profile.add_argument("--catalogue-only", action="store_true",
+                         help="refresh the catalogue and popularity of the guard-only bundle at --out, keeping its profile")
     profile.set_defaults(handler=_profile)
 
     evaluate = sub.add_parser("evaluate", help="hit rate and NDCG of a bundle's model and its popularity fallback")

@@ -1,4 +1,4 @@
-"""What changes state: clearing a drift alarm, behind the admin token."""
+"""What changes state, behind the admin token: clearing an alarm, reloading the bundle."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from typing import Callable
 import redis
 from flask import Blueprint, Response, request
 
+from model.bundle import BundleError, load_bundle
+from proxy.http.reload import reload_workers
 from proxy.http.responses import error_response, json_response
 from proxy.runtime import Runtime
 
@@ -46,7 +48,7 @@ class RefusalLog:
 
 
 def admin_blueprint(runtime: Runtime) -> Blueprint:
-    """POST /alarms/<id>/clear of `runtime`; off (404) while no admin token is configured."""
+    """POST /alarms/<id>/clear and POST /admin/reload of `runtime`; off (404) while no admin token is configured."""
     blueprint = Blueprint("admin", __name__)
     token = runtime.settings.admin.token
     refusals = RefusalLog()
@@ -65,13 +67,9 @@ def admin_blueprint(runtime: Runtime) -> Blueprint:
             monitor = loaded.quality_monitor
         if not token or monitor is None:
             return error_response("admin endpoints are off: no admin token is configured", 404)
-        supplied = request.headers.get("Authorization", "")
-        if not supplied:
-            # RFC 9110/6750: no credentials is 401 with the scheme to use; wrong ones are 403
-            return refuse("admin token missing (Authorization: Bearer <token>)", 401,
-                          {"WWW-Authenticate": 'Bearer realm="recguard admin"'})
-        if not hmac.compare_digest(supplied.encode(), f"Bearer {token}".encode()):
-            return refuse("admin token wrong (Authorization: Bearer <token>)", 403)
+        refused = unauthorized()
+        if refused is not None:
+            return refused
         try:
             cleared = monitor.clear(alarm_id)
         except redis.RedisError:
@@ -79,5 +77,33 @@ def admin_blueprint(runtime: Runtime) -> Blueprint:
         if not cleared:
             return error_response("no active alarm with this id", 404)
         return json_response({"cleared": alarm_id})
+
+    @blueprint.post("/admin/reload")
+    def reload() -> Response:
+        if not token:
+            return error_response("admin endpoints are off: no admin token is configured", 404)
+        refused = unauthorized()
+        if refused is not None:
+            return refused
+        path = runtime.settings.server.bundle
+        try:
+            bundle = load_bundle(path)
+        except (BundleError, OSError) as exc:
+            return error_response(f"the bundle at {path} cannot be served, nothing reloaded: {exc}", 422)
+        serving = runtime.loaded.bundle.model_version if runtime.loaded is not None else None
+        if not reload_workers():
+            return error_response("not running under gunicorn (recguard serve): restart to load the bundle", 409)
+        log.info("reload asked for", extra={"serving": serving, "loading": bundle.model_version})
+        return json_response({"reloading": str(path), "model_version": bundle.model_version, "serving": serving}, 202)
+
+    def unauthorized() -> Response | None:
+        supplied = request.headers.get("Authorization", "")
+        if not supplied:
+            # RFC 9110/6750: no credentials is 401 with the scheme to use; wrong ones are 403
+            return refuse("admin token missing (Authorization: Bearer <token>)", 401,
+                          {"WWW-Authenticate": 'Bearer realm="recguard admin"'})
+        if not hmac.compare_digest(supplied.encode(), f"Bearer {token}".encode()):
+            return refuse("admin token wrong (Authorization: Bearer <token>)", 403)
+        return None
 
     return blueprint

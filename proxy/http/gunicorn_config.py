@@ -77,6 +77,13 @@ def on_exit(server):
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def post_fork(server, worker):
+    # POST /admin/reload signals the arbiter (proxy/http/reload.py)
+    from proxy.http.reload import note_arbiter
+
+    note_arbiter(worker.ppid)
+
+
 def worker_exit(server, worker):
     # SIGTERM and max-requests restarts end here: flush the worker's pending counts before it goes.
     app = getattr(worker, "wsgi", None)

@@ -155,6 +155,26 @@ def openapi_document(profile: Mapping[str, Any] | None, settings: Settings) -> d
                     "503": _error("Redis unavailable"),
                 },
             }},
+            "/admin/reload": {"post": {
+                "operationId": "reload",
+                "summary": "Serve the bundle on disk again without a restart (gunicorn's graceful reload)",
+                "description": "Needs `Authorization: Bearer <RECGUARD_ADMIN_TOKEN>`. The bundle is checked first; "
+                               "then new workers load it and the old ones finish what they hold.",
+                "security": [{"adminToken": []}],
+                "responses": {
+                    "202": {"description": "Reloading", "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["reloading", "model_version", "serving"],
+                        "properties": {"reloading": {"type": "string"}, "model_version": {"type": "string"},
+                                       "serving": {"type": ["string", "null"]}}}}}},
+                    "401": {**_error("No Authorization header"), "headers": {"WWW-Authenticate": {
+                        "schema": {"type": "string"}, "description": "Bearer"}}},
+                    "403": _error("Admin token wrong"),
+                    "404": _error("No admin token configured (endpoint off)"),
+                    "405": _NOT_ALLOWED,
+                    "409": _error("Not running under gunicorn"),
+                    "422": _error("The bundle on disk cannot be served (nothing reloaded)"),
+                },
+            }},
             "/feedback": {"post": {
                 "operationId": "feedback",
                 "summary": "Report what the user took after an answer: its ticket, the item, the event",
