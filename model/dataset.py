@@ -11,7 +11,10 @@ Every mistake is a RecguardError whose one-line message names the file, the colu
 for a value, the line. Values are typed once: a declared numeric column as numbers (int
 when every value is whole), categorical, segment, personal and id columns as strings, and
 every other users column (a contract field: profiled and checked, never read by the model)
-as int, float or string, whichever all its values are. An empty cell is None.
+as int, float or string, whichever all its values are, except that digits with a leading zero
+(a postcode 02139, an account code 007) are a code and stay strings. An empty cell is None. The
+time column is read as a time: ISO 8601 (with an offset, or none for UTC) or epoch seconds or
+milliseconds, anything else an error naming the line, so that histories are in time order.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import io
 import re
 import tomllib
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +38,8 @@ HOLDOUT_FILE = "holdout.jsonl"
 MAX_UNKNOWN_SHARE = 0.01
 """Interactions naming a user or item absent from users/items are dropped up to this share, refused past it."""
 _INTEGER = re.compile(r"^[+-]?[0-9]+$")
+_LEADING_ZERO = re.compile(r"^0[0-9]+$")
+"""Digits with a leading zero: a code (postcode 02139), never a number."""
 _KEYS = {
     "users": {"file": str, "id": str, "numeric": list, "categorical": list, "segment": str, "personal": list},
     "items": {"file": str, "id": str, "numeric": list, "categorical": list},
@@ -238,8 +244,10 @@ def _numbers(name: str, column: str, values: list[str]) -> list[Any]:
 
 
 def _inferred(values: list[str]) -> list[Any]:
-    """An undeclared column as the JSON type all its values share."""
+    """An undeclared column as the JSON type all its values share; a code with leading zeros stays text."""
     present = [v for v in values if v != ""]
+    if any(_LEADING_ZERO.match(v) for v in present):
+        return [v if v != "" else None for v in values]
     if present and all(_INTEGER.match(v) for v in present):
         return [int(v) if v != "" else None for v in values]
     if present and all(_is_float(v) for v in present):
@@ -280,14 +288,44 @@ def _records(columns: dict[str, list[Any]], header: list[str], count: int) -> li
     return [{c: columns[c][i] for c in header} for i in range(count)]
 
 
+EPOCH_MILLISECONDS_FROM = 1e11
+"""A numeric time column whose values reach this is in milliseconds: 1e11 seconds is the year 5138,
+1e11 milliseconds March 1973."""
+
+
 def _time_order(name: str, column: str, stamps: list[str]) -> np.ndarray:
-    """Sort keys of the time column: numbers when every value is one (epoch seconds), else the text (ISO 8601)."""
+    """The time column as epoch seconds: every value ISO 8601 (an offset, or none for UTC), or every
+    value a number (epoch seconds, or milliseconds when they reach EPOCH_MILLISECONDS_FROM)."""
     for line, stamp in enumerate(stamps, start=2):
         if stamp == "":
             raise RecguardError(f"{name}: column {column!r} (the time) is empty on line {line}")
     if stamps and all(_is_float(s) for s in stamps):
-        return np.array([float(s) for s in stamps])
-    return np.array(stamps)
+        seconds = np.array([float(s) for s in stamps])
+        for line, value in enumerate(seconds, start=2):
+            if not np.isfinite(value):
+                raise RecguardError(f"{name}: column {column!r} (the time) is not a time on line {line}: "
+                                    f"{stamps[line - 2]!r}")
+        return seconds / 1000 if len(seconds) and np.abs(seconds).max() >= EPOCH_MILLISECONDS_FROM else seconds
+    parse, utc = datetime.fromisoformat, timezone.utc
+    try:
+        moments = [parse(stamp) for stamp in stamps]
+    except ValueError:
+        for line, stamp in enumerate(stamps, start=2):
+            _iso_seconds(name, column, line, stamp)
+        raise
+    return np.array([(moment if moment.tzinfo else moment.replace(tzinfo=utc)).timestamp() for moment in moments])
+
+
+def _iso_seconds(name: str, column: str, line: int, stamp: str) -> float:
+    try:
+        moment = datetime.fromisoformat(stamp)
+    except ValueError:
+        raise RecguardError(
+            f"{name}: column {column!r} (the time) is not a time on line {line}: {stamp[:40]!r} (expected ISO 8601 "
+            "such as 2026-03-01T10:00:00Z or +01:00, or epoch seconds or milliseconds)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
 
 
 def data_sha256(schema: Schema) -> str:

@@ -183,3 +183,32 @@ def test_without_a_segment_profile_and_popularity_are_global(tmp_path):
     assert "domain" not in profile["fields"]["zip"]
     popularity = build_popularity(data)
     assert popularity["segments"] == {} and popularity["global"]["items"][0] == "t1"
+
+
+def test_an_undeclared_column_of_codes_with_leading_zeros_stays_text(tmp_path):
+    people = "pid,years,job,zip,postcode,floor\np1,30,cook,1,02139,3\np2,41,cook,2,10115,12\np3,,pilot,3,75001,0\n"
+    data = load_dataset(write(tmp_path, people=people))
+    assert [user["postcode"] for user in data.users] == ["02139", "10115", "75001"]  # 02139 is no number
+    assert [user["floor"] for user in data.users] == [3, 12, 0]  # a lone 0 is a number
+
+
+@pytest.mark.parametrize("when", [
+    ["2026-03-01T10:00:00Z", "2026-03-01T09:00:00Z", "2026-03-01T10:30:00+01:00", "2026-03-01T13:00:00+02:00",
+     "2026-03-01T10:00:00Z"],
+    ["1772359200", "1772355600", "1772361000", "1772362800", "1772362900"],
+    ["1772359200000", "1772355600000", "1772361000000", "1772362800000", "1772362900000"],
+], ids=["iso-with-offsets", "epoch-seconds", "epoch-milliseconds"])
+def test_histories_follow_the_time_not_the_text(tmp_path, when):
+    # p3 took t1 at 10:30+01:00 (09:30 UTC), then t2 at 10:00Z: as text the second sorts first
+    events = "who,what,when\n" + "".join(f"{who},{what},{stamp}\n" for (who, what), stamp in zip(
+        [("p1", "t2"), ("p1", "t1"), ("p3", "t1"), ("p2", "t3"), ("p3", "t2")], when))
+    data = load_dataset(write(tmp_path, events=events))
+    t1, t2, t3 = (data.item_ids.index(tid) for tid in ("t1", "t2", "t3"))
+    assert [s.tolist() for s in data.sequences] == [[t1, t2], [t3], [t1, t2]]
+
+
+@pytest.mark.parametrize("stamp", ["12/31/2023", "yesterday", "2026-13-01T00:00:00Z", "nan"])
+def test_a_time_that_is_not_one_names_the_line(tmp_path, stamp):
+    events = f"who,what,when\np1,t2,2026-03-01T10:00:00Z\np1,t1,{stamp}\n"
+    message = error(write(tmp_path, events=events))
+    assert message.startswith("events.csv: column 'when' (the time) is not a time on line 3: "), message
