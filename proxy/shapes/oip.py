@@ -1,4 +1,5 @@
-"""The Open Inference Protocol v2 (KServe's v2 data plane, Triton's HTTP API), JSON tensors."""
+"""The Open Inference Protocol v2 (KServe's v2 data plane, Triton's HTTP API): JSON tensors, and binary
+ones (Triton's binary tensor data extension, proxy/shapes/triton_binary.py) in and out."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from typing import Any, Mapping, Sequence
 
 from model.recommender import Recommendation
 from proxy.settings import LimitSettings
+from proxy.shapes import triton_binary
 from proxy.shapes.base import (
+    Encoded,
     Parsed,
     RowAnswer,
     ShapeError,
@@ -16,6 +19,7 @@ from proxy.shapes.base import (
     finite,
     flatten,
     item_ids,
+    list_of,
     object_with_list,
     scores_of,
 )
@@ -36,12 +40,13 @@ OIP_TYPES = {"string": "BYTES", "number": "FP64", "integer": "INT64"}
 
 
 class OipV2Shape:
-    """The Open Inference Protocol v2 (KServe's v2 data plane, Triton's HTTP API), JSON tensors.
+    """The Open Inference Protocol v2 (KServe's v2 data plane, Triton's HTTP API), JSON or binary tensors.
 
     One input per signup field, shape [B] (or [B, 1]) for a batch of B; `history` BYTES [B, n]
     (or [n] for one row), "" padding a shorter row; `k` INT32 [1]. Outputs `items` BYTES and
     `scores` FP32, shape [B, n]; `source` and `anomalies` in the answer's parameters (one
-    comma-separated value per row, rows separated by ';').
+    comma-separated value per row, rows separated by ';'). A request that names `outputs` gets those
+    only; an output goes back in binary when the request asks for it (`binary_data`, `binary_data_output`).
     """
 
     name = OIP_V2
@@ -50,11 +55,19 @@ class OipV2Shape:
         self.limits = limits
         self.model_name = model_name
 
-    def parse(self, body: bytes) -> Parsed:
-        payload, inputs = object_with_list(body, "inputs", "tensors")
+    def parse(self, body: bytes, json_length: int | None = None) -> Parsed:
+        """The rows of a JSON body, or of a binary one whose JSON header is `json_length` bytes long."""
+        if json_length is None:
+            payload, inputs = object_with_list(body, "inputs", "tensors")
+        else:
+            payload, inputs = list_of(triton_binary.read_request(body, json_length), "inputs", "tensors")
         tensors: dict[str, list[Any]] = {}
         shapes: dict[str, list[int]] = {}
         for i, tensor in enumerate(inputs):
+            if isinstance(tensor, dict) and "data" not in tensor and json_length is None \
+                    and triton_binary.SIZE_PARAMETER in (tensor.get("parameters") or {}):
+                raise BadRequest(f"input {i} is binary ({triton_binary.SIZE_PARAMETER}) but the request has no "
+                                 f"{triton_binary.BINARY_HEADER} header")
             if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str) \
                     or not isinstance(tensor.get("datatype"), str) or "data" not in tensor:
                 raise BadRequest(f"input {i} must be an object with name, shape, datatype and data")
@@ -73,8 +86,28 @@ class OipV2Shape:
         k = self._k(tensors.get(K_FIELD))
         rows = [PredictRequest({name: data[row] for name, data in fields.items()}, histories[row], k)
                 for row in range(batch)]
+        self._check_outputs(payload)
         document_id = payload.get("id")
-        return Parsed(self.name, body, payload, rows, document_id if isinstance(document_id, str) else None)
+        return Parsed(self.name, body, payload, rows, document_id if isinstance(document_id, str) else None,
+                      json_length)
+
+    @staticmethod
+    def _check_outputs(payload: Mapping[str, Any]) -> None:
+        outputs = payload.get("outputs")
+        if outputs is None:
+            return
+        if not isinstance(outputs, list) or not all(isinstance(entry, dict) and isinstance(entry.get("name"), str)
+                                                    for entry in outputs):
+            raise BadRequest('"outputs" must be a list of objects with a name')
+        for entry in outputs:
+            if entry["name"] not in (ITEMS_OUTPUT, SCORES_OUTPUT):
+                raise BadRequest(f"no output named {entry['name'][:64]!r}; the outputs are "
+                                 f"{ITEMS_OUTPUT!r} and {SCORES_OUTPUT!r}")
+            parameters = entry.get("parameters", {})
+            if not isinstance(parameters, dict) or not isinstance(parameters.get(triton_binary.BINARY_OUTPUT, False),
+                                                                  bool):
+                raise BadRequest(f"output {entry['name']!r}: parameters must be an object, "
+                                 f"{triton_binary.BINARY_OUTPUT} true or false")
 
     @staticmethod
     def _batch(fields: Mapping[str, list[Any]], shapes: Mapping[str, list[int]]) -> int:
@@ -164,7 +197,8 @@ class OipV2Shape:
             answers.append(Recommendation([row_items[i] for i in kept], [row_scores[i] for i in kept] if row_scores else []))
         return answers
 
-    def render(self, parsed: Parsed | None, answers: Sequence[RowAnswer], model_version: str) -> dict[str, Any]:
+    def render(self, parsed: Parsed | None, answers: Sequence[RowAnswer],
+               model_version: str) -> dict[str, Any] | Encoded:
         width = max((len(answer.items) for answer in answers), default=0)
         items = [item for answer in answers for item in [*answer.items, *[""] * (width - len(answer.items))]]
         scores = [score for answer in answers
@@ -182,6 +216,16 @@ class OipV2Shape:
         tickets = [answer.ticket for answer in answers if answer.ticket is not None]
         if tickets:
             body["parameters"]["ticket"] = ";".join(tickets)
-        if parsed is not None and parsed.document_id is not None:
+        if parsed is None:
+            return body
+        if parsed.document_id is not None:
             body["id"] = parsed.document_id
-        return body
+        asked = parsed.payload.get("outputs")
+        if asked:  # the outputs asked for, as Triton answers
+            names = {entry["name"] for entry in asked}
+            body["outputs"] = [output for output in body["outputs"] if output["name"] in names]
+        binary = triton_binary.binary_outputs(parsed.payload, [output["name"] for output in body["outputs"]])
+        if not binary:
+            return body
+        encoded, length = triton_binary.write(body, binary)
+        return Encoded(encoded, triton_binary.BINARY_CONTENT_TYPE, {triton_binary.BINARY_HEADER: str(length)})
