@@ -147,6 +147,8 @@ class UpstreamClient:
             raise UpstreamError(f"upstream answered {status}")
         binary = response.headers.get(triton_binary.BINARY_HEADER.lower())
         framing = {triton_binary.BINARY_HEADER: binary} if binary is not None else {}
+        if binary is not None and "content-type" not in response.headers:  # KServe's binary answers have none
+            content_type = triton_binary.BINARY_CONTENT_TYPE
         try:
             payload = (triton_binary.read_answer(response.body, binary) if binary is not None
                        else json_codec.loads(response.body, json.loads))
