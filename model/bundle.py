@@ -158,10 +158,12 @@ def write_bundle(
     target = Path(out)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    # mkdtemp makes the directory private (0700) and a private umask the files; a bundle is read
+    # by other users too (the container's non-root user, a mounted volume), so both get
+    # ordinary permissions whatever the umask of the training job.
     for name, data in files.items():
         (staging / name).write_bytes(data)
-    # mkdtemp makes the directory private (0700); a bundle is read by other users too (the
-    # container's non-root user, a mounted volume), so it gets ordinary permissions.
+        os.chmod(staging / name, 0o644)
     os.chmod(staging, 0o755)
     if target.exists():
         shutil.rmtree(target)

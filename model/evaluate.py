@@ -50,7 +50,7 @@ def ranking_metrics(top: np.ndarray, targets: np.ndarray) -> dict[str, float]:
 
 
 def parse_corruption(spec: str) -> Corruption:
-    """A --corrupt spec: FIELD:scale=F, FIELD:rename=NEW, FIELD:drop, FIELD:map=OLD=NEW, or a unit
+    """A --corrupt spec: FIELD:scale=F (a number or a fraction A/B), FIELD:rename=NEW, FIELD:drop, FIELD:map=OLD=NEW, or a unit
     shorthand of CORRUPTIONS (FIELD:lbs is FIELD:scale=2.20462); RecguardError for anything else."""
     field, _, kind = spec.partition(":")
     name, _, argument = kind.partition("=")
@@ -60,10 +60,12 @@ def parse_corruption(spec: str) -> Corruption:
     if kind in CORRUPTIONS:
         return Corruption(spec, field, "scale", CORRUPTIONS[kind])
     if name == "scale":
+        numerator, _, denominator = argument.partition("/")
         try:
-            factor = float(argument)
-        except ValueError:
-            raise RecguardError(f"--corrupt {spec!r}: scale needs a number, got {argument!r}") from None
+            factor = float(numerator) / float(denominator) if denominator else float(numerator)
+        except (ValueError, ZeroDivisionError):
+            raise RecguardError(f"--corrupt {spec!r}: scale needs a number or a fraction A/B, "
+                                f"got {argument!r}") from None
         if not math.isfinite(factor):
             raise RecguardError(f"--corrupt {spec!r}: scale needs a finite number")
         return Corruption(spec, field, "scale", factor)

@@ -75,6 +75,19 @@ def offline_hit_rate(bundle: Bundle) -> float | None:
     return float(figure) if isinstance(figure, (int, float)) else None
 
 
+def offline_baseline(bundle: Bundle, *, upstream_mode: bool) -> tuple[float | None, str]:
+    """The hit rate the quality alarm holds the live one against, and why there is none when there
+    is none: a guard-only bundle has no offline figure, and in upstream mode the manifest's figure
+    is the built-in GCN's, not the team's model's (comparing the two would alarm on a model that
+    is merely different)."""
+    if upstream_mode:
+        return None, "upstream mode: the bundle's offline hit rate is the built-in model's, not the upstream's"
+    rate = offline_hit_rate(bundle)
+    if rate is None:
+        return None, "the bundle records no offline hit rate (a guard-only bundle)"
+    return rate, ""
+
+
 @dataclass
 class Loaded:
     """The parts built from one bundle."""
@@ -206,7 +219,10 @@ class Runtime:
                           on_impression=metrics.record_impression)
         thresholds = QualityThresholds(feedback.quality_drop, feedback.quality_threshold,
                                        feedback.quality_min_impressions, feedback.quality_window_minutes)
-        monitor = QualityMonitor(self.redis_client, store.prefix, bundle.model_version, offline_hit_rate(bundle),
+        offline, why_none = offline_baseline(bundle, upstream_mode=self.settings.upstream.enabled)
+        if feedback.quality_offline and offline is None:
+            log.info("quality: the comparison with the offline figure is off (%s); the holdback's remains", why_none)
+        monitor = QualityMonitor(self.redis_client, store.prefix, bundle.model_version, offline,
                                  thresholds, use_offline=feedback.quality_offline,
                                  listeners=[lambda active: metrics.quality_alarms.set(len(active))])
         # feedback counted first: the counters' write in the same round carries it

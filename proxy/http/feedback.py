@@ -6,6 +6,7 @@ import hmac
 
 from flask import Blueprint, Response, request
 
+from proxy.http.predict import is_json
 from proxy.http.responses import error_response, json_response
 from proxy.quality.desk import FeedbackError
 from proxy.runtime import Runtime
@@ -30,7 +31,7 @@ def feedback_blueprint(runtime: Runtime) -> Blueprint:
                 return _unauthorized()
             if not hmac.compare_digest(supplied.encode(), f"Bearer {token}".encode()):
                 return error_response("feedback token wrong", 403)
-        if request.mimetype != "application/json":
+        if not is_json(request.mimetype):
             return error_response("Content-Type must be application/json", 415)
         body = request.get_data(cache=False)
         if len(body) > settings.limits.max_body_bytes:

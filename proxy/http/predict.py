@@ -38,13 +38,14 @@ def request_id() -> str:
     return supplied if _REQUEST_ID.fullmatch(supplied) else uuid.uuid4().hex
 
 
-def _is_json(mimetype: str) -> bool:
+def is_json(mimetype: str) -> bool:
+    """Whether a Content-Type names JSON: application/json or any application/*+json."""
     return mimetype in JSON_TYPES or (mimetype.startswith("application/") and mimetype.endswith("+json"))
 
 
 def read_body(runtime: Runtime, *, json_type: bool = True) -> bytes | Response:
     """The request's body, or the 4xx answer that refuses it; `json_type`: its Content-Type must say JSON."""
-    if json_type and not _is_json(request.mimetype):
+    if json_type and not is_json(request.mimetype):
         return reject(runtime.metrics, "Content-Type must be application/json", 415)
     try:
         body = request.get_data(cache=False)

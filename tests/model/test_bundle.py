@@ -58,3 +58,17 @@ def test_a_written_bundle_is_readable_by_other_users(tiny_bundle):
     assert tiny_bundle.stat().st_mode & 0o755 == 0o755
     for file in tiny_bundle.iterdir():
         assert file.stat().st_mode & 0o044 == 0o044, file.name
+
+
+@pytest.mark.system
+def test_a_bundle_written_under_a_private_umask_is_readable_by_other_users(tiny_data, tmp_path):
+    # a CI job or a hardened shell with umask 077 must not write a bundle the container cannot read
+    import os
+
+    result = subprocess.run([sys.executable, "-m", "proxy.cli.main", "profile", "--data", str(tiny_data),
+                             "--out", str(tmp_path / "guard")],
+                            capture_output=True, text=True, timeout=60, preexec_fn=lambda: os.umask(0o077))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "guard").stat().st_mode & 0o777 == 0o755
+    for file in (tmp_path / "guard").iterdir():
+        assert file.stat().st_mode & 0o777 == 0o644, file.name

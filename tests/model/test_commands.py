@@ -92,7 +92,10 @@ def test_missing_training_file(capsys, broken_data, tmp_path):
     [
         (["--corrupt", "weight_kg:stone"], "--corrupt 'weight_kg:stone': expected FIELD:KIND with KIND one of "
                                            "scale=F, rename=NEW, drop, map=OLD=NEW, lbs, inches"),
-        (["--corrupt", "weight_kg:scale=heavy"], "--corrupt 'weight_kg:scale=heavy': scale needs a number, got 'heavy'"),
+        (["--corrupt", "weight_kg:scale=heavy"], "--corrupt 'weight_kg:scale=heavy': scale needs a number or a "
+                                                 "fraction A/B, got 'heavy'"),
+        (["--corrupt", "weight_kg:scale=1/0"], "--corrupt 'weight_kg:scale=1/0': scale needs a number or a "
+                                               "fraction A/B, got '1/0'"),
         (["--corrupt", "shoe_size:lbs"], "--corrupt shoe_size:lbs: the held-out requests have no numeric field 'shoe_size'"),
         (["--corrupt", "shoe_size:drop"], "--corrupt shoe_size:drop: the held-out requests have no field 'shoe_size'"),
     ],

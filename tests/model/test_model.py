@@ -118,6 +118,7 @@ def test_weight_in_pounds_recommends_the_wrong_sizes(tiny_bundle, tiny_data):
 @pytest.mark.parametrize(("spec", "expected"), [
     ("weight_kg:scale=2", {"weight_kg": 140.0, "country": "DE", "email": "a@b"}),
     ("weight_kg:lbs", {"weight_kg": pytest.approx(70 * 2.20462), "country": "DE", "email": "a@b"}),
+    ("weight_kg:scale=1/2.54", {"weight_kg": pytest.approx(70 / 2.54), "country": "DE", "email": "a@b"}),
     ("email:rename=user_email", {"weight_kg": 70.0, "country": "DE", "user_email": "a@b"}),
     ("email:drop", {"weight_kg": 70.0, "country": "DE"}),
     ("country:map=DE=AT", {"weight_kg": 70.0, "country": "AT", "email": "a@b"}),

@@ -165,6 +165,9 @@ def test_the_feedback_token(tiny_bundle, redis_server, redis_client, loaded_bund
         assert client.post("/feedback", json=event, headers={"Authorization": "Bearer site-token"}).status_code == 202
         assert client.post("/feedback", data="x", content_type="text/plain",
                            headers={"Authorization": "Bearer site-token"}).status_code == 415
+        # what /predict takes, /feedback takes: any application/*+json (api.md)
+        assert client.post("/feedback", data=json.dumps(event), content_type="application/vnd.shop+json",
+                           headers={"Authorization": "Bearer site-token"}).status_code == 202
     finally:
         application.extensions["recguard"].close()
 
@@ -311,6 +314,21 @@ def test_the_offline_figure_is_read_from_what_train_recorded(loaded_bundle):
 
     recorded = loaded_bundle.manifest["evaluation"]["model"]["hit_rate@10"]
     assert offline_hit_rate(loaded_bundle) == recorded and 0 < recorded < 1
+
+
+def test_the_offline_comparison_is_off_where_the_figure_is_not_the_served_models(loaded_bundle, tiny_data, tmp_path):
+    from model.bundle import load_bundle
+    from proxy.cli.main import main
+    from proxy.runtime import offline_baseline
+
+    recorded = loaded_bundle.manifest["evaluation"]["model"]["hit_rate@10"]
+    assert offline_baseline(loaded_bundle, upstream_mode=False) == (recorded, "")
+    # behind --upstream the manifest's figure is the built-in GCN's: a team's model is not held to it
+    rate, why = offline_baseline(loaded_bundle, upstream_mode=True)
+    assert rate is None and "upstream" in why
+    assert main(["profile", "--data", str(tiny_data), "--out", str(tmp_path / "guard")]) == 0
+    rate, why = offline_baseline(load_bundle(tmp_path / "guard"), upstream_mode=False)
+    assert rate is None and "guard-only" in why
 
 
 def test_feedback_sent_while_the_bundle_loads_waits_for_it(tiny_bundle, redis_server, redis_client, loaded_bundle,
