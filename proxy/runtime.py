@@ -50,7 +50,7 @@ from proxy.quality.tickets import TicketSigner
 from proxy.settings import Settings, redact_url
 from proxy.shapes.base import Shape
 from proxy.shapes.oip import OipV2Shape
-from proxy.shapes.protocols import make_shape
+from proxy.shapes.protocols import make_shape, oip_shape
 from proxy.shapes.recguard import RecguardShape
 from proxy.store.client import make_redis_client
 from proxy.store.counters import Counters
@@ -176,7 +176,7 @@ class Runtime:
         service = PredictionService(model_side, PopularityFallback(bundle.popularity), screens=screens,
                                     recorders=recorders, stamp=desk)
         shape = upstream.shape if upstream is not None else RecguardShape(settings.limits)
-        oip = OipV2Shape(settings.limits, settings.server.model_name)
+        oip = oip_shape(settings.upstream, settings.limits, settings.server.model_name)
         self.loaded = Loaded(bundle, service, metrics, shape, oip, drift_monitor, desk, quality_monitor, upstream,
                              guard, drift)
         self.settled.set()

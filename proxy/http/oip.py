@@ -3,7 +3,8 @@
 GET /v2, /v2/health/live, /v2/health/ready, /v2/models/<name>, /v2/models/<name>/ready and
 POST /v2/models/<name>/infer, for the embedded model and in upstream mode: with an oip-v2
 upstream the infer body is forwarded as it came; with another upstream each row is asked of it
-in its own shape. The inputs are the profile's signup fields, typed from it, plus history and k.
+in its own shape. The inputs are the profile's signup fields, typed from it (or, for a tensor model, the
+tensors of the input map, --oip-input), plus history and k.
 """
 
 from __future__ import annotations
@@ -19,22 +20,10 @@ from proxy.http.predict import answer_in, read_body
 from proxy.http.responses import error_response, json_response, reject
 from proxy.runtime import Runtime
 from proxy.shapes import triton_binary
-from proxy.shapes.oip import ITEMS_OUTPUT, OIP_TYPES, SCORES_OUTPUT
-from proxy.shapes.request import HISTORY_FIELD, K_FIELD, BadRequest
+from proxy.shapes.request import BadRequest
 
 EXTENSION = "binary_tensor_data"
 """Triton's binary tensor data extension, named in GET /v2 as Triton names it."""
-
-
-def model_metadata(profile: dict, name: str, version: str) -> dict:
-    """The OIP model metadata: an input per signup field of the profile, history and k; items and scores."""
-    inputs = [{"name": field, "datatype": OIP_TYPES.get(spec["type"], "BYTES"), "shape": [-1]}
-              for field, spec in profile["fields"].items()]
-    inputs += [{"name": HISTORY_FIELD, "datatype": "BYTES", "shape": [-1, -1]},
-               {"name": K_FIELD, "datatype": "INT32", "shape": [1]}]
-    return {"name": name, "versions": [version], "platform": "recguard", "inputs": inputs,
-            "outputs": [{"name": ITEMS_OUTPUT, "datatype": "BYTES", "shape": [-1, -1]},
-                        {"name": SCORES_OUTPUT, "datatype": "FP32", "shape": [-1, -1]}]}
 
 
 def _oip_get(summary: str, description: str, *errors: tuple[str, str]) -> dict:
@@ -122,7 +111,7 @@ def oip_blueprint(runtime: Runtime) -> Blueprint:
         loaded = runtime.wait_loaded()
         if loaded is None:
             return error_response("model not loaded yet", 503)
-        return json_response(model_metadata(loaded.bundle.profile, name, loaded.model_version))
+        return json_response(loaded.oip.metadata(loaded.bundle.profile, name, loaded.model_version))
 
     @blueprint.post("/v2/models/<name>/infer")
     def infer(name: str) -> Response:

@@ -8,7 +8,10 @@ it is `KServeServer`, which starts it as a child process on a free port and stop
 
 The model answers each row with the first k catalogue items not in the row's history, best first,
 as `items` (BYTES) and `scores` (FP32) of shape [B, k]: what it answers shows that the rows, their
-history and k arrived as they were sent. KServe's own code reads the request (JSON, or binary
+history and k arrived as they were sent. With `tensor=True` it is a tensor model instead, as a
+Triton or KServe model usually is: one input `INPUT__0`, FP32 [B, N], and outputs `OUTPUT__0`
+(item ids, BYTES) and `OUTPUT__1` (scores, FP32), [B, 10]; each row's items are the ten catalogue
+items from the position its last column's value names (`tensor_recommend`). KServe's own code reads the request (JSON, or binary
 tensors after an `inference-header-content-length` header) and writes the answer (binary where
 the request asked for it).
 """
@@ -35,21 +38,31 @@ def kserve_missing() -> str | None:
     return None
 
 
+TENSOR_INPUT, TENSOR_ITEMS, TENSOR_SCORES = "INPUT__0", "OUTPUT__0", "OUTPUT__1"
+
+
 def recommend(catalogue: list[str], history: list[str], k: int) -> list[str]:
     """The model: the first k catalogue items the row has not seen."""
     seen = set(history)
     return [item for item in catalogue if item not in seen][:k]
 
 
+def tensor_recommend(catalogue: list[str], row: list[float]) -> list[str]:
+    """The tensor model: ten catalogue items from the position the row's last value names, round the end."""
+    start = int(row[-1]) % len(catalogue)
+    return [catalogue[(start + i) % len(catalogue)] for i in range(10)]
+
+
 class KServeServer:
     """`python kserve_model.py` under the KServe interpreter, on a free loopback port."""
 
-    def __init__(self, catalogue: list[str], directory: Path, model_name: str = "recsys"):
+    def __init__(self, catalogue: list[str], directory: Path, model_name: str = "recsys", tensor: bool = False):
         self.catalogue = catalogue
         self.model_name = model_name
-        self.catalogue_file = directory / "kserve_catalogue.txt"
+        self.tensor = tensor
+        self.catalogue_file = directory / f"{model_name}_catalogue.txt"
         self.catalogue_file.write_text("\n".join(catalogue))
-        self.log = directory / "kserve.log"
+        self.log = directory / f"{model_name}.log"
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
@@ -61,7 +74,8 @@ class KServeServer:
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
                 [str(KSERVE_PYTHON), __file__, "--catalogue", str(self.catalogue_file), "--model_name",
-                 self.model_name, "--http_port", str(self.port), "--enable_grpc", "false", "--workers", "1"],
+                 self.model_name, "--http_port", str(self.port), "--enable_grpc", "false", "--workers", "1",
+                 *(["--tensor"] if self.tensor else [])],
                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": ""})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -101,6 +115,7 @@ def serve() -> None:
 
     parser = argparse.ArgumentParser(parents=[kserve.model_server.parser])
     parser.add_argument("--catalogue", required=True)
+    parser.add_argument("--tensor", action="store_true")
     args, _ = parser.parse_known_args()
     catalogue = Path(args.catalogue).read_text().split("\n")
 
@@ -111,6 +126,8 @@ def serve() -> None:
 
         async def predict(self, payload: InferRequest, headers=None, response_headers=None) -> InferResponse:
             tensors = {tensor.name: tensor.as_numpy() for tensor in payload.inputs}
+            if args.tensor:
+                return self.tensor_predict(payload, tensors)
             k = int(tensors["k"].reshape(-1)[0]) if "k" in tensors else 10
             batch = next(len(values) for name, values in tensors.items() if name != "k")
             history = tensors.get("history")
@@ -125,8 +142,22 @@ def serve() -> None:
             outputs = [InferOutput("items", list(items.shape), "BYTES"), InferOutput("scores", list(scores.shape), "FP32")]
             outputs[0].set_data_from_numpy(items)
             outputs[1].set_data_from_numpy(scores)
+            return self.answer(payload, outputs)
+
+        def tensor_predict(self, payload: InferRequest, tensors: dict) -> InferResponse:
+            values = np.atleast_2d(tensors[TENSOR_INPUT])
+            items = np.array([tensor_recommend(catalogue, row.tolist()) for row in values], dtype=object)
+            scores = np.array([[float(10 - i) for i in range(10)] for _ in values], dtype=np.float32)
+            outputs = [InferOutput(TENSOR_ITEMS, list(items.shape), "BYTES"),
+                       InferOutput(TENSOR_SCORES, list(scores.shape), "FP32")]
+            outputs[0].set_data_from_numpy(items)
+            outputs[1].set_data_from_numpy(scores)
+            return self.answer(payload, outputs)
+
+        def answer(self, payload: InferRequest, outputs: list) -> InferResponse:
             # KServe's REST answer must have an id; Triton's echoes the request's only when it has one
-            return InferResponse(payload.id or uuid.uuid4().hex, self.name, outputs, use_binary_outputs=payload.use_binary_outputs,
+            return InferResponse(payload.id or uuid.uuid4().hex, self.name, outputs,
+                                 use_binary_outputs=payload.use_binary_outputs,
                                  requested_outputs=payload.request_outputs)
 
     kserve.ModelServer().start([Recommender(args.model_name)])

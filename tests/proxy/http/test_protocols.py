@@ -4,6 +4,8 @@ client (tritonclient), an OIP v2 upstream and a KServe v1 upstream behind recgua
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -326,3 +328,15 @@ def test_oip_endpoints_in_front_of_a_plain_upstream_ask_it_in_its_shape(tiny_bun
         assert proxy.predict(rows[1]).headers["X-Recguard-Source"] == "fallback"
     finally:
         proxy.stop()
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("INPUT__0=weight_lb,age", "--oip-input names 'weight_lb', not a field of the bundle's profile (its fields: "),
+    ("INPUT__0=age:FLOAT", "RECGUARD_OIP_INPUTS: expected NAME=FIELD[,FIELD...][:DATATYPE] entries separated by ;"),
+])
+def test_serve_refuses_an_input_map_it_cannot_follow(tiny_bundle, entry, message):
+    result = subprocess.run([sys.executable, "-m", "proxy.cli.main", "serve", "--bundle", str(tiny_bundle),
+                             "--upstream", "http://127.0.0.1:9/v2/models/m/infer", "--upstream-protocol", "oip-v2",
+                             "--oip-input", entry], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("recguard serve: ") and message in result.stderr and result.stderr.count("\n") == 1
