@@ -75,7 +75,7 @@ class OipV2Shape:
         datatypes: dict[str, str] = {}
         for i, tensor in enumerate(inputs):
             if isinstance(tensor, dict) and "data" not in tensor and json_length is None \
-                    and triton_binary.SIZE_PARAMETER in (tensor.get("parameters") or {}):
+                    and isinstance(tensor.get("parameters"), dict) and triton_binary.SIZE_PARAMETER in tensor["parameters"]:
                 raise BadRequest(f"input {i} is binary ({triton_binary.SIZE_PARAMETER}) but the request has no "
                                  f"{triton_binary.BINARY_HEADER} header")
             if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str) \

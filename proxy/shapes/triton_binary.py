@@ -75,7 +75,7 @@ def read_request(body: bytes, length: int) -> Any:
 def read_answer(body: bytes, length_header: str) -> Any:
     """The JSON document a model's binary answer stands for; BinaryError when it cannot be read."""
     text = length_header.strip()
-    if not text.isdigit() or int(text) > len(body):
+    if not text.isascii() or not text.isdigit() or int(text) > len(body):
         raise BinaryError(f"answer's {BINARY_HEADER} {length_header[:32]!r} does not fit its {len(body)} bytes")
     length = int(text)
     try:

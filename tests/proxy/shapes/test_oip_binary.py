@@ -10,6 +10,8 @@ import struct
 import numpy as np
 import pytest
 import tritonclient.http as triton
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.settings import LimitSettings
 from proxy.shapes.base import Encoded, RowAnswer
@@ -204,3 +206,51 @@ def test_the_header_length_must_be_a_byte_count_within_the_body(value, message):
     with pytest.raises(BadRequest, match=message):
         header_length(value, 10)
     assert header_length(None, 10) is None and header_length(" 10 ", 10) == 10
+
+
+@st.composite
+def damaged_bodies(draw) -> tuple[bytes, int | None]:
+    """A body tritonclient wrote, binary or JSON (or a binary one's JSON part sent alone, without the header),
+    then damaged: a tensor's parameters, datatype, shape, name or data replaced by anything JSON holds, or
+    taken out; for a binary one, bytes changed, cut or added and the header length moved too."""
+    sent = draw(st.sampled_from(["binary", "json", "binary header alone"]))
+    binary = sent == "binary"
+    rows = [{**ROWS[0], "country": draw(st.text(max_size=5)), "history": draw(st.lists(st.text(max_size=4),
+                                                                                        max_size=3))}]
+    body, length = body_of(inputs(binary=sent != "json", rows=rows),
+                           outputs=draw(st.sampled_from([None, [triton.InferRequestedOutput("items")]])))
+    header = json.loads(body if length is None else body[:length])
+    scalars = st.none() | st.booleans() | st.integers(-3, 40) | st.text(max_size=6)
+    for _ in range(draw(st.integers(1, 2))):
+        tensor = draw(st.sampled_from(header["inputs"]))
+        key = draw(st.sampled_from(["parameters", "datatype", "shape", "name", "data"]))
+        if draw(st.integers(0, 4)) == 0:
+            tensor.pop(key, None)
+            continue
+        containers = st.lists(scalars, max_size=3) | st.dictionaries(
+            st.sampled_from(["binary_data_size", "binary_data", "x"]), scalars, max_size=2)
+        tensor[key] = draw(scalars if draw(st.booleans()) else containers)
+    encoded = json.dumps(header).encode()
+    if not binary:
+        return encoded, None
+    raw = bytearray(body[length:])
+    for _ in range(draw(st.integers(0, 2))):
+        if raw:
+            raw[draw(st.integers(0, len(raw) - 1))] = draw(st.integers(0, 255))
+    if draw(st.integers(0, 3)) == 0:
+        raw = raw[:draw(st.integers(0, len(raw)))] + draw(st.binary(max_size=8))
+    shift = draw(st.integers(-3, 3)) if draw(st.integers(0, 3)) == 0 else 0
+    return encoded + bytes(raw), min(max(len(encoded) + shift, 0), len(encoded) + len(raw))
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(damaged_bodies())
+def test_a_damaged_binary_body_is_read_or_refused_with_a_400_never_anything_else(case):
+    body, length = case
+    try:
+        parsed = SHAPE.parse(body, json_length=length)
+    except BadRequest as exc:
+        assert exc.status == 400 and str(exc)
+        return
+    rendered = SHAPE.render(parsed, [RowAnswer(["item_9"], [0.5], "model") for _ in parsed.rows], "v1")
+    assert isinstance(rendered, (Encoded, dict))
