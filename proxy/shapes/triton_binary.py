@@ -34,6 +34,8 @@ FORMATS = {"BOOL": "?", "UINT8": "B", "UINT16": "H", "UINT32": "I", "UINT64": "Q
 """The struct format of each fixed-size OIP datatype; BYTES is length-prefixed, BF16 has no Python type."""
 BYTES = "BYTES"
 _LENGTH = struct.Struct("<I")
+_FLOAT_MAX = {"f": 3.4028234663852886e38, "e": 65504.0}
+"""The largest finite FP32 and FP16 values."""
 
 
 class BinaryError(ValueError):
@@ -187,4 +189,9 @@ def _pack(datatype: str, data: list[Any]) -> bytes:
     if datatype == BYTES:
         encoded = [str(value).encode("utf-8") for value in data]
         return b"".join(_LENGTH.pack(len(value)) + value for value in encoded)
-    return struct.pack(f"<{len(data)}{FORMATS[datatype]}", *data)
+    fmt = FORMATS[datatype]
+    if fmt in _FLOAT_MAX:
+        # a model's score past the narrow float's range is that float's infinity, as numpy would make it
+        top = _FLOAT_MAX[fmt]
+        data = [value if abs(value) <= top else math.copysign(math.inf, value) for value in data]
+    return struct.pack(f"<{len(data)}{fmt}", *data)

@@ -254,3 +254,11 @@ def test_a_damaged_binary_body_is_read_or_refused_with_a_400_never_anything_else
         return
     rendered = SHAPE.render(parsed, [RowAnswer(["item_9"], [0.5], "model") for _ in parsed.rows], "v1")
     assert isinstance(rendered, (Encoded, dict))
+
+
+def test_a_score_past_fp32s_range_is_its_infinity_in_a_binary_answer():
+    body, length = body_of(inputs(binary=True, rows=ROWS[:1]))
+    answer = SHAPE.render(SHAPE.parse(body, json_length=length),
+                          [RowAnswer(["item_9", "item_8", "item_7"], [1e300, -1e300, 3.0e38], "model")], "v1")
+    scores = result_of(answer).as_numpy("scores").tolist()
+    assert scores[0][:2] == [float("inf"), float("-inf")] and scores[0][2] == pytest.approx(3.0e38, rel=1e-6)
