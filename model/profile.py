@@ -26,6 +26,10 @@ MAX_DOMAIN = 100
 _DIGITS = 6
 
 
+_DECIMAL = re.compile(r"0|[1-9][0-9]*")
+"""An id a JSON integer can name: decimal digits without a leading zero (007 is not 7)."""
+
+
 def _json_type(values: list[Any]) -> str:
     if all(isinstance(v, int) for v in values):
         return "integer"
@@ -120,6 +124,8 @@ def build_profile(data: Dataset) -> dict[str, Any]:
             entry |= _numeric(present, segments)
         elif present:
             entry["shape"] = _shape([str(v) for v in present])
+            if entry["role"] == "identifier" and all(_DECIMAL.fullmatch(str(v)) for v in present):
+                entry["integer_ids"] = True
             if not entry["personal"] and entry["role"] != "identifier":
                 domain = _domain([str(v) for v in present])
                 if domain is not None:

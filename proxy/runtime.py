@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -214,7 +215,12 @@ class Runtime:
         profile = bundle.profile
         segment_field = profile.get("segment_field")
         segments = (profile["fields"].get(segment_field, {}).get("domain") or {}) if segment_field else {}
-        desk = TicketDesk(TicketSigner(feedback.secret, feedback.window), ledger, bundle.model_version,
+        signer = TicketSigner(feedback.secret, feedback.window, previous=feedback.secret_previous,
+                              previous_until=time.time() + feedback.window)
+        if feedback.secret_previous:
+            log.info("feedback: tickets of the previous secret are accepted for %d s more (one window); "
+                     "remove RECGUARD_FEEDBACK_SECRET_PREVIOUS after that", feedback.window)
+        desk = TicketDesk(signer, ledger, bundle.model_version,
                           bundle.catalogue, segment_field, list(segments),
                           on_impression=metrics.record_impression)
         thresholds = QualityThresholds(feedback.quality_drop, feedback.quality_threshold,

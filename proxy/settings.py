@@ -30,12 +30,18 @@ from proxy.words import (
 )
 
 ENV_PREFIX = "RECGUARD_"
-SECRET_SETTINGS = frozenset({"admin_token", "user_hash_key"})
+SECRET_SETTINGS = frozenset({"admin_token", "user_hash_key", "feedback_secret", "feedback_secret_previous",
+                             "feedback_token"})
 """Never shown in an error message or a log line."""
 
 
 class SettingsError(RecguardError):
     """A setting is malformed or unknown."""
+
+
+MIN_SECRET_CHARACTERS = 16
+"""Shortest feedback secret taken: a ticket's HMAC is only as strong as its key."""
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
 
 
 def setting(name: str, default: Any, **kwargs: Any) -> Any:
@@ -191,6 +197,11 @@ class FeedbackSettings:
 
     secret: str = setting("feedback_secret", "", repr=False)
     """Key of the HMAC that signs tickets, the same on every replica; empty: no tickets, /feedback off."""
+    secret_previous: str = setting("feedback_secret_previous", "", repr=False)
+    """The secret before a rotation: its tickets are still accepted for one window after start."""
+    origins: str = setting("feedback_origins", "")
+    """Comma-separated origins (https://shop.example) whose pages may post to /feedback from the
+    browser (CORS); `*` any; empty: none (server-to-server only)."""
     window: int = setting("feedback_window", 24 * 3600)
     """Seconds after an answer during which its ticket is accepted (and de-duplicated)."""
     token: str = setting("feedback_token", "", repr=False)
@@ -210,8 +221,21 @@ class FeedbackSettings:
     quality_quarantine: bool = setting("quality_quarantine", False)
     """Route a segment to the fallback while a quality alarm holds on it."""
 
+    @property
+    def origin_list(self) -> tuple[str, ...]:
+        """The browser origins allowed to post feedback, as configured."""
+        return tuple(origin.strip().rstrip("/") for origin in self.origins.split(",") if origin.strip())
+
     def checks(self) -> list[tuple[bool, str, str]]:
         return [
+            (not self.secret or len(self.secret) >= MIN_SECRET_CHARACTERS, "feedback_secret",
+             f"empty or at least {MIN_SECRET_CHARACTERS} characters (openssl rand -hex 32)"),
+            (not self.secret_previous or (len(self.secret_previous) >= MIN_SECRET_CHARACTERS
+                                          and self.secret and self.secret_previous != self.secret),
+             "feedback_secret_previous",
+             f"empty, or at least {MIN_SECRET_CHARACTERS} characters beside a new RECGUARD_FEEDBACK_SECRET"),
+            (all(origin == "*" or _ORIGIN.fullmatch(origin) for origin in self.origin_list),
+             "feedback_origins", "'*' or origins such as https://shop.example or http://localhost:3000, comma-separated"),
             (self.window >= 60, "feedback_window", "at least 60"),
             (0 <= self.holdback < 1, "holdback", "in [0, 1)"),
             (1 <= self.quality_window_minutes <= 7 * 24 * 60, "quality_window_minutes", "in 1..10080"),

@@ -56,6 +56,8 @@ class FieldRule:
     central: tuple[float, float] | None = None
     """The training's 5th to 95th percentile, where an out-of-range value converted back should land."""
     median: float | None = None
+    integer_ids: bool = False
+    """An id field whose training ids were all decimal numbers: a JSON integer names the same id."""
 
 
 def compile_rules(profile: Mapping[str, Any], *, range_tolerance: float, required_presence: float) -> list[FieldRule]:
@@ -80,6 +82,7 @@ def compile_rules(profile: Mapping[str, Any], *, range_tolerance: float, require
             integer=spec["type"] == "integer",
             personal=bool(spec.get("personal", False)),
             required=spec.get("presence", 1.0) >= required_presence,
+            integer_ids=bool(spec.get("integer_ids", False)),
             **extra,
         ))
     return rules
@@ -146,6 +149,9 @@ def _check_field(rule: FieldRule, value: Any) -> Anomaly | None:
     if rule.numeric:
         return _check_number(rule, value)
     if not isinstance(value, str):
+        if rule.integer_ids and type(value) is int and value >= 0:
+            # a site's JSON sends user 6 where the logs held the text "6": the same user
+            return None
         return Anomaly(rule.name, TYPE_MISMATCH, f"expected a string, got {json_type_name(value)}", rule.feature)
     if rule.domain is not None and value not in rule.domain:
         shown = f"'{value}'" if not rule.personal and _SAFE_VALUE.fullmatch(value) else "a value"

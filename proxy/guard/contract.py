@@ -73,9 +73,13 @@ def _field_schema(rule: FieldRule) -> dict[str, Any]:
             schema["description"] += "; whole numbers in training"
     elif rule.domain is not None:
         schema["enum"] = sorted(rule.domain)
+    if rule.integer_ids:
+        schema["type"] = ["string", "integer"]
+        schema["minimum"] = 0
+        schema["description"] += "; decimal ids in training: a JSON integer is the same id"
     if not rule.required:
         # The guard takes null for "absent", which an optional field may be.
-        schema["type"] = [json_type, "null"]
+        schema["type"] = [*(schema["type"] if isinstance(schema["type"], list) else [json_type]), "null"]
         if "enum" in schema:
             schema["enum"].append(None)
     return schema

@@ -1,4 +1,9 @@
-"""POST /feedback: the site hands back an answer's ticket with the item the user took."""
+"""POST /feedback: the site hands back an answer's ticket with the item the user took.
+
+From a browser too: pages of the origins in RECGUARD_FEEDBACK_ORIGINS may post cross-origin (CORS,
+preflight answered), with `fetch` and a JSON body or with `navigator.sendBeacon`, whose string body
+goes as text/plain (a CORS simple request, so text/plain is taken only from those origins).
+"""
 
 from __future__ import annotations
 
@@ -11,14 +16,48 @@ from proxy.http.responses import error_response, json_response
 from proxy.quality.desk import FeedbackError
 from proxy.runtime import Runtime
 
+PREFLIGHT_MAX_AGE = 600
+"""Seconds a browser may keep a preflight's answer."""
+
 
 def feedback_blueprint(runtime: Runtime) -> Blueprint:
     """POST /feedback of `runtime`; off (404) while no feedback secret is configured."""
     blueprint = Blueprint("feedback", __name__)
     settings = runtime.settings
+    origins = frozenset(settings.feedback.origin_list)
 
-    @blueprint.post("/feedback")
+    def allowed_origin() -> str | None:
+        """What Access-Control-Allow-Origin answers the request's Origin with, None: not allowed."""
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return None
+        if "*" in origins:
+            return "*"
+        return origin if origin in origins else None
+
+    @blueprint.after_request
+    def cross_origin(response: Response) -> Response:
+        if request.endpoint != "feedback.feedback":
+            return response
+        response.headers.add("Vary", "Origin")
+        allowed = allowed_origin()
+        if allowed is not None:
+            response.headers["Access-Control-Allow-Origin"] = allowed
+        return response
+
+    def preflight() -> Response:
+        if allowed_origin() is None:
+            return error_response("this origin may not post feedback: it is not in RECGUARD_FEEDBACK_ORIGINS", 403)
+        response = Response(status=204)
+        response.headers["Access-Control-Allow-Methods"] = "POST"
+        response.headers["Access-Control-Allow-Headers"] = "Content-Type, Authorization"
+        response.headers["Access-Control-Max-Age"] = str(PREFLIGHT_MAX_AGE)
+        return response
+
+    @blueprint.route("/feedback", methods=["POST", "OPTIONS"])
     def feedback() -> Response:
+        if request.method == "OPTIONS":
+            return preflight()
         loaded = runtime.wait_loaded()
         desk = loaded.desk if loaded is not None else None
         if desk is None:
@@ -31,8 +70,10 @@ def feedback_blueprint(runtime: Runtime) -> Blueprint:
                 return _unauthorized()
             if not hmac.compare_digest(supplied.encode(), f"Bearer {token}".encode()):
                 return error_response("feedback token wrong", 403)
-        if not is_json(request.mimetype):
-            return error_response("Content-Type must be application/json", 415)
+        beacon = request.mimetype == "text/plain" and allowed_origin() is not None
+        if not (is_json(request.mimetype) or beacon):
+            return error_response("Content-Type must be application/json (text/plain only from the browser "
+                                  "origins of RECGUARD_FEEDBACK_ORIGINS, as navigator.sendBeacon sends it)", 415)
         body = request.get_data(cache=False)
         if len(body) > settings.limits.max_body_bytes:
             return error_response(f"body larger than {settings.limits.max_body_bytes} bytes", 413)

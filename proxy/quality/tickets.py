@@ -85,29 +85,51 @@ def _unb64(text: str) -> bytes:
     return binascii.a2b_base64((text + _PADDING[len(text) % 4]).encode("ascii").translate(_STANDARD), strict_mode=True)
 
 
-class TicketSigner:
-    """Issues and checks tickets under one secret, valid for `window_seconds` after issue."""
+class _Key:
+    """HMAC-SHA256 (RFC 2104) under one secret from two pre-keyed SHA-256 states: Python's hmac
+    module costs about 10 µs a call over OpenSSL 3 against about 1.5 µs for this, on every answer
+    (docs/benchmarks.md); tests check it against hmac.digest."""
 
-    def __init__(self, secret: str | bytes, window_seconds: float):
-        if not secret:
-            raise ValueError("a ticket secret must not be empty")
+    def __init__(self, secret: str | bytes):
         key = secret.encode() if isinstance(secret, str) else secret
-        # HMAC-SHA256 (RFC 2104) from two pre-keyed SHA-256 states: Python's hmac module costs about
-        # 10 µs a call over OpenSSL 3 against about 1.5 µs for this, on every answer
-        # (docs/benchmarks.md); tests check it against hmac.digest.
         if len(key) > _BLOCK:
             key = hashlib.sha256(key).digest()
         key = key.ljust(_BLOCK, b"\0")
         self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
         self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
-        self.window_seconds = window_seconds
 
-    def _tag(self, payload: bytes) -> bytes:
+    def tag(self, payload: bytes) -> bytes:
         inner = self._inner.copy()
         inner.update(payload)
         outer = self._outer.copy()
         outer.update(inner.digest())
         return outer.digest()[:TAG_BYTES]
+
+
+class TicketSigner:
+    """Issues and checks tickets under one secret, valid for `window_seconds` after issue.
+
+    With `previous` (the secret before a rotation), tickets signed with it are still accepted until
+    `previous_until` (epoch seconds): the site's outstanding tickets keep counting for one window
+    after the rotation instead of all turning into 403s."""
+
+    def __init__(self, secret: str | bytes, window_seconds: float, *, previous: str | bytes = "",
+                 previous_until: float = 0.0):
+        if not secret:
+            raise ValueError("a ticket secret must not be empty")
+        self._key = _Key(secret)
+        self._previous = _Key(previous) if previous else None
+        self.previous_until = previous_until
+        self.window_seconds = window_seconds
+
+    def _tag(self, payload: bytes) -> bytes:
+        return self._key.tag(payload)
+
+    def _signed(self, payload: bytes, tag: bytes, now: float) -> bool:
+        if hmac.compare_digest(tag, self._key.tag(payload)):
+            return True
+        return (self._previous is not None and now < self.previous_until
+                and hmac.compare_digest(tag, self._previous.tag(payload)))
 
     def issue(self, ticket: Ticket) -> str:
         """The signed token of `ticket`."""
@@ -131,7 +153,7 @@ class TicketSigner:
             payload, tag = _unb64(payload_text), _unb64(tag_text)
         except (binascii.Error, ValueError):  # UnicodeEncodeError is a ValueError
             raise TicketError("malformed ticket: not base64url") from None
-        if not hmac.compare_digest(tag, self._tag(payload)):
+        if not self._signed(payload, tag, now):
             raise TicketError("ticket signature does not match: forged, altered, or signed with another secret", 403)
         ticket = _unpack(payload)
         age = now - ticket.issued_at

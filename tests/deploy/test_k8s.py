@@ -56,7 +56,7 @@ def environment(manifests, container) -> dict[str, str]:
             ref = variable["valueFrom"]["configMapKeyRef"]
             env[variable["name"]] = manifests[("ConfigMap", ref["name"])]["data"][ref["key"]]
         else:
-            env[variable["name"]] = "secret-value"
+            env[variable["name"]] = f"secret-value-of-{variable['name'].lower()}"
     return env
 
 
@@ -99,6 +99,8 @@ def test_resources_are_requested_and_limited(container):
 def test_settings_come_from_config_and_secrets(container, manifests):
     by_name = {variable["name"]: variable for variable in container.get("env", [])}
     assert by_name["RECGUARD_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]["key"]
+    for secret in ("RECGUARD_FEEDBACK_SECRET", "RECGUARD_FEEDBACK_SECRET_PREVIOUS"):
+        assert by_name[secret]["valueFrom"]["secretKeyRef"]["optional"] is True, secret
     redis_from_env = "valueFrom" in by_name.get("RECGUARD_REDIS_URL", {})
     redis_from_config = any("RECGUARD_REDIS_URL" in manifests[("ConfigMap", source["configMapRef"]["name"])]["data"]
                             for source in container.get("envFrom", []))

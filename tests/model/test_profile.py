@@ -127,3 +127,17 @@ def test_one_ranker_for_evaluation_and_serving(data):
     assert fallback.recommend({"country": "FR"}, ["item_00002"], 2).items == ["item_00000", "item_00001"]
     assert fallback.recommend({"country": "XX"}, [], 1).items == ["item_00000"]
     assert fallback.recommend({}, [], 3).items == ["item_00000", "item_00002", "item_00001"]
+
+
+@pytest.mark.parametrize(("ids", "integer_ids"), [(["6", "12", "0", "1042"], True), (["6", "007", "12", "13"], None),
+                                                   (["u1", "u2", "u3", "u4"], None)])
+def test_decimal_ids_are_recorded_so_a_json_integer_names_the_same_user(tmp_path, ids, integer_ids):
+    users = USERS
+    interactions = INTERACTIONS
+    for old, new in zip(["u1", "u2", "u3", "u4"], ids):
+        users, interactions = users.replace(f"{old},", f"{new},"), interactions.replace(f"{old},", f"{new},")
+    for name, text in (("users.csv", users), ("items.csv", ITEMS), ("interactions.csv", interactions),
+                       ("dataset.toml", DATASET_TOML)):
+        (tmp_path / name).write_text(text)
+    user_id = build_profile(load_dataset(tmp_path))["fields"]["user_id"]
+    assert user_id["type"] == "string" and user_id.get("integer_ids") is integer_ids

@@ -48,3 +48,25 @@ def test_redis_password_never_shown():
     with pytest.raises(SettingsError) as caught:
         Settings.from_env({"RECGUARD_REDIS_URL": "http://:hunter2@db"})
     assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"RECGUARD_FEEDBACK_SECRET": "hunter2"}, "RECGUARD_FEEDBACK_SECRET: expected empty or at least 16 characters "
+                                              "(openssl rand -hex 32), got '<7 characters>'"),
+    ({"RECGUARD_FEEDBACK_SECRET": "a-new-long-secret-0001", "RECGUARD_FEEDBACK_SECRET_PREVIOUS": "a-new-long-secret-0001"},
+     "RECGUARD_FEEDBACK_SECRET_PREVIOUS: expected empty, or at least 16 characters beside a new"),
+    ({"RECGUARD_FEEDBACK_SECRET_PREVIOUS": "an-old-long-secret-0001"},
+     "RECGUARD_FEEDBACK_SECRET_PREVIOUS: expected empty, or at least 16 characters beside a new"),
+    ({"RECGUARD_FEEDBACK_ORIGINS": "shop.example"}, "RECGUARD_FEEDBACK_ORIGINS: expected '*' or origins such as"),
+    ({"RECGUARD_FEEDBACK_ORIGINS": "https://shop.example/cart"}, "RECGUARD_FEEDBACK_ORIGINS: expected '*' or origins"),
+])
+def test_bad_feedback_settings_stop_the_start_without_showing_a_secret(env, message):
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(env)
+    assert message in str(caught.value)
+    assert "hunter2" not in str(caught.value) and "long-secret" not in str(caught.value)
+
+
+def test_feedback_origins_are_a_comma_separated_list():
+    settings = Settings.from_env({"RECGUARD_FEEDBACK_ORIGINS": "https://shop.example, http://localhost:3000/"})
+    assert settings.feedback.origin_list == ("https://shop.example", "http://localhost:3000")

@@ -142,3 +142,17 @@ def test_contract_command_prints_to_stdout(tiny_bundle, capsys, validator):
 def test_contract_command_names_a_missing_bundle(tmp_path):
     with pytest.raises(RecguardError, match="manifest.json"):
         run("contract", "--bundle", str(tmp_path / "nope"))
+
+
+def test_the_contract_takes_a_json_integer_for_decimal_ids(loaded_bundle, contract_settings, tiny_holdout):
+    profile = json.loads(json.dumps(loaded_bundle.profile))
+    id_field = next(name for name, spec in profile["fields"].items() if spec["role"] == "identifier")
+    body = {**tiny_holdout[0], id_field: 6}
+    strict = Draft202012Validator(request_schema(profile, contract_settings))
+    assert failures(strict, body) == {f"{id_field}:type"}
+    profile["fields"][id_field]["integer_ids"] = True
+    schema = request_schema(profile, contract_settings)
+    Draft202012Validator.check_schema(schema)
+    numbered = Draft202012Validator(schema)
+    assert numbered.is_valid(body) and numbered.is_valid(tiny_holdout[0])
+    assert failures(numbered, {**body, id_field: -1}) == {f"{id_field}:minimum"}

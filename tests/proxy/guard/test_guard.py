@@ -153,3 +153,15 @@ def test_an_out_of_range_value_that_a_common_unit_factor_brings_back_is_named(lo
     assert "; looks like cm→m or percent→fraction" in detail(height_cm=base["height_cm"] / 100)
     # nothing to name: out of range, and no common factor brings it back
     assert "looks like" not in detail(height_cm=5000) and "looks like" not in detail(weight_kg=-3)
+
+
+def test_a_json_integer_is_the_same_id_where_training_ids_were_decimal():
+    numbered = {**PROFILE, "fields": {**PROFILE["fields"],
+                                      "user_id": {**PROFILE["fields"]["user_id"], "integer_ids": True}}}
+    guard = Guard(numbered, CATALOGUE, range_tolerance=0.05, required_presence=0.99)
+    assert check(guard, user_id=6) == [] and check(guard, user_id="6") == []
+    for sent in (-6, 6.5, True, [6]):
+        assert [(a.field, a.kind) for a in check(guard, user_id=sent)] == [("user_id", "type_mismatch")], sent
+    # where the ids were not all decimal ("u1", "007"), a number is not one of them
+    plain = Guard(PROFILE, CATALOGUE, range_tolerance=0.05, required_presence=0.99)
+    assert [(a.field, a.kind) for a in check(plain, user_id=6)] == [("user_id", "type_mismatch")]

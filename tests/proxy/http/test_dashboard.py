@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 import time
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
+from tests.harness.browser import chromium
 from tests.harness.proxy import ProxyProcess
 
 pytestmark = pytest.mark.system  # real gunicorn or child processes (tests/conftest.py)
-
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars", "--window-size=1200,1500"]
-# Virtual time stands still while a fetch is in flight, so this budget covers the first refresh whatever the machine.
-VIRTUAL_TIME_MS = 3000
 
 
 class RenderedDashboard(HTMLParser):
@@ -58,15 +51,6 @@ class RenderedDashboard(HTMLParser):
             self.texts[element_id] += data
         if self._row is not None and self.rows[self._row]:
             self.rows[self._row][-1] += data.strip()
-
-
-def chromium(url: str, profile: Path, *action: str) -> subprocess.CompletedProcess:
-    binary = shutil.which("chromium")
-    if binary is None:
-        pytest.fail("chromium is not installed: `make test` installs it (apt-get install chromium chromium-driver)")
-    return subprocess.run([binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
-                           f"--virtual-time-budget={VIRTUAL_TIME_MS}", *action, url],
-                          capture_output=True, text=True, timeout=60)
 
 
 def render(url: str, tmp_path: Path) -> RenderedDashboard:
@@ -141,7 +125,7 @@ def test_the_page_says_why_when_counts_are_off(tiny_bundle, redis_server, loaded
 
 def test_live_hit_rates_appear_per_source(tiny_bundle, redis_server, redis_client, tiny_holdout, tmp_path):
     proxy = ProxyProcess(tiny_bundle, redis_server.url, workers=1, log_path=tmp_path / "proxy.log",
-                         env={"RECGUARD_FEEDBACK_SECRET": "s", "RECGUARD_HOLDBACK": "0"}).start()
+                         env={"RECGUARD_FEEDBACK_SECRET": "s" * 16, "RECGUARD_HOLDBACK": "0"}).start()
     try:
         answers = [proxy.predict(body).json() for body in tiny_holdout[:8]]
         for answer in answers[:2]:  # two of eight answers led to a click on a served item

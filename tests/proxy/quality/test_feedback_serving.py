@@ -16,7 +16,7 @@ from proxy.settings import Settings
 from tests.harness.servers import RedisServer, free_port
 from tests.harness.waiting import wait_until
 
-SECRET = "feedback-secret"
+SECRET = "feedback-secret-of-the-tests"
 
 
 def next_items(tiny_data) -> list[str]:
@@ -25,8 +25,8 @@ def next_items(tiny_data) -> list[str]:
 
 
 def feedback_app(tiny_bundle, redis_url, bundle, **overrides):
-    settings = Settings.from_env({}, bundle=tiny_bundle, redis_url=redis_url, feedback_secret=SECRET,
-                                 **{"holdback": 0.0, "flush_interval": 0.05, **overrides})
+    settings = Settings.from_env({}, bundle=tiny_bundle, redis_url=redis_url,
+                                 **{"feedback_secret": SECRET, "holdback": 0.0, "flush_interval": 0.05, **overrides})
     return create_app(settings, bundle)
 
 
@@ -355,3 +355,63 @@ def test_feedback_sent_while_the_bundle_loads_waits_for_it(tiny_bundle, redis_se
         assert client.post("/feedback", json={"ticket": token, "item": "item_00001"}).status_code == 202
     finally:
         application.extensions["recguard"].close()
+
+
+SHOP = "https://shop.example"
+
+
+def test_a_browser_page_of_an_allowed_origin_may_post_feedback(tiny_bundle, redis_server, redis_client, loaded_bundle,
+                                                              tiny_holdout):
+    application = feedback_app(tiny_bundle, redis_server.url, loaded_bundle, feedback_origins=f"{SHOP},http://localhost:3000")
+    try:
+        client = application.test_client()
+        answer = client.post("/predict", json=tiny_holdout[0]).get_json()
+        event = {"ticket": answer["ticket"], "item": answer["items"][0]}
+        # the preflight of fetch() with a JSON body
+        preflight = client.options("/feedback", headers={"Origin": SHOP, "Access-Control-Request-Method": "POST",
+                                                         "Access-Control-Request-Headers": "content-type"})
+        assert preflight.status_code == 204
+        assert preflight.headers["Access-Control-Allow-Origin"] == SHOP
+        assert preflight.headers["Access-Control-Allow-Methods"] == "POST"
+        assert "Content-Type" in preflight.headers["Access-Control-Allow-Headers"]
+        assert "Origin" in preflight.headers["Vary"]
+        posted = client.post("/feedback", json=event, headers={"Origin": SHOP})
+        assert posted.status_code == 202 and posted.headers["Access-Control-Allow-Origin"] == SHOP
+        # navigator.sendBeacon(url, string) sends text/plain: taken from an allowed origin only
+        beacon = client.post("/feedback", data=json.dumps({**event, "event": "purchase"}),
+                             content_type="text/plain;charset=UTF-8", headers={"Origin": SHOP})
+        assert beacon.status_code == 202, beacon.get_json()
+        for origin in ("https://evil.example", None):
+            headers = {"Origin": origin} if origin else {}
+            refused = client.post("/feedback", data=json.dumps(event), content_type="text/plain", headers=headers)
+            assert refused.status_code == 415 and "RECGUARD_FEEDBACK_ORIGINS" in refused.get_json()["error"]
+            assert "Access-Control-Allow-Origin" not in refused.headers
+        other = client.options("/feedback", headers={"Origin": "https://evil.example",
+                                                     "Access-Control-Request-Method": "POST"})
+        assert other.status_code == 403 and "Access-Control-Allow-Origin" not in other.headers
+        flushed(application)
+        counted = quality(client)[("model",)]
+        assert (counted["feedback"], counted["answers_hit"]) == (2, 1), counted  # the click and the beacon's purchase
+    finally:
+        application.extensions["recguard"].close()
+
+
+def test_a_rotated_secret_keeps_the_outstanding_tickets(tiny_bundle, redis_server, redis_client, loaded_bundle,
+                                                       tiny_holdout):
+    before = feedback_app(tiny_bundle, redis_server.url, loaded_bundle)
+    try:
+        answer = before.test_client().post("/predict", json=tiny_holdout[0]).get_json()
+    finally:
+        before.extensions["recguard"].close()
+    event = {"ticket": answer["ticket"], "item": answer["items"][0]}
+    rotated_only = feedback_app(tiny_bundle, redis_server.url, loaded_bundle, feedback_secret="the-rotated-secret-0001")
+    try:
+        assert rotated_only.test_client().post("/feedback", json=event).status_code == 403
+    finally:
+        rotated_only.extensions["recguard"].close()
+    rotated = feedback_app(tiny_bundle, redis_server.url, loaded_bundle, feedback_secret="the-rotated-secret-0001",
+                           feedback_secret_previous=SECRET)
+    try:
+        assert rotated.test_client().post("/feedback", json=event).status_code == 202
+    finally:
+        rotated.extensions["recguard"].close()

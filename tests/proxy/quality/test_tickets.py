@@ -77,3 +77,17 @@ def test_the_tag_is_hmac_sha256(secret):
 def test_an_empty_secret_is_refused():
     with pytest.raises(ValueError):
         TicketSigner("", 60)
+
+
+def test_after_a_rotation_the_previous_secrets_tickets_count_until_its_deadline():
+    outstanding = signer("the-old-secret").issue(TICKET)
+    rotated = TicketSigner("the-new-secret", 86_400, previous="the-old-secret", previous_until=NOW + 3_600)
+    assert rotated.verify(outstanding, NOW + 5) == TICKET
+    assert rotated.verify(rotated.issue(TICKET), NOW + 5) == TICKET
+    # new tickets are signed with the new secret only: a replica still on the old one refuses them
+    with pytest.raises(TicketError, match="signature does not match"):
+        signer("the-old-secret").verify(rotated.issue(TICKET), NOW + 5)
+    with pytest.raises(TicketError, match="signature does not match"):
+        rotated.verify(outstanding, NOW + 3_600)
+    with pytest.raises(TicketError, match="signature does not match"):
+        rotated.verify(signer("a-third-secret").issue(TICKET), NOW + 5)
