@@ -13,7 +13,11 @@ WORKERS ?= 2
 # busy machine `make run` still serves within about two minutes. 0 trains every epoch.
 TRAIN_BUDGET ?= 90
 
-.PHONY: install redis-server chromium run test clean
+# A real KServe ModelServer for the tests that put recguard in front of one (tests/harness/kserve_model.py),
+# in a venv of its own: kserve 0.21 pins psutil and python-dateutil below what the project's venv holds.
+KSERVE_VENV := .venv-kserve
+
+.PHONY: install redis-server chromium kserve run test clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -55,12 +59,20 @@ chromium:
 		echo "installing chromium"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 
+kserve: $(KSERVE_VENV)/.installed
+
+$(KSERVE_VENV)/.installed:
+	@echo "installing KServe 0.21 into $(KSERVE_VENV) for the KServe upstream tests (about a minute)"
+	$(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/pip install --quiet kserve==0.21.0
+	touch $@
+
 # Two pytest workers, a test file each at a time (its module fixtures built once) and the Redis
 # Cluster's tests on one of them (tests/conftest.py groups them); each worker has its own
 # redis-server. The 15 slowest tests close the output: a test that got slow shows there before
 # the suite does.
-test: install chromium
+test: install chromium kserve
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15
 
 clean:
-	rm -rf $(VENV) data bundles var
+	rm -rf $(VENV) $(KSERVE_VENV) data bundles var

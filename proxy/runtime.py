@@ -51,7 +51,7 @@ from proxy.quality.tickets import TicketSigner
 from proxy.settings import Settings, redact_url
 from proxy.shapes.base import Shape
 from proxy.shapes.oip import OipV2Shape
-from proxy.shapes.protocols import make_shape
+from proxy.shapes.protocols import make_shape, oip_shape
 from proxy.shapes.recguard import RecguardShape
 from proxy.store.client import make_redis_client
 from proxy.store.counters import Counters
@@ -178,7 +178,7 @@ class Runtime:
                                     recorders=recorders, stamp=desk,
                                     catalogue=frozenset(bundle.catalogue) if upstream is not None else None)
         shape = upstream.shape if upstream is not None else RecguardShape(settings.limits)
-        oip = OipV2Shape(settings.limits, settings.server.model_name)
+        oip = oip_shape(settings.upstream, settings.limits, settings.server.model_name)
         self.loaded = Loaded(bundle, service, metrics, shape, oip, drift_monitor, desk, quality_monitor, upstream,
                              guard, drift)
         self.settled.set()

@@ -17,6 +17,7 @@ from typing import Any, Iterator, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from model.errors import RecguardError
+from proxy.oip_inputs import valid_inputs
 from proxy.pointer import valid_pointer
 from proxy.redis_url import valid_redis_url
 from proxy.words import (
@@ -266,6 +267,13 @@ class UpstreamSettings:
     ca_file: str = setting("upstream_ca", "")
     """A PEM file of the certificate authorities an https upstream's certificate is checked against
     (a private CA); empty: the system's."""
+    oip_inputs: str = setting("oip_inputs", "")
+    """A tensor model's OIP v2 inputs, `NAME=FIELD[,FIELD...][:DATATYPE]` separated by ';' (proxy/oip_inputs.py):
+    tensor NAME [B, fields] holds those request fields; empty: one input per field, named after it."""
+    oip_items_output: str = setting("oip_items_output", "items")
+    """The OIP v2 output holding the item ids."""
+    oip_scores_output: str = setting("oip_scores_output", "scores")
+    """The OIP v2 output holding the scores beside them; empty: the model gives none."""
     breaker_failures: int = setting("breaker_failures", 5)
     """Consecutive failed upstream calls that eject the upstream (Envoy's consecutive_5xx)."""
     breaker_base_ejection_ms: float = setting("breaker_base_ejection_ms", 30_000.0)
@@ -289,6 +297,9 @@ class UpstreamSettings:
             (valid_pointer(self.request_history) and bool(self.request_history), "request_history",
              "a JSON pointer starting with /"),
             (valid_pointer(self.request_k) and bool(self.request_k), "request_k", "a JSON pointer starting with /"),
+            (valid_inputs(self.oip_inputs), "oip_inputs", "NAME=FIELD[,FIELD...][:DATATYPE] entries separated by ;"),
+            (bool(self.oip_items_output) and self.oip_items_output != self.oip_scores_output, "oip_items_output",
+             "an output name, not the scores output's"),
             (self.breaker_failures >= 1, "breaker_failures", "at least 1"),
             (self.breaker_base_ejection_ms > 0, "breaker_base_ejection_ms", "positive"),
             (self.breaker_max_ejection_ms >= self.breaker_base_ejection_ms, "breaker_max_ejection_ms",

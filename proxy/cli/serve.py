@@ -46,6 +46,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                           help="JSON pointer to the history in a request (RECGUARD_REQUEST_HISTORY, default /history)")
     upstream.add_argument("--request-k", metavar="POINTER",
                           help="JSON pointer to k in a request (RECGUARD_REQUEST_K, default /k)")
+    upstream.add_argument("--oip-input", dest="oip_inputs", metavar="NAME=FIELD[,FIELD...][:DATATYPE]",
+                          action="append",
+                          help="an OIP v2 input tensor of a tensor model, [B, fields] holding those request fields "
+                               "(datatype default FP32); once per tensor (RECGUARD_OIP_INPUTS, ';' between tensors)")
+    upstream.add_argument("--oip-items-output", metavar="NAME",
+                          help="the OIP v2 output holding the item ids (RECGUARD_OIP_ITEMS_OUTPUT, default items)")
+    upstream.add_argument("--oip-scores-output", metavar="NAME",
+                          help="the OIP v2 output holding the scores (RECGUARD_OIP_SCORES_OUTPUT, default scores; "
+                               "empty: none)")
     serve.set_defaults(handler=serve_command)
 
     anomalies = sub.add_parser("anomalies", help="what went wrong since a time, from the counters in Redis")
@@ -74,24 +83,32 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _settings(args: argparse.Namespace, names: tuple[str, ...]):
     from proxy.settings import Settings
 
-    return Settings.from_env(**{name: getattr(args, name, None) for name in names})
+    values = {name: getattr(args, name, None) for name in names}
+    # a flag given once per entry (--oip-input) is one setting, its entries separated by ';'
+    return Settings.from_env(**{name: ";".join(value) if isinstance(value, list) else value
+                                for name, value in values.items()})
 
 
 def serve_command(args: argparse.Namespace) -> int:
     """Validate settings and the bundle here, then replace this process with gunicorn."""
     from model.bundle import load_bundle
+    from model.errors import RecguardError
+    from proxy.oip_inputs import parse_inputs
     from proxy.settings import redact_url
 
     settings = _settings(args, ("bundle", "bind", "workers", "worker_class", "threads", "redis_url", "redis_prefix",
                                 "model_timeout_ms", "flush_interval", "guard", "model_name", "upstream_url",
                                 "upstream_protocol", "upstream_ca", "upstream_items", "upstream_scores", "request_fields",
-                                "request_history", "request_k"))
+                                "request_history", "request_k", "oip_inputs", "oip_items_output", "oip_scores_output"))
     bundle = load_bundle(settings.server.bundle)
     if not bundle.has_model and not settings.upstream.enabled:
-        from model.errors import RecguardError
-
         raise RecguardError(f"{settings.server.bundle} is a guard-only bundle (no model to serve): it needs --upstream URL, "
                             f"the endpoint of your own model")
+    mapped = [field for tensor in parse_inputs(settings.upstream.oip_inputs) for field in tensor.fields
+              if field not in bundle.profile["fields"]]
+    if mapped:
+        raise RecguardError(f"--oip-input names {', '.join(map(repr, mapped))}, not a field of the bundle's profile "
+                            f"(its fields: {', '.join(bundle.profile['fields'])})")
     target = (f"in front of {redact_url(settings.upstream.url)} ({settings.upstream.protocol})"
               if settings.upstream.enabled else bundle.model_version)
     print(f"recguard: serving {target} on {settings.server.bind} "

@@ -1,14 +1,16 @@
-"""recguard's own Open Inference Protocol v2 endpoints (KServe's v2 data plane), JSON tensors.
+"""recguard's own Open Inference Protocol v2 endpoints (KServe's v2 data plane), JSON and binary tensors.
 
 GET /v2, /v2/health/live, /v2/health/ready, /v2/models/<name>, /v2/models/<name>/ready and
 POST /v2/models/<name>/infer, for the embedded model and in upstream mode: with an oip-v2
 upstream the infer body is forwarded as it came; with another upstream each row is asked of it
-in its own shape. The inputs are the profile's signup fields, typed from it, plus history and k.
+in its own shape. The inputs are the profile's signup fields, typed from it (or, for a tensor model, the
+tensors of the input map, --oip-input), plus history and k.
 """
 
 from __future__ import annotations
 
 import time
+from functools import partial
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 
@@ -17,21 +19,11 @@ from flask import Blueprint, Response, request
 from proxy.http.predict import answer_in, read_body
 from proxy.http.responses import error_response, json_response, reject
 from proxy.runtime import Runtime
-from proxy.shapes.oip import ITEMS_OUTPUT, OIP_TYPES, SCORES_OUTPUT
-from proxy.shapes.request import HISTORY_FIELD, K_FIELD
+from proxy.shapes import triton_binary
+from proxy.shapes.request import BadRequest
 
-BINARY_HEADER = "Inference-Header-Content-Length"
-
-
-def model_metadata(profile: dict, name: str, version: str) -> dict:
-    """The OIP model metadata: an input per signup field of the profile, history and k; items and scores."""
-    inputs = [{"name": field, "datatype": OIP_TYPES.get(spec["type"], "BYTES"), "shape": [-1]}
-              for field, spec in profile["fields"].items()]
-    inputs += [{"name": HISTORY_FIELD, "datatype": "BYTES", "shape": [-1, -1]},
-               {"name": K_FIELD, "datatype": "INT32", "shape": [1]}]
-    return {"name": name, "versions": [version], "platform": "recguard", "inputs": inputs,
-            "outputs": [{"name": ITEMS_OUTPUT, "datatype": "BYTES", "shape": [-1, -1]},
-                        {"name": SCORES_OUTPUT, "datatype": "FP32", "shape": [-1, -1]}]}
+EXTENSION = "binary_tensor_data"
+"""Triton's binary tensor data extension, named in GET /v2 as Triton names it."""
 
 
 def _oip_get(summary: str, description: str, *errors: tuple[str, str]) -> dict:
@@ -39,6 +31,15 @@ def _oip_get(summary: str, description: str, *errors: tuple[str, str]) -> dict:
     responses.update({status: {"description": text, "content": {"application/json": {"schema": {
         "$ref": "#/components/schemas/Error"}}}} for status, text in errors})
     return {"summary": summary, "responses": responses}
+
+
+def _with_binary_answer(operation: dict) -> dict:
+    """The operation with its 200 also in binary: a JSON header, then the tensors' bytes."""
+    answer = operation["responses"]["200"]
+    answer["content"]["application/octet-stream"] = {"schema": {"type": "string", "format": "binary"}}
+    answer["headers"] = {triton_binary.BINARY_HEADER: {
+        "description": "With a binary answer: the length of its JSON header in bytes", "schema": {"type": "integer"}}}
+    return operation
 
 
 _NAME = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
@@ -54,13 +55,16 @@ OPENAPI_PATHS = {
     "/v2/models/{name}/ready": {"get": {**_oip_get("OIP v2 model readiness", "`{\"name\", \"ready\"}`",
                                                    ("404", "No model of this name"), ("503", "Not loaded yet")),
                                         "parameters": _NAME}},
-    "/v2/models/{name}/infer": {"post": {
-        **_oip_get("OIP v2 inference (JSON tensors); outputs items and scores, source and anomalies in parameters",
-                   "The inference response", ("400", "Not an OIP v2 request, binary tensors, bad k or history"),
+    "/v2/models/{name}/infer": {"post": _with_binary_answer({
+        **_oip_get("OIP v2 inference, JSON tensors or binary ones (Triton's binary tensor data extension, "
+                   "with Inference-Header-Content-Length); outputs items and scores, source and anomalies in "
+                   "parameters",
+                   "The inference response", ("400", "Not an OIP v2 request, a malformed binary body, bad k or "
+                                                     "history"),
                    ("404", "No model of this name"), ("413", "Body over the size limit"),
                    ("503", "Not loaded yet")),
         "parameters": _NAME,
-        "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}}},
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}})},
 }
 """The /v2 endpoints in the OpenAPI document."""
 
@@ -85,7 +89,7 @@ def oip_blueprint(runtime: Runtime) -> Blueprint:
 
     @blueprint.get("/v2")
     def server_metadata() -> Response:
-        return json_response({"name": "recguard", "version": version, "extensions": []})
+        return json_response({"name": "recguard", "version": version, "extensions": [EXTENSION]})
 
     @blueprint.get("/v2/health/live")
     def live() -> Response:
@@ -107,7 +111,7 @@ def oip_blueprint(runtime: Runtime) -> Blueprint:
         loaded = runtime.wait_loaded()
         if loaded is None:
             return error_response("model not loaded yet", 503)
-        return json_response(model_metadata(loaded.bundle.profile, name, loaded.model_version))
+        return json_response(loaded.oip.metadata(loaded.bundle.profile, name, loaded.model_version))
 
     @blueprint.post("/v2/models/<name>/infer")
     def infer(name: str) -> Response:
@@ -123,14 +127,17 @@ def oip_blueprint(runtime: Runtime) -> Blueprint:
         loaded = runtime.wait_loaded()
         if loaded is None:
             return error_response("model not loaded yet", 503)
-        if BINARY_HEADER in request.headers:
-            return reject(runtime.metrics, "binary tensor data is not accepted: send JSON tensors "
-                                           "(tritonclient: binary_data=False)", 400)
-        # OIP clients need not say what they send (tritonclient sends no Content-Type): the body decides
+        # OIP clients need not say what they send (tritonclient sends no Content-Type): the body decides,
+        # JSON, or binary tensors after a JSON header when Inference-Header-Content-Length says how long it is
         body = read_body(runtime, json_type=False)
         if isinstance(body, Response):
             return body
+        try:
+            length = triton_binary.header_length(request.headers.get(triton_binary.BINARY_HEADER), len(body))
+        except BadRequest as exc:
+            return reject(loaded.metrics, str(exc), exc.status)
+        parse = None if length is None else partial(loaded.oip.parse, json_length=length)
         # in front of an oip-v2 upstream the body goes to it as it came; before another, row by row in its shape
-        return answer_in(runtime, loaded, loaded.oip, body)
+        return answer_in(runtime, loaded, loaded.oip, body, parse)
 
     return blueprint

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from typing import Callable
 
 from flask import Blueprint, Response, request
 from werkzeug.exceptions import HTTPException
@@ -19,7 +20,7 @@ from werkzeug.exceptions import HTTPException
 from proxy.http.responses import error_response, json_response, reject
 from proxy.models.forwarding import REQUEST_ID_HEADER
 from proxy.runtime import Loaded, Runtime
-from proxy.shapes.base import Shape, anomaly_list
+from proxy.shapes.base import Encoded, Parsed, Shape, anomaly_list
 from proxy.shapes.request import BadRequest
 from proxy.words import KSERVE_V1
 
@@ -70,11 +71,13 @@ def recguard_headers(rid: str, sources: list[str], anomalies: list[str], tickets
     return headers
 
 
-def answer_in(runtime: Runtime, loaded: Loaded, shape: Shape, body: bytes) -> Response:
-    """The one way every inference route answers: shape.parse, the service, then the upstream's own reply
-    (it answered the whole request) or the rows rendered in the shape; recguard's headers on either."""
+def answer_in(runtime: Runtime, loaded: Loaded, shape: Shape, body: bytes,
+              parse: Callable[[bytes], Parsed] | None = None) -> Response:
+    """The one way every inference route answers: shape.parse (or `parse`, the shape's reader of a framed
+    body), the service, then the upstream's own reply (it answered the whole request) or the rows rendered
+    in the shape; recguard's headers on either."""
     try:
-        parsed = shape.parse(body)
+        parsed = (parse or shape.parse)(body)
     except BadRequest as exc:
         return reject(loaded.metrics, str(exc), exc.status)
     rid = request_id()
@@ -84,8 +87,12 @@ def answer_in(runtime: Runtime, loaded: Loaded, shape: Shape, body: bytes) -> Re
                                [row.ticket for row in rows if row.ticket is not None])
     reply = answer.reply
     if reply is not None:
-        return Response(reply.body, status=reply.status, content_type=reply.content_type, headers=headers)
-    return json_response(shape.render(parsed, rows, loaded.model_version), headers=headers)
+        return Response(reply.body, status=reply.status, content_type=reply.content_type,
+                        headers={**reply.headers, **headers})
+    rendered = shape.render(parsed, rows, loaded.model_version)
+    if isinstance(rendered, Encoded):
+        return Response(rendered.body, content_type=rendered.content_type, headers={**rendered.headers, **headers})
+    return json_response(rendered, headers=headers)
 
 
 def predict_blueprint(runtime: Runtime) -> Blueprint:

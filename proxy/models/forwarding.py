@@ -15,10 +15,27 @@ from proxy.models.embedded import RowByRow
 from proxy.models.side import ModelAnswer
 from proxy.models.upstream import UpstreamClient, forwarded_headers
 from proxy.shapes.base import Parsed
+from proxy.shapes.triton_binary import BINARY_CONTENT_TYPE, BINARY_HEADER
 from proxy.words import MODEL, Anomaly
 
+CONTENT_TYPE = "Content-Type"
+JSON_CONTENT_TYPE = "application/json"
 REQUEST_ID_HEADER = "X-Request-Id"
 """The request id every answer carries (the caller's or a new one), sent upstream under the same name."""
+
+
+def body_headers(parsed: Parsed, whole: bool, headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """The headers that say what the body sent upstream is. A binary OIP body as it came keeps its framing
+    (Inference-Header-Content-Length); every other body recguard sends is JSON and says so: the caller's
+    JSON type as it came, else application/json (an OIP client need not send a Content-Type at all, and
+    KServe's server then reads the body as binary tensors and refuses it)."""
+    caller = next((value for name, value in headers if name.lower() == CONTENT_TYPE.lower()), None)
+    if whole and parsed.json_length is not None:
+        return {CONTENT_TYPE: caller or BINARY_CONTENT_TYPE, BINARY_HEADER: str(parsed.json_length)}
+    mimetype = (caller or "").partition(";")[0].strip().lower()
+    if mimetype == JSON_CONTENT_TYPE or (mimetype.startswith("application/") and mimetype.endswith("+json")):
+        return {CONTENT_TYPE: caller}
+    return {CONTENT_TYPE: JSON_CONTENT_TYPE}
 
 
 class Forwarder:
@@ -33,9 +50,13 @@ class Forwarder:
         shape = self.upstream.shape
         if parsed.shape != shape.name:
             return self.other_shapes.answer(parsed, rows, request_id, headers)
-        sent = parsed.body if len(rows) == len(parsed.rows) else shape.subset(parsed, rows)
+        headers = list(headers)
+        whole = len(rows) == len(parsed.rows)
+        sent = parsed.body if whole else shape.subset(parsed, rows)
         # the upstream sees the request id the answer carries, the caller's or a new one
-        sent_headers = forwarded_headers(headers)
+        sent_headers = {name: value for name, value in forwarded_headers(headers).items()
+                        if name.lower() != CONTENT_TYPE.lower()}
+        sent_headers.update(body_headers(parsed, whole, headers))
         if request_id:
             sent_headers[REQUEST_ID_HEADER] = request_id
         try:

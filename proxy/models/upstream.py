@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from model.recommender import ModelError, Recommendation
@@ -26,6 +26,7 @@ from proxy.models.transport import (
     TransportError,
     TransportTimeout,
 )
+from proxy.shapes import triton_binary
 from proxy.shapes.base import Shape, ShapeError
 from proxy.shapes.request import PredictRequest
 from proxy.words import MODEL_TIMEOUT, UPSTREAM_ERROR, UPSTREAM_UNAVAILABLE
@@ -64,6 +65,9 @@ class Reply:
     body: bytes
     content_type: str
     rows: list[Recommendation] | None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    """The answer's headers that frame its body (a binary OIP answer's Inference-Header-Content-Length),
+    passed back with it."""
 
 
 def forwarded_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -140,15 +144,22 @@ class UpstreamClient:
             return Reply(status, response.body, content_type, None)
         if status >= 500 or not 200 <= status < 300:
             raise UpstreamError(f"upstream answered {status}")
+        binary = response.headers.get(triton_binary.BINARY_HEADER.lower())
+        framing = {triton_binary.BINARY_HEADER: binary} if binary is not None else {}
+        if binary is not None and "content-type" not in response.headers:  # KServe's binary answers have none
+            content_type = triton_binary.BINARY_CONTENT_TYPE
         try:
-            payload = json_codec.loads(response.body, json.loads)
+            payload = (triton_binary.read_answer(response.body, binary) if binary is not None
+                       else json_codec.loads(response.body, json.loads))
+        except triton_binary.BinaryError as exc:
+            raise UpstreamError(f"upstream {exc}") from None
         except (ValueError, UnicodeDecodeError):
             raise UpstreamError("upstream answer is not JSON") from None
         try:
             answers = self.shape.read_answer(payload, rows)
         except ShapeError as exc:
             raise UpstreamError(f"upstream {exc}") from None
-        return Reply(status, response.body, content_type, answers)
+        return Reply(status, response.body, content_type, answers, framing)
 
     def _observe(self, outcome: str, seconds: float) -> None:
         if self.observe is not None:

@@ -33,6 +33,17 @@ class Parsed:
     rows: list[PredictRequest]
     document_id: str | None = None
     """The request document's own id (OIP's `id`), echoed in the answer."""
+    json_length: int | None = None
+    """A binary body's JSON header length (Triton's Inference-Header-Content-Length); None for JSON."""
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """An answer a shape wrote as bytes itself (binary tensors): the body, its type and the headers that frame it."""
+
+    body: bytes
+    content_type: str
+    headers: dict[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +68,7 @@ class Shape(Protocol):
         ...
 
     def render(self, parsed: Parsed, answers: Sequence[RowAnswer], model_version: str) -> Any:
-        """An answer in this shape (a JSON document)."""
+        """An answer in this shape: a JSON document, or an Encoded body when the request asked for binary."""
         ...
 
 
@@ -79,7 +90,11 @@ class UpstreamShape(Shape, Protocol):
 
 def object_with_list(body: bytes, key: str, of: str) -> tuple[dict[str, Any], list[Any]]:
     """A batch body: a JSON object and its non-empty list under `key` (a list of `of`); BadRequest else."""
-    payload = decode_json(body)
+    return list_of(decode_json(body), key, of)
+
+
+def list_of(payload: Any, key: str, of: str) -> tuple[dict[str, Any], list[Any]]:
+    """A decoded batch document: the object and its non-empty list under `key` (a list of `of`); BadRequest else."""
     if not isinstance(payload, dict):
         raise BadRequest(f"body must be a JSON object, got {json_type_name(payload)}")
     entries = payload.get(key)

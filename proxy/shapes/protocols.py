@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from proxy.oip_inputs import parse_inputs
 from proxy.settings import LimitSettings, UpstreamSettings
 from proxy.shapes.base import Shape
 from proxy.shapes.kserve import KServeV1Shape
@@ -15,5 +16,12 @@ def make_shape(upstream: UpstreamSettings, limits: LimitSettings, model_name: st
     if upstream.protocol == KSERVE_V1:
         return KServeV1Shape(upstream, limits)
     if upstream.protocol == OIP_V2:
-        return OipV2Shape(limits, model_name)
+        return oip_shape(upstream, limits, model_name)
     return PlainShape(upstream, limits)
+
+
+def oip_shape(upstream: UpstreamSettings, limits: LimitSettings, model_name: str) -> OipV2Shape:
+    """The OIP v2 shape with the settings' input map and output names (recguard's /v2 endpoints and an
+    oip-v2 upstream speak the same)."""
+    return OipV2Shape(limits, model_name, parse_inputs(upstream.oip_inputs), upstream.oip_items_output,
+                      upstream.oip_scores_output)

@@ -1,8 +1,9 @@
 """A small model endpoint the tests own, that can be told to misbehave: what no real model does on demand.
 
-It answers every POST with items from a given catalogue, in plain JSON (`{"items", "scores"}`) or
-KServe v1 (`{"predictions": [...]}`, one per instance), over HTTP/1.1 keep-alive, and counts what it
-was sent. `mode` (settable while it runs) turns it into each fault recguard must survive:
+It answers every POST with items from a given catalogue, in plain JSON (`{"items", "scores"}`),
+KServe v1 (`{"predictions": [...]}`, one per instance) or OIP v2 (`items` and `scores` outputs, one
+row per row of the request, JSON tensors; a binary request's JSON header is read for its rows),
+over HTTP/1.1 keep-alive, and counts what it was sent. `mode` (settable while it runs) turns it into each fault recguard must survive:
 
     ok        the answer
     slow      the answer, `delay` seconds late
@@ -57,10 +58,16 @@ class UpstreamServer:
             scheme = "https"
         self.url = f"{scheme}://127.0.0.1:{self.port}/invocations"
 
-    def answer_for(self, body: bytes) -> bytes:
+    def answer_for(self, body: bytes, header_length: int | None = None) -> bytes:
         """What the server answers a body with in mode ok: the first catalogue items, best first."""
         items = self.catalogue[:5]
         one = {"items": items, "scores": [float(5 - i) for i in range(len(items))]}
+        if self.shape == "oip-v2":
+            document = json.loads(body[:header_length] if header_length is not None else body)
+            rows = next(tensor["shape"][0] for tensor in document["inputs"] if tensor["name"] != "k")
+            return json.dumps({"model_name": "team", "outputs": [
+                {"name": name, "datatype": datatype, "shape": [rows, len(items)], "data": one[name] * rows}
+                for name, datatype in (("items", "BYTES"), ("scores", "FP32"))]}).encode()
         if self.shape == "kserve-v1":
             instances = json.loads(body)["instances"]
             return json.dumps({"predictions": [one for _ in instances], "model": "team"}).encode()
@@ -103,7 +110,8 @@ class UpstreamServer:
                     "outside": (200, b'{"items": ["no_such_item_1", "no_such_item_2"]}'),
                 }.get(mode, (200, None))
                 if payload is None:
-                    payload = owner.answer_for(body)
+                    length = self.headers.get("Inference-Header-Content-Length")
+                    payload = owner.answer_for(body, int(length) if length is not None else None)
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json; charset=utf-8")
                 self.send_header("Content-Length", str(len(payload)))
